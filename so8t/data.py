@@ -1,0 +1,243 @@
+"""Training data: strict JSONL readers, chat-template rendering, assistant-only labels.
+
+Three record kinds, detected per line by their keys:
+
+- ``{"instruction", "output"}`` (optional ``"thinking"``): a chat turn; the assistant answer is
+  ``<think>{thinking}</think>{output}`` when thinking is present.
+- ``{"text"}``: plain language modelling.
+- ``{"text", "label"}`` with label in ALLOW / ESCALATE / DENY: the decision prompt of
+  :mod:`so8t.decision`, answered with the label (the same prompt calibration reads).
+
+Loss falls only on assistant tokens (all tokens for ``{"text"}``); the end-of-turn / EOS token is
+part of the answer, so it is learned. Truncation to ``max_length`` is counted and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from so8t.decision import LABELS, decision_messages
+from so8t.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+class InstructionRecord(BaseModel):
+    """An instruction and its answer, optionally with the reasoning that leads to it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    instruction: str = Field(min_length=1, description="The user's request.")
+    output: str = Field(min_length=1, description="The assistant's answer.")
+    thinking: str | None = Field(default=None, description="Reasoning, rendered as <think>...</think> before the answer.")
+
+
+class TextRecord(BaseModel):
+    """Plain text for language modelling."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    text: str = Field(min_length=1, description="The text.")
+
+
+class LabelledRecord(BaseModel):
+    """A request and its safety decision."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    text: str = Field(min_length=1, description="The request under review.")
+    label: Literal["ALLOW", "ESCALATE", "DENY"] = Field(description="The correct decision.")
+
+
+Record = Union[InstructionRecord, TextRecord, LabelledRecord]
+
+
+def _kind_of(obj: dict[str, Any]) -> type[BaseModel]:
+    if "instruction" in obj or "output" in obj or "thinking" in obj:
+        return InstructionRecord
+    if "label" in obj:
+        return LabelledRecord
+    return TextRecord
+
+
+def _describe(err: dict[str, Any], obj: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "record"
+    typ = err["type"]
+    if typ == "missing":
+        return f"field '{loc}': missing (required)"
+    if typ == "extra_forbidden":
+        return f"field '{loc}': unknown field (allowed: instruction/output/thinking, text, text/label)"
+    if loc == "label" and typ in ("literal_error", "string_type"):
+        return f"field 'label': {obj.get('label')!r} is not one of {', '.join(LABELS)}"
+    return f"field '{loc}': {err['msg']}"
+
+
+def read_jsonl(path: str | Path) -> list[Record]:
+    """Read and validate a JSONL dataset.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The records, in file order.
+
+    Raises:
+        DataError: ``file:line: field 'x': problem`` for the first bad line; missing or empty file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: dataset file not found")
+    records: list[Record] = []
+    with p.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{lineno}: malformed JSON at column {e.colno}: {e.msg}") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            kind = _kind_of(obj)
+            try:
+                records.append(kind.model_validate(obj))
+            except ValidationError as e:
+                raise DataError(f"{p}:{lineno}: {_describe(e.errors()[0], obj)}") from None
+    if not records:
+        raise DataError(f"{p}: no records (empty file): a dataset needs at least one JSON line")
+    return records
+
+
+def record_messages(record: Record) -> tuple[list[dict[str, str]], str] | None:
+    """Prompt messages and assistant answer for chat records; ``None`` for plain text."""
+    if isinstance(record, InstructionRecord):
+        answer = record.output if record.thinking is None else f"<think>{record.thinking}</think>{record.output}"
+        return [{"role": "user", "content": record.instruction}], answer
+    if isinstance(record, LabelledRecord):
+        return decision_messages(record.text), record.label
+    return None
+
+
+@dataclass
+class EncodeStats:
+    """What tokenisation did to a dataset: counts, truncation, tokens without loss."""
+
+    examples: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    loss_tokens: int = 0
+    no_loss_examples: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    def summary(self, max_length: int) -> str:
+        return (
+            f"{self.examples} examples ({', '.join(f'{k}: {v}' for k, v in sorted(self.kinds.items()))}), "
+            f"{self.tokens} tokens, {self.loss_tokens} with loss; {self.truncated} truncated to max_length={max_length}"
+            + (f", {self.no_loss_examples} left without any answer token" if self.no_loss_examples else "")
+        )
+
+
+def _token_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_record(record: Record, tokenizer: Any, max_length: int) -> tuple[dict[str, list[int]], bool]:
+    """Tokenise one record into ``input_ids``/``labels``/``attention_mask``.
+
+    The prompt part is rendered with ``add_generation_prompt=True``; the answer part is the rest of
+    the fully rendered conversation, so it ends with the template's end-of-turn token. An EOS is
+    appended when the template leaves none, so stopping is always learned.
+
+    Returns:
+        The encoded example and whether it was truncated.
+
+    Raises:
+        DataError: chat records with a tokenizer that has no chat template.
+    """
+    eos = tokenizer.eos_token_id
+    chat = record_messages(record)
+    if chat is None:
+        prompt_ids: list[int] = []
+        bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+        answer_ids = bos + _token_ids(tokenizer, record.text) + ([eos] if eos is not None else [])
+        labels_from = len(bos)
+    else:
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError("the base model's tokenizer has no chat_template: instruction and label records need one")
+        messages, answer = chat
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": answer}], tokenize=False
+        )
+        if not full.startswith(prompt):
+            raise DataError("chat template renders the prompt differently inside the full conversation: cannot mask the answer")
+        prompt_ids = _token_ids(tokenizer, prompt)
+        answer_ids = _token_ids(tokenizer, full[len(prompt):])
+        if eos is not None and eos not in answer_ids:
+            answer_ids.append(eos)
+        labels_from = 0
+    ids = prompt_ids + answer_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + [IGNORE_INDEX] * labels_from + answer_ids[labels_from:]
+    truncated = len(ids) > max_length
+    ids, labels = ids[:max_length], labels[:max_length]
+    return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}, truncated
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """A list of encoded examples (a torch Dataset for Trainer)."""
+
+    def __init__(self, examples: list[dict[str, list[int]]]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.examples[i]
+
+
+def encode_dataset(records: list[Record], tokenizer: Any, max_length: int) -> tuple[EncodedDataset, EncodeStats]:
+    """Encode every record; report truncation instead of hiding it."""
+    stats = EncodeStats()
+    out = []
+    for r in records:
+        ex, truncated = encode_record(r, tokenizer, max_length)
+        stats.examples += 1
+        stats.truncated += int(truncated)
+        stats.tokens += len(ex["input_ids"])
+        n_loss = sum(1 for t in ex["labels"] if t != IGNORE_INDEX)
+        stats.loss_tokens += n_loss
+        stats.no_loss_examples += int(n_loss == 0)
+        kind = type(r).__name__.removesuffix("Record").lower()
+        stats.kinds[kind] = stats.kinds.get(kind, 0) + 1
+        out.append(ex)
+    if stats.truncated:
+        logger.warning("%d of %d examples truncated to max_length=%d", stats.truncated, stats.examples, max_length)
+    if stats.no_loss_examples:
+        logger.warning("%d example(s) lost every answer token to truncation: raise --max_length", stats.no_loss_examples)
+    return EncodedDataset(out), stats
+
+
+class PadCollator:
+    """Right-pads a batch; padded labels are ignored and padded positions masked."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        n = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), n), self.pad, dtype=torch.long)  # (B, T)
+        labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, b in enumerate(batch):
+            k = len(b["input_ids"])
+            ids[i, :k] = torch.tensor(b["input_ids"])
+            labels[i, :k] = torch.tensor(b["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
