@@ -20,7 +20,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_model: str = Field(description="Base model: 'smollm2' (the embedded SmolLM2-135M-Instruct) or a local Hugging Face model directory.")
-    dataset: str = Field(description="Training data, JSONL: {instruction, output[, thinking]}, {text} or {text, label} records.")
+    dataset: str = Field(description="Training data, JSONL (several files: comma-separated): {instruction, output[, thinking]}, {text} or {text, label} records.")
     output_dir: str = Field(description="Where checkpoints, the final adapter, gates, config and loss log go.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")

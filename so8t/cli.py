@@ -1,0 +1,145 @@
+"""The ``so8t`` command line.
+
+Subcommands: ``train``, ``base prepare|list``, ``demo``, ``registry ...``. Flags of a stage are
+generated from its pydantic config, so ``--help`` shows every field's description. A user error
+prints one line ``so8t: error: ...`` and exits 2; a log file goes under ``logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel
+
+from so8t.errors import So8tError
+
+logger = logging.getLogger("so8t")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseModel]) -> None:
+    """One ``--field`` flag per config field, with the field's description as help."""
+    for name, field in cls.model_fields.items():
+        required = field.is_required()
+        default = None if required else field.default
+        help_text = field.description or ""
+        ann = field.annotation
+        if ann is bool:
+            parser.add_argument(f"--{name}", action="store_true", help=help_text)
+            continue
+        choices = list(get_args(ann)) if get_origin(ann) is Literal else None
+        typ = ann if ann in (int, float) else str
+        if not required:
+            help_text += f" (default: {default})"
+        parser.add_argument(f"--{name}", type=typ, default=default, required=required, choices=choices, help=help_text)
+
+
+def config_values(args: argparse.Namespace, cls: type[BaseModel]) -> dict[str, Any]:
+    """The parsed values of a config's flags."""
+    return {name: getattr(args, name) for name in cls.model_fields}
+
+
+def setup_logging(command: str, verbose: bool = False) -> Path:
+    """Console logging plus a file ``logs/so8t-<command>-<time>.log`` (``$SO8T_LOG_DIR``)."""
+    log_dir = Path(os.environ.get("SO8T_LOG_DIR", "logs"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"so8t-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    fh = logging.FileHandler(path, encoding="utf-8")
+    fh.setFormatter(fmt)
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    sh.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.addHandler(fh)
+    root.addHandler(sh)
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from so8t.config import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="so8t", description="SO8T pipeline: train, bake, convert, calibrate, register.")
+    parser.add_argument("--verbose", action="store_true", help="Debug logging (library internals included).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p_train = sub.add_parser("train", help="SO8T QLoRA training (runbook: train_so8t_lora.py).",
+                             description=TrainConfig.__doc__)
+    add_config_flags(p_train, TrainConfig)
+
+    p_base = sub.add_parser("base", help="Embedded base models.")
+    base_sub = p_base.add_subparsers(dest="base_command", required=True, metavar="ACTION")
+    p_prep = base_sub.add_parser("prepare", help="Materialise an embedded model as a fp32 HF directory (idempotent).")
+    p_prep.add_argument("name", help="Embedded model name, e.g. smollm2.")
+    p_prep.add_argument("--force", action="store_true", help="Rebuild even if a verified copy exists.")
+    base_sub.add_parser("list", help="List embedded models and where they are cached.")
+
+    p_demo = sub.add_parser("demo", help="Run the pipeline on the embedded SmolLM2 and the bundled data.")
+    p_demo.add_argument("--output_dir", default="outputs/demo", help="Where the demo writes (default: outputs/demo).")
+    p_demo.add_argument("--max_steps", type=int, default=12, help="Training steps of the short demo run (default: 12).")
+
+    sub.add_parser("registry", help="The artifact registry (so8t registry --help).", add_help=False)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from so8t.config import TrainConfig, build_config
+    from so8t.train import train
+
+    cfg = build_config(TrainConfig, config_values(args, TrainConfig))
+    out = train(cfg)
+    print(f"trained SO8T adapter and gates: {out}")
+    return 0
+
+
+def _cmd_base(args: argparse.Namespace) -> int:
+    from so8t.base_models import EMBEDDED, cache_root, prepare_embedded, verify_prepared
+
+    if args.base_command == "prepare":
+        path = prepare_embedded(args.name, force=args.force)
+        print(path)
+        return 0
+    for name, m in EMBEDDED.items():
+        d = cache_root() / "base_models" / name
+        state = "prepared" if verify_prepared(d) else "not prepared"
+        print(f"{name}\t{m.hf_name}\t{state}\t{d}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from so8t.demo import run_demo
+
+    run_demo(Path(args.output_dir), max_steps=args.max_steps)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``so8t`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "registry":
+        from registry.cli import main as registry_main
+
+        return registry_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    log_path = setup_logging(args.command, args.verbose)
+    try:
+        handler = {"train": _cmd_train, "base": _cmd_base, "demo": _cmd_demo}[args.command]
+        return handler(args)
+    except So8tError as e:
+        logger.debug("user error", exc_info=True)
+        print(f"so8t: error: {e}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        logging.getLogger().debug("log file: %s", log_path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

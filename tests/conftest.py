@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny models built once per session from configs, small JSONL datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("SO8T_LOG_DIR", str(REPO / "logs" / "tests"))
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def sp_model(tiny_root) -> Path:
+    from tests.fixtures.tiny_models import build_tokenizer_model
+
+    return build_tokenizer_model(tiny_root / "sp")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_root, sp_model) -> Path:
+    from tests.fixtures.tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tiny_root / "llama", sp_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3(tiny_root, sp_model) -> Path:
+    from tests.fixtures.tiny_models import build_tiny_phi3
+
+    return build_tiny_phi3(tiny_root / "phi3", sp_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_root) -> Path:
+    from tests.fixtures.tiny_models import build_tiny_gpt2
+
+    return build_tiny_gpt2(tiny_root / "gpt2")
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def tiny_dataset(tmp_path) -> Path:
+    """A few records of every kind (instruction with/without thinking, text, labelled)."""
+    recs = []
+    for i in range(6):
+        recs.append({"instruction": f"add {i} and {i + 1}", "output": f"{2 * i + 1}", "thinking": f"{i} + {i + 1} = {2 * i + 1}"})
+        recs.append({"instruction": f"repeat the word gate {i}", "output": "gate " * (i % 3 + 1)})
+        recs.append({"text": f"calibration of the model {i} needs labelled data"})
+        recs.append({"text": f"please review request {i}", "label": ["ALLOW", "ESCALATE", "DENY"][i % 3]})
+    return write_jsonl(tmp_path / "train.jsonl", recs)

@@ -1,0 +1,225 @@
+"""Temperature fit, exact threshold search, stratified split and the calibrate() stage."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import OptimizeResult
+from scipy.stats import binomtest
+from sklearn.metrics import f1_score
+
+from so8t import calibration as C
+from so8t.decision import LABELS
+from so8t.metrics import compute_metrics, softmax
+from so8t.thresholds import NEVER, fit_thresholds
+
+
+def sample_labels(z: np.ndarray, t: float, rng: np.random.Generator) -> np.ndarray:
+    """Draw y_i ~ Categorical(softmax(z_i / t)) by inverse CDF."""
+    cdf = np.cumsum(softmax(z, t), axis=1)
+    return np.minimum((rng.random((z.shape[0], 1)) > cdf).sum(axis=1), 2)
+
+
+def synthetic(n: int, t_true: float, seed: int = 0, scale: float = 3.0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, scale, (n, 3))
+    return z, sample_labels(z, t_true, rng)
+
+
+# ----------------------------------------------------------------------------- temperature
+@pytest.mark.parametrize("t_true", [0.5, 2.0])
+def test_temperature_recovers_truth(t_true):
+    z, y = synthetic(20_000, t_true, seed=1)
+    fit = C.fit_temperature(z, y)
+    assert abs(fit.temperature - t_true) < 0.06 * t_true
+    assert fit.converged and not fit.fallback_used and not fit.at_bound
+    assert fit.nll <= fit.nll_initial
+
+
+@pytest.mark.parametrize("optimizer", ["L-BFGS-B", "SLSQP"])
+def test_temperature_equals_brute_force_grid(optimizer):
+    z, y = synthetic(500, 1.7, seed=2)
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 6001))
+    nlls = np.array([C.nll_at_temperature(z, y, t) for t in grid])
+    fit = C.fit_temperature(z, y, initial=1.0, optimizer=optimizer)
+    assert fit.nll <= nlls.min() + 1e-10
+    step = np.log(grid[1] / grid[0])
+    assert abs(np.log(fit.temperature) - np.log(grid[nlls.argmin()])) <= step
+    assert fit.scalar_check_temperature == pytest.approx(fit.temperature, rel=1e-3)
+
+
+def test_lbfgsb_failure_falls_back_to_slsqp(monkeypatch, caplog):
+    real = C.minimize
+
+    def flaky(*args, method, **kwargs):
+        if method == "L-BFGS-B":
+            return OptimizeResult(x=np.array([0.0]), success=False, message="forced failure")
+        return real(*args, method=method, **kwargs)
+
+    monkeypatch.setattr(C, "minimize", flaky)
+    z, y = synthetic(2_000, 2.0, seed=3)
+    with caplog.at_level(logging.WARNING, logger="so8t.calibration"):
+        fit = C.fit_temperature(z, y)
+    assert fit.fallback_used and fit.optimizer_used in ("SLSQP", "bounded-scalar")
+    assert "falling back to SLSQP" in caplog.text
+    assert abs(fit.temperature - 2.0) < 0.2
+
+
+def test_temperature_at_bound_is_flagged():
+    z = np.array([[5.0, 0.0, 0.0]] * 50)
+    y = np.zeros(50, dtype=int)  # always right: NLL keeps falling as T -> 0
+    assert C.fit_temperature(z, y, bounds=(0.5, 4.0)).at_bound
+
+
+# ----------------------------------------------------------------------------- thresholds
+def brute_force(p, y, far_max, far_bound):
+    """Every candidate pair, decided row by row; sklearn F1; same tie-break as documented."""
+    n_neg = int((y != 0).sum())
+    best = None
+    for td in sorted(set(p[:, 2].tolist())) + [NEVER]:
+        for te in sorted(set(p[:, 0].tolist())) + [NEVER]:
+            d = np.array([2 if r[2] >= td else 0 if r[0] >= te else 1 for r in p])
+            fa = int(((d == 0) & (y != 0)).sum())
+            stat = fa / n_neg if far_bound == "point" else (
+                binomtest(fa, n_neg).proportion_ci(confidence_level=0.90, method="exact").high)
+            if stat > far_max + 1e-12:
+                continue
+            f1 = f1_score(y, d, labels=[0, 1, 2], average="macro", zero_division=0)
+            key = (-round(f1, 9), fa, int((d == 1).sum()), -te, td)
+            best = key if best is None or key < best else best
+    return best
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(3, 14), far_max=st.sampled_from([0.0, 0.1, 0.25, 0.5]),
+       far_bound=st.sampled_from(["point", "upper95"]), block=st.integers(1, 40))
+def test_threshold_search_equals_brute_force(seed, n, far_max, far_bound, block):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    y[0] = 1  # FAR needs a non-ALLOW sample
+    p = softmax(np.round(rng.normal(0, 2, (n, 3)) + 2 * np.eye(3)[y], 1))  # rounding makes ties
+    fit = fit_thresholds(p, y, far_max, far_bound, max_block_cells=block)
+    expected = brute_force(p, y, far_max, far_bound)
+    if expected is None:
+        assert not fit.feasible and "no thresholds meet" in fit.reason
+        return
+    assert fit.feasible
+    assert (fit.tau_deny, fit.tau_escalate) == (expected[4], -expected[3])
+    assert fit.macro_f1 == pytest.approx(-expected[0], abs=1e-9)
+    assert fit.far_statistic <= far_max
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), far_max=st.sampled_from([0.01, 0.02, 0.05]))
+def test_threshold_search_respects_far_on_larger_data(seed, far_max):
+    z, y = synthetic(400, 1.0, seed=seed)
+    p = softmax(z)
+    fit = fit_thresholds(p, y, far_max)
+    rep = compute_metrics(p, y, fit.tau_deny, fit.tau_escalate)
+    assert fit.feasible and rep.false_allow_rate <= far_max
+    assert rep.macro_f1 == pytest.approx(fit.macro_f1)
+    # no single-step neighbour of the chosen pair is feasible and strictly better
+    for td in np.unique(p[:, 2])[::37]:
+        r = compute_metrics(p, y, float(td), fit.tau_escalate)
+        assert r.false_allow_rate > far_max or r.macro_f1 <= fit.macro_f1 + 1e-12
+
+
+def test_threshold_search_is_fast():
+    z, y = synthetic(1_000, 1.0, seed=5)
+    p = softmax(z)
+    start = time.perf_counter()
+    fit = fit_thresholds(p, y, 0.02, "upper95")
+    assert time.perf_counter() - start < 3.0  # ~0.1-0.2 s alone; slack for a shared 2-core machine
+    assert fit.n_candidate_pairs == (np.unique(p[:, 2]).size + 1) * (np.unique(p[:, 0]).size + 1)
+
+
+def test_infeasible_far_bound_is_reported():
+    z, y = synthetic(60, 1.0, seed=6)  # < 149 non-ALLOW samples: upper95 > 0.02 even with 0 false allows
+    fit = fit_thresholds(softmax(z), y, 0.02, "upper95")
+    assert not fit.feasible
+    assert fit.false_allow_count == 0 and fit.far_statistic > 0.02
+    assert "no thresholds meet" in fit.reason and "add validation data" in fit.reason
+
+
+def test_infeasible_macro_f1_floor_is_reported():
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 3, 300)
+    p = softmax(rng.normal(size=(300, 3)))  # scores unrelated to labels
+    fit = fit_thresholds(p, y, 0.02, min_macro_f1=0.9)
+    assert not fit.feasible and "min_macro_f1" in fit.reason and fit.far_statistic <= 0.02
+
+
+def test_threshold_search_needs_non_allow_samples():
+    with pytest.raises(ValueError, match="ESCALATE or DENY"):
+        fit_thresholds(np.full((4, 3), 1 / 3), np.zeros(4, dtype=int), 0.02)
+
+
+# ----------------------------------------------------------------------------- split and stage
+def test_split_is_stratified_disjoint_and_seeded():
+    y = np.repeat([0, 1, 2], [50, 20, 3])
+    fit, hold = C.split_stratified(y, 0.3, seed=4)
+    assert np.intersect1d(fit, hold).size == 0 and np.union1d(fit, hold).tolist() == list(range(73))
+    assert np.bincount(y[hold], minlength=3).tolist() == [15, 6, 1]
+    np.testing.assert_array_equal(hold, C.split_stratified(y, 0.3, seed=4)[1])
+    assert not np.array_equal(hold, C.split_stratified(y, 0.3, seed=5)[1])
+
+
+def test_calibrate_improves_overconfident_scores_and_round_trips():
+    z, y = synthetic(3_000, 3.0, seed=8, scale=6.0)  # scores three times too sharp
+    res = C.calibrate(z, y, C.CalibrationConfig(seed=1))
+    assert res.temperature == pytest.approx(3.0, rel=0.15)
+    assert res.after.holdout.ece < res.before.holdout.ece
+    assert res.after.holdout.nll < res.before.holdout.nll
+    assert (res.before.tau_deny, res.before.tau_escalate, res.before.temperature) == (0.5, 0.7, 1.0)
+    assert res.n_fit + res.n_holdout == 3_000 and res.after.fit.n == res.n_fit
+    assert res.threshold_fit.feasible and res.after.fit.false_allow_rate <= 0.02
+    assert res.passed == res.verdict.passed and res.labels == LABELS
+    assert res.model_sha256 is None and res.label_token_ids is None
+    assert C.CalibrationResult.model_validate_json(res.model_dump_json(indent=2)) == res
+    done = res.model_copy(update={"model_sha256": "ab" * 32, "label_token_ids": {"ALLOW": [1]}})
+    assert C.CalibrationResult.model_validate_json(done.model_dump_json()).model_sha256 == "ab" * 32
+
+
+def test_calibrate_missing_label_raises():
+    z, y = synthetic(200, 1.0, seed=9)
+    y[y == 1] = 0
+    with pytest.raises(ValueError, match=r"\['ESCALATE'\] have no example"):
+        C.calibrate(z, y)
+
+
+def test_calibrate_warns_under_100_samples(caplog):
+    z, y = synthetic(60, 1.0, seed=10)
+    with caplog.at_level(logging.WARNING, logger="so8t"):
+        res = C.calibrate(z, y)
+    assert "only 60 samples" in caplog.text and any("only 60" in w for w in res.warnings)
+
+
+def test_encode_labels():
+    assert C.encode_labels(["DENY", "ALLOW", "ESCALATE"]).tolist() == [2, 0, 1]
+    with pytest.raises(ValueError, match="allow"):
+        C.encode_labels(["allow"])
+
+
+def test_config_is_frozen_strict_and_gathers_errors():
+    with pytest.raises(ValueError, match="(?i)extra"):
+        C.CalibrationConfig(temprature=1.0)
+    with pytest.raises(ValueError, match="initial_temperature=30.0.*holdout_fraction=1.5"):
+        C.CalibrationConfig(initial_temperature=30.0, holdout_fraction=1.5)
+    cfg = C.CalibrationConfig()
+    with pytest.raises(ValueError):
+        cfg.seed = 3
+    assert all(f.description for f in C.CalibrationConfig.model_fields.values())
+
+
+def test_reliability_diagram_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    from so8t.reliability import plot_reliability
+
+    z, y = synthetic(300, 2.0, seed=11)
+    out = plot_reliability(softmax(z), softmax(z, 2.0), y, tmp_path / "cal" / "reliability_diagram.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,95 @@
+"""Data readers: strict validation with file:line:field errors; masking; EOS; truncation."""
+
+import json
+
+import pytest
+
+from so8t.data import IGNORE_INDEX, encode_dataset, encode_record, read_jsonl, InstructionRecord, LabelledRecord
+from so8t.decision import LABELS
+from so8t.errors import DataError
+
+
+def _write(tmp_path, lines):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize(
+    "lines, pattern",
+    [
+        (['{"text": "ok"}', '{"text": "broken"'], r"d\.jsonl:2: malformed JSON"),
+        (['{"instruction": "q"}'], r"d\.jsonl:1: field 'output': missing"),
+        (['{"text": "a", "label": "MAYBE"}'], r"d\.jsonl:1: field 'label': 'MAYBE' is not one of ALLOW, ESCALATE, DENY"),
+        (['{"text": "a", "colour": "red"}'], r"d\.jsonl:1: field 'colour': unknown field"),
+        (['{"text": 3}'], r"d\.jsonl:1: field 'text'"),
+        (['[1, 2]'], r"d\.jsonl:1: expected a JSON object"),
+        ([''], r"d\.jsonl: no records"),
+    ],
+)
+def test_bad_lines_name_file_line_and_field(tmp_path, lines, pattern):
+    with pytest.raises(DataError, match=pattern) as e:
+        read_jsonl(_write(tmp_path, lines))
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_kinds_are_detected(tiny_dataset):
+    recs = read_jsonl(tiny_dataset)
+    kinds = {type(r).__name__ for r in recs}
+    assert kinds == {"InstructionRecord", "TextRecord", "LabelledRecord"}
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_llama):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_llama))
+
+
+def test_loss_only_on_answer_and_eos_learned(tok):
+    rec = InstructionRecord(instruction="add 1 and 2", output="3", thinking="1 + 2 = 3")
+    ex, truncated = encode_record(rec, tok, 512)
+    assert not truncated
+    ids, labels = ex["input_ids"], ex["labels"]
+    prompt = tok.apply_chat_template([{"role": "user", "content": rec.instruction}], tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert all(lab == IGNORE_INDEX for lab in labels[:n_prompt])
+    answer = [t for t in labels if t != IGNORE_INDEX]
+    assert answer == ids[n_prompt:]
+    text = tok.decode(answer)
+    assert text.startswith("<think>1 + 2 = 3</think>3")
+    assert tok.eos_token_id in answer  # stopping is learned
+
+
+def test_label_record_answers_with_the_label_after_the_decision_prompt(tok):
+    from so8t.decision import DECISION_SYSTEM
+
+    ex, _ = encode_record(LabelledRecord(text="how do I bake bread?", label="ALLOW"), tok, 512)
+    answer = tok.decode([t for t in ex["labels"] if t != IGNORE_INDEX])
+    assert answer.strip().startswith("ALLOW")
+    assert DECISION_SYSTEM[:30] in tok.decode(ex["input_ids"])
+    assert set(LABELS) == {"ALLOW", "ESCALATE", "DENY"}
+
+
+def test_truncation_is_counted_and_reported(tok, caplog, tiny_dataset):
+    recs = read_jsonl(tiny_dataset)
+    with caplog.at_level("WARNING"):
+        ds, stats = encode_dataset(recs, tok, max_length=24)
+    assert stats.truncated > 0
+    assert all(len(ex["input_ids"]) <= 24 for ex in ds.examples)
+    assert "truncated to max_length=24" in caplog.text
+    _, full = encode_dataset(recs, tok, max_length=4096)
+    assert full.truncated == 0 and full.tokens > stats.tokens
+
+
+def test_text_records_train_on_every_token(tok):
+    from so8t.data import TextRecord
+
+    ex, _ = encode_record(TextRecord(text="calibration data"), tok, 512)
+    assert [t for t in ex["labels"] if t != IGNORE_INDEX] == ex["input_ids"][1:]  # all but BOS
+    assert ex["input_ids"][-1] == tok.eos_token_id

@@ -1,0 +1,121 @@
+"""Gates on real (tiny) HF models: exact identity at init, refusal, save/load, removal."""
+
+import copy
+
+import pytest
+import torch
+
+from so8t.errors import ModelError
+from so8t.gates import attach_gates, iter_gates, load_gates, remove_gates, resolve_layers, save_gates
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+
+
+def _lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    from so8t.train import resolve_lora_targets
+
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=resolve_lora_targets(model, "all-linear")))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_phi3"])
+def test_step0_logits_equal_base_exactly(request, fixture):
+    path = request.getfixturevalue(fixture)
+    ids = torch.randint(3, 500, (2, 17))
+    base = _load(path)
+    with torch.no_grad():
+        ref = base(ids).logits
+    gated = _lora(_load(path))
+    layers = attach_gates(gated, "all")
+    assert layers == [0, 1]
+    with torch.no_grad():
+        got = gated(ids).logits
+    assert torch.equal(got, ref)
+
+
+def test_generators_are_float32_and_trainable(tiny_llama):
+    m = _lora(_load(tiny_llama))
+    attach_gates(m)
+    gates = dict(iter_gates(m))
+    assert all(g.generators.dtype == torch.float32 and g.generators.requires_grad for g in gates.values())
+    assert gates[0].generators.shape == (256 // 8, 28)
+
+
+def test_gate_rotates_o_proj_input(tiny_llama):
+    m = _load(tiny_llama)
+    attach_gates(m, [1])
+    gate = dict(iter_gates(m))[1]
+    with torch.no_grad():
+        gate.generators.normal_(std=0.1)
+    seen = {}
+    o_proj = m.model.layers[1].self_attn.o_proj
+    h = o_proj.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], y=out))
+    m(torch.randint(3, 500, (1, 5)))
+    h.remove()
+    # the hook saw the rotated input; the output is W applied to it
+    torch.testing.assert_close(seen["y"], seen["x"] @ o_proj.weight.T)
+
+
+def test_refuses_architecture_without_o_proj(tiny_gpt2):
+    with pytest.raises(ModelError, match="has no attention o_proj"):
+        attach_gates(_load(tiny_gpt2))
+
+
+def test_refuses_width_not_divisible_by_8(tmp_path, sp_model):
+    from tests.fixtures.tiny_models import build_tiny_llama
+
+    path = build_tiny_llama(tmp_path / "odd", sp_model, hidden=60, heads=5, kv_heads=5, layers=1)
+    with pytest.raises(ModelError, match=r"hidden width 60 .* not divisible by 8") as e:
+        attach_gates(_load(path))
+    assert "head_dim 12 is not divisible by 8" in str(e.value)
+
+
+def test_layer_spec():
+    assert resolve_layers("all", 4) == [0, 1, 2, 3]
+    assert resolve_layers("0, 3", 4) == [0, 3]
+    assert resolve_layers("none", 4) == []
+    with pytest.raises(ModelError, match="out of range"):
+        resolve_layers("5", 4)
+    with pytest.raises(ModelError, match="comma-separated"):
+        resolve_layers("first", 4)
+
+
+def test_save_load_roundtrip_and_deepcopy_and_remove(tiny_llama, tmp_path):
+    ids = torch.randint(3, 500, (1, 9))
+    m = _load(tiny_llama)
+    attach_gates(m)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _, g in iter_gates(m):
+            g.generators.normal_(std=0.1)
+        ref = m(ids).logits
+    save_gates(m, tmp_path)
+    m2 = _load(tiny_llama)
+    assert load_gates(m2, tmp_path) == [0, 1]
+    with torch.no_grad():
+        assert torch.equal(m2(ids).logits, ref)
+    # a deep copy's hooks use the copy's gates
+    m3 = copy.deepcopy(m2)
+    with torch.no_grad():
+        for _, g in iter_gates(m3):
+            g.generators.zero_()
+        assert torch.equal(m2(ids).logits, ref)
+    assert remove_gates(m3) == [0, 1]
+    with torch.no_grad():
+        assert torch.equal(m3(ids).logits, _load(tiny_llama)(ids).logits)
+    assert not list(iter_gates(m3))
+
+
+def test_load_refuses_missing_or_foreign_file(tiny_llama, tmp_path):
+    with pytest.raises(ModelError, match="no SO8T gates file"):
+        load_gates(_load(tiny_llama), tmp_path)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "so8t_gates.safetensors"))
+    with pytest.raises(ModelError, match="not an SO8T gates file"):
+        load_gates(_load(tiny_llama), tmp_path)
