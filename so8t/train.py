@@ -214,7 +214,8 @@ def _make_trainer_class():
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             super()._save(output_dir, state_dict)
-            save_gates(self.model, output_dir or self.args.output_dir)
+            if self.args.should_save:  # transformers calls _save on every rank for some setups
+                save_gates(self.model, output_dir or self.args.output_dir)
 
         def _save_checkpoint(self, model, trial) -> None:
             super()._save_checkpoint(model, trial)
