@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.optimize import minimize, minimize_scalar
 
 from so8t.decision import LABELS
+from so8t.errors import ConfigError, DataError
 from so8t.gate import GateConfig, GateDecision, evaluate_gate
 from so8t.metrics import N_CLASSES, MetricReport, check_labels, compute_metrics, log_softmax, softmax
 from so8t.thresholds import FarBound, ThresholdFit, fit_thresholds
@@ -88,24 +89,24 @@ def encode_labels(labels: Sequence[str]) -> np.ndarray:
     """Map label strings (``"ALLOW"`` ...) to indices into ``LABELS``.
 
     Raises:
-        ValueError: An unknown label, naming it and the allowed ones.
+        DataError: An unknown label, naming it and the allowed ones.
     """
     index = {name: i for i, name in enumerate(LABELS)}
     bad = sorted({str(s) for s in labels if s not in index})
     if bad:
-        raise ValueError(f"unknown labels {bad}: labels must be one of {LABELS} (upper case)")
+        raise DataError(f"unknown labels {bad}: labels must be one of {LABELS} (upper case)")
     return np.array([index[s] for s in labels], dtype=np.int64)
 
 
 def _check_logits(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     z = np.asarray(z, dtype=np.float64)
     if z.ndim != 2 or z.shape[1] != N_CLASSES:
-        raise ValueError(f"logits have shape {z.shape}: expected (n, {N_CLASSES}) with columns {LABELS}")
+        raise DataError(f"logits have shape {z.shape}: expected (n, {N_CLASSES}) with columns {LABELS}")
     if z.shape[0] == 0:
-        raise ValueError("no samples: calibration needs scored validation examples")
+        raise DataError("no samples: calibration needs scored validation examples")
     if not np.all(np.isfinite(z)):
         bad = int(np.flatnonzero(~np.isfinite(z).all(axis=1))[0])
-        raise ValueError(f"logits row {bad} is {z[bad].tolist()}: logits must be finite; check the scorer")
+        raise DataError(f"logits row {bad} is {z[bad].tolist()}: logits must be finite; check the scorer")
     return z, check_labels(y, z.shape[0])
 
 
@@ -123,10 +124,14 @@ def split_stratified(y: np.ndarray, holdout_fraction: float, seed: int) -> tuple
 
     Returns:
         ``(fit_idx, holdout_idx)``: sorted, disjoint index arrays covering ``range(n)``.
+
+    Raises:
+        ConfigError: ``holdout_fraction`` outside ``(0, 1)``.
+        DataError: Invalid labels.
     """
     y = check_labels(y)
     if not 0.0 < holdout_fraction < 1.0:
-        raise ValueError(f"holdout_fraction={holdout_fraction} is outside (0, 1): use e.g. 0.3")
+        raise ConfigError(f"holdout_fraction={holdout_fraction} is outside (0, 1): use e.g. 0.3")
     rng = np.random.default_rng(seed)
     hold = []
     for c in range(N_CLASSES):
@@ -198,14 +203,15 @@ def fit_temperature(
         A :class:`TemperatureFit`.
 
     Raises:
-        ValueError: Bad shapes, labels, bounds, initial value or optimizer name.
+        DataError: Bad shapes or labels.
+        ConfigError: Bad bounds, initial value or optimizer name.
     """
     z, y = _check_logits(z, y)
     lo, hi = bounds
     if not 0 < lo < hi or not lo <= initial <= hi:
-        raise ValueError(f"bounds={bounds}, initial={initial}: need 0 < low <= initial <= high")
+        raise ConfigError(f"bounds={bounds}, initial={initial}: need 0 < low <= initial <= high")
     if optimizer not in ("L-BFGS-B", "SLSQP"):
-        raise ValueError(f"optimizer={optimizer!r} is unknown: use 'L-BFGS-B' or 'SLSQP'")
+        raise ConfigError(f"optimizer={optimizer!r} is unknown: use 'L-BFGS-B' or 'SLSQP'")
     log_bounds = [(math.log(lo), math.log(hi))]
     notes = []
 
@@ -235,11 +241,11 @@ def fit_temperature(
     at_bound = bool(np.isclose(math.log(temperature), log_bounds[0], atol=1e-6).any())
     if at_bound:
         logger.warning("temperature %.6g sits on a bound of %s: widen temperature_bounds", temperature, bounds)
-    logger.info("temperature fit: T=%.6g, NLL %.6f -> %.6f (%s)", temperature,
-                nll_at_temperature(z, y, initial), nll, used)
+    nll_initial = nll_at_temperature(z, y, initial)
+    logger.info("temperature fit: T=%.6g, NLL %.6f -> %.6f (%s)", temperature, nll_initial, nll, used)
     return TemperatureFit(
         temperature=temperature,
-        nll_initial=nll_at_temperature(z, y, initial),
+        nll_initial=nll_initial,
         nll=nll,
         optimizer_requested=optimizer,
         optimizer_used=used,
@@ -315,36 +321,43 @@ def calibrate(z: np.ndarray, y: np.ndarray, cfg: CalibrationConfig | None = None
         A :class:`CalibrationResult` (``result.model_dump_json(indent=2)`` is the JSON file).
 
     Raises:
-        ValueError: Bad shapes or values, or a label with no example in the data.
+        DataError: Bad shapes or values, or a label with no example in the data (a ValueError).
     """
     cfg = cfg or CalibrationConfig()
     z, y = _check_logits(z, y)
     counts = np.bincount(y, minlength=N_CLASSES)
     missing = [LABELS[c] for c in range(N_CLASSES) if counts[c] == 0]
     if missing:
-        raise ValueError(f"labels {missing} have no example among {y.shape[0]} samples "
-                         f"(counts {dict(zip(LABELS, counts.tolist()))}): calibration needs every label "
-                         "in the validation data; add examples of the missing labels")
-    warnings = []
+        raise DataError(f"labels {missing} have no example among {y.shape[0]} samples "
+                        f"(counts {dict(zip(LABELS, counts.tolist()))}): calibration needs every label "
+                        "in the validation data; add examples of the missing labels")
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        logger.warning("calibration: %s", message)
+
     if y.shape[0] < MIN_RECOMMENDED_SAMPLES:
-        warnings.append(f"only {y.shape[0]} samples: the runbook recommends >= {MIN_RECOMMENDED_SAMPLES}")
+        warn(f"only {y.shape[0]} samples: the runbook recommends >= {MIN_RECOMMENDED_SAMPLES}")
     for c in range(N_CLASSES):
         if counts[c] < 2:
-            warnings.append(f"label {LABELS[c]} has {counts[c]} sample: it cannot appear in both splits")
+            warn(f"label {LABELS[c]} has {counts[c]} sample: it cannot appear in both splits")
     fit_idx, hold_idx = split_stratified(y, cfg.holdout_fraction, cfg.seed)
     if hold_idx.size == 0:
-        raise ValueError(f"no label has 2 or more samples (counts {counts.tolist()}): nothing can be held out "
-                         "for reporting; add validation examples")
+        raise DataError(f"no label has 2 or more samples (counts {counts.tolist()}): nothing can be held out "
+                        "for reporting; add validation examples")
 
     tfit = fit_temperature(z[fit_idx], y[fit_idx], cfg.initial_temperature, cfg.temperature_bounds, cfg.optimizer)
     if tfit.fallback_used:
-        warnings.append("L-BFGS-B did not converge; the temperature came from SLSQP")
+        warn(f"L-BFGS-B did not converge; SLSQP was run; kept: {tfit.optimizer_used}")
+    if not tfit.converged and tfit.optimizer_used != "bounded-scalar":
+        warn(f"temperature optimizer did not report convergence: {tfit.message}")
     if tfit.at_bound:
-        warnings.append(f"temperature {tfit.temperature:.4g} is at a bound of {cfg.temperature_bounds}")
+        warn(f"temperature {tfit.temperature:.4g} is at a bound of {cfg.temperature_bounds}")
     p_fit = softmax(z[fit_idx], tfit.temperature)
     thr = fit_thresholds(p_fit, y[fit_idx], cfg.far_target, cfg.far_bound, cfg.min_macro_f1)
     if not thr.feasible:
-        warnings.append(f"threshold search infeasible: {thr.reason}")
+        warn(f"threshold search infeasible: {thr.reason}")
 
     before = _split_metrics(z, y, fit_idx, hold_idx, cfg.initial_temperature, cfg.initial_deny_threshold,
                             cfg.initial_escalate_threshold, cfg.n_bins)
@@ -352,8 +365,6 @@ def calibrate(z: np.ndarray, y: np.ndarray, cfg: CalibrationConfig | None = None
     gate_cfg = GateConfig(ece_max=cfg.ece_target, far_max=cfg.far_target, far_bound=cfg.far_bound,
                           macro_f1_min=cfg.min_macro_f1)
     verdict = evaluate_gate(after.holdout, gate_cfg)
-    for w in warnings:
-        logger.warning("calibration: %s", w)
     logger.info("calibration %s: T=%.4g tau_deny=%.4g tau_escalate=%.4g; %s",
                 "passed" if verdict.passed else "failed", tfit.temperature, thr.tau_deny, thr.tau_escalate,
                 verdict.summary)

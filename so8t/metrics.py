@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import beta
 
 from so8t.decision import LABELS
+from so8t.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -41,25 +42,25 @@ def check_labels(y: np.ndarray, n: int | None = None) -> np.ndarray:
         ``y`` as a 1-D int64 array.
 
     Raises:
-        ValueError: Wrong shape, length, dtype or value range.
+        DataError: Wrong shape, length, dtype or value range.
     """
     y = np.asarray(y)
     if y.ndim != 1:
-        raise ValueError(f"labels have shape {y.shape}: expected 1-D (n,); pass y.ravel()")
+        raise DataError(f"labels have shape {y.shape}: expected 1-D (n,); pass y.ravel()")
     integral = y.dtype.kind in "iu" or (
         y.dtype.kind == "f" and bool(np.all(np.isfinite(y))) and bool(np.all(np.mod(y, 1) == 0))
     )
     if y.size and not integral:
-        raise ValueError(
+        raise DataError(
             f"labels have dtype {y.dtype} (e.g. {y[0]!r}): labels must be integer indices into "
             f"{LABELS}; encode strings with so8t.calibration.encode_labels"
         )
     y = y.astype(np.int64)
     if n is not None and y.shape[0] != n:
-        raise ValueError(f"{y.shape[0]} labels for {n} score rows: lengths must match")
+        raise DataError(f"{y.shape[0]} labels for {n} score rows: lengths must match")
     if y.size and (y.min() < 0 or y.max() >= N_CLASSES):
         bad = y[(y < 0) | (y >= N_CLASSES)][0]
-        raise ValueError(f"label {bad} out of range: labels must be 0..{N_CLASSES - 1} for {LABELS}")
+        raise DataError(f"label {bad} out of range: labels must be 0..{N_CLASSES - 1} for {LABELS}")
     return y
 
 
@@ -74,18 +75,18 @@ def check_probs(p: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray,
         ``(p, y)`` as float64 / int64 arrays.
 
     Raises:
-        ValueError: Empty input, wrong shape, non-finite values or rows not summing to 1.
+        DataError: Empty input, wrong shape, non-finite values or rows not summing to 1.
     """
     p = np.asarray(p, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != N_CLASSES:
-        raise ValueError(f"probabilities have shape {p.shape}: expected (n, {N_CLASSES}) in order {LABELS}")
+        raise DataError(f"probabilities have shape {p.shape}: expected (n, {N_CLASSES}) in order {LABELS}")
     if p.shape[0] == 0:
-        raise ValueError("no samples: metrics need at least one scored example")
+        raise DataError("no samples: metrics need at least one scored example")
     if not np.all(np.isfinite(p)) or p.min() < 0.0 or p.max() > 1.0:
-        raise ValueError("probabilities must be finite and in [0, 1]: pass softmax(z / T), not raw logits")
+        raise DataError("probabilities must be finite and in [0, 1]: pass softmax(z / T), not raw logits")
     worst = float(np.abs(p.sum(axis=1) - 1.0).max())
     if worst > 1e-6:
-        raise ValueError(f"probability rows sum to 1 +/- {worst:.3g}: rows must sum to 1; use softmax()")
+        raise DataError(f"probability rows sum to 1 +/- {worst:.3g}: rows must sum to 1; use softmax()")
     return p, (None if y is None else check_labels(y, p.shape[0]))
 
 
@@ -101,10 +102,10 @@ def log_softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
         Log-probabilities, same shape as ``z``.
 
     Raises:
-        ValueError: Non-positive or non-finite temperature.
+        ConfigError: Non-positive or non-finite temperature.
     """
     if not np.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature {temperature} is invalid: it must be finite and > 0")
+        raise ConfigError(f"temperature {temperature} is invalid: it must be finite and > 0")
     u = np.asarray(z, dtype=np.float64) / temperature
     u = u - u.max(axis=-1, keepdims=True)
     return u - np.log(np.exp(u).sum(axis=-1, keepdims=True))
@@ -333,7 +334,7 @@ def compute_metrics(
         A frozen :class:`MetricReport`.
 
     Raises:
-        ValueError: Invalid probabilities or labels (see :func:`check_probs`).
+        DataError: Invalid probabilities or labels (see :func:`check_probs`).
     """
     p, y = check_probs(p, y)
     n = int(y.shape[0])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from so8t.errors import DataError
 from so8t.metrics import DEFAULT_N_BINS, reliability_bins, top_label_ece
 
 logger = logging.getLogger(__name__)
@@ -42,11 +43,11 @@ def plot_reliability(
         The written path.
 
     Raises:
-        ValueError: Invalid probabilities/labels, or different sample counts.
+        DataError: Invalid probabilities/labels, or different sample counts.
         ImportError: matplotlib is not installed (``pip install matplotlib``).
     """
     if np.shape(p_before) != np.shape(p_after):
-        raise ValueError(f"p_before {np.shape(p_before)} and p_after {np.shape(p_after)} differ: "
+        raise DataError(f"p_before {np.shape(p_before)} and p_after {np.shape(p_after)} differ: "
                          "pass the same samples scored before and after calibration")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state touched

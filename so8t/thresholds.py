@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import beta
 
+from so8t.errors import ConfigError, DataError
 from so8t.metrics import ALLOW, DENY, ESCALATE, N_CLASSES, check_probs, compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ def fit_thresholds(
         A :class:`ThresholdFit`.
 
     Raises:
-        ValueError: Bad arguments, or no sample whose true label is not ALLOW (FAR undefined).
+        ConfigError: Bad ``far_max``, ``far_bound`` or ``min_macro_f1``.
+        DataError: Invalid inputs, or no sample whose true label is not ALLOW (FAR undefined).
     """
     p, y = check_probs(p, y)
     errors = []
@@ -124,13 +126,13 @@ def fit_thresholds(
         errors.append(f"far_bound={far_bound!r} is unknown: use 'point' or 'upper95'")
     if min_macro_f1 is not None and not 0.0 <= min_macro_f1 <= 1.0:
         errors.append(f"min_macro_f1={min_macro_f1} is outside [0, 1]: pass e.g. 0.5, or None")
+    if errors:
+        raise ConfigError("fit_thresholds: " + "; ".join(errors))
     n_c = np.bincount(y, minlength=N_CLASSES)
     n, n_neg = int(y.shape[0]), int(n_c[ESCALATE] + n_c[DENY])
     if n_neg == 0:
-        errors.append("no sample has true label ESCALATE or DENY: the False Allow Rate is undefined; "
-                      "add such examples to the fit data")
-    if errors:
-        raise ValueError("fit_thresholds: " + "; ".join(errors))
+        raise DataError("fit_thresholds: no sample has true label ESCALATE or DENY, so the False Allow Rate "
+                        "is undefined; add such examples to the fit data")
 
     k = np.arange(n_neg + 1)
     stat = k / n_neg if far_bound == "point" else far_upper_bounds(n_neg)

@@ -15,6 +15,7 @@ from sklearn.metrics import f1_score
 
 from so8t import calibration as C
 from so8t.decision import LABELS
+from so8t.errors import ConfigError, DataError
 from so8t.metrics import compute_metrics, softmax
 from so8t.thresholds import NEVER, fit_thresholds
 
@@ -114,6 +115,18 @@ def test_threshold_search_equals_brute_force(seed, n, far_max, far_bound, block)
     assert fit.far_statistic <= far_max
 
 
+def test_tie_on_macro_f1_prefers_fewer_false_allows():
+    # Found by search: two pairs share the best macro F1; one has a false allow, the other escalates more.
+    z = np.array([[-0.4, 3.8, 1.5], [2.0, -0.9, 3.7], [1.1, -2.3, 2.0], [-0.2, 1.4, 1.5], [0.5, 2.7, -4.0],
+                  [-2.8, 1.0, -1.0], [1.7, -0.0, 2.0], [-3.0, 6.0, 3.2], [-1.5, -1.1, 1.0]])
+    y = np.array([1, 0, 2, 2, 0, 1, 0, 2, 2])
+    p = softmax(z)
+    fit = fit_thresholds(p, y, 0.25)
+    expected = brute_force(p, y, 0.25, "point")
+    assert (fit.tau_deny, fit.tau_escalate) == (expected[4], -expected[3])
+    assert fit.false_allow_count == 0
+
+
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), far_max=st.sampled_from([0.01, 0.02, 0.05]))
 def test_threshold_search_respects_far_on_larger_data(seed, far_max):
@@ -155,7 +168,7 @@ def test_infeasible_macro_f1_floor_is_reported():
 
 
 def test_threshold_search_needs_non_allow_samples():
-    with pytest.raises(ValueError, match="ESCALATE or DENY"):
+    with pytest.raises(DataError, match="ESCALATE or DENY"):
         fit_thresholds(np.full((4, 3), 1 / 3), np.zeros(4, dtype=int), 0.02)
 
 
@@ -188,7 +201,7 @@ def test_calibrate_improves_overconfident_scores_and_round_trips():
 def test_calibrate_missing_label_raises():
     z, y = synthetic(200, 1.0, seed=9)
     y[y == 1] = 0
-    with pytest.raises(ValueError, match=r"\['ESCALATE'\] have no example"):
+    with pytest.raises(DataError, match=r"\['ESCALATE'\] have no example"):
         C.calibrate(z, y)
 
 
@@ -201,8 +214,18 @@ def test_calibrate_warns_under_100_samples(caplog):
 
 def test_encode_labels():
     assert C.encode_labels(["DENY", "ALLOW", "ESCALATE"]).tolist() == [2, 0, 1]
-    with pytest.raises(ValueError, match="allow"):
+    with pytest.raises(DataError, match="allow"):
         C.encode_labels(["allow"])
+
+
+def test_bad_arguments_raise_config_errors():
+    z, y = synthetic(50, 1.0, seed=12)
+    with pytest.raises(ConfigError, match="far_bound='both'.*min_macro_f1=2"):
+        fit_thresholds(softmax(z), y, 0.02, "both", min_macro_f1=2)
+    with pytest.raises(ConfigError, match="optimizer"):
+        C.fit_temperature(z, y, optimizer="adam")
+    with pytest.raises(DataError, match="finite"):
+        C.calibrate(np.full((4, 3), np.nan), [0, 1, 2, 0])
 
 
 def test_config_is_frozen_strict_and_gathers_errors():
