@@ -8,6 +8,8 @@ prints one line ``so8t: error: ...`` and exits 2; a log file goes under ``logs/`
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -64,6 +66,14 @@ def setup_logging(command: str, verbose: bool = False) -> Path:
     return path
 
 
+#: Modules that add their own subcommands: each has ``register(subparsers)`` which adds a parser
+#: and sets ``handler=fn(args) -> int`` as its default.
+STAGE_COMMANDS: tuple[str, ...] = tuple(
+    m for m in ("so8t.bake_cli", "so8t.gguf_cli", "so8t.inference_cli", "so8t.calibration_cli", "so8t.abtest_cli")
+    if importlib.util.find_spec(m) is not None
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from so8t.config import TrainConfig
 
@@ -87,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--max_steps", type=int, default=12, help="Training steps of the short demo run (default: 12).")
 
     sub.add_parser("registry", help="The artifact registry (so8t registry --help).", add_help=False)
+    p_train.set_defaults(handler=_cmd_train)
+    p_base.set_defaults(handler=_cmd_base)
+    p_demo.set_defaults(handler=_cmd_demo)
+    for module in STAGE_COMMANDS:
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -131,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_path = setup_logging(args.command, args.verbose)
     try:
-        handler = {"train": _cmd_train, "base": _cmd_base, "demo": _cmd_demo}[args.command]
-        return handler(args)
+        return args.handler(args)
     except So8tError as e:
         logger.debug("user error", exc_info=True)
         print(f"so8t: error: {e}", file=sys.stderr)
