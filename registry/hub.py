@@ -1,0 +1,443 @@
+"""Mirror of a registry model on the Hugging Face Hub (or any server speaking its API).
+
+Hub layout for model ``name`` in repo ``config.repo_id``:
+
+* tag ``vN`` (never moved): exactly version N's files, a model card (README.md) and
+  ``so8t-registry.json`` (the manifest). Versions are committed to the branch
+  ``config.upload_branch`` (tree replaced per version), then the commit is tagged.
+* ``main``: the production version's files, its card and ``so8t-registry.json`` with all aliases
+  and states. Each local alias/state change (a history entry) becomes one commit on main, made
+  with ``parent_commit=`` so a concurrent writer makes it fail instead of being overwritten.
+
+The local store is the source of truth and is never written by the mirror. What is already on the
+Hub is recorded in ``<root>/mirror/<name>/<repo>.json`` (tags uploaded, last history seq mirrored
+to main); what is pending is whatever the store has beyond that, so a crash or an outage loses
+nothing: :meth:`HubMirror.sync` catches up. Files the Hub already has (same sha256) are not sent
+again: unchanged paths are left out of commits, and the LFS batch API skips known objects.
+
+The token comes from ``token=``, ``HF_TOKEN`` or the ``huggingface-cli login`` cache; it is never
+stored, logged or put in an exception message. For a server without xet storage set
+``HF_HUB_DISABLE_XET=1`` before huggingface_hub is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.errors import MirrorError
+from registry.fsio import write_atomic
+from registry.locks import file_lock
+from registry.modelcard import RESERVED_PATHS, REGISTRY_FILE, registry_json, render_card, render_empty_card
+from registry.models import PRODUCTION, HistoryEntry, VersionManifest
+from registry.store import Registry
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_RETRIABLE = {408, 425, 429, 500, 502, 503, 504}
+ENV_REPO = "SO8T_HF_REPO"
+ENV_ENDPOINT = "SO8T_HF_ENDPOINT"
+
+
+class MirrorConfig(BaseModel):
+    """Where and how to mirror. The token is deliberately not part of it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    repo_id: str = Field(description="Hub repository, 'owner/name'.", pattern=r"^[\w.-]+/[\w.-]+$")
+    endpoint: str | None = Field(
+        default=None, description="Hub URL; None uses HF_ENDPOINT or https://huggingface.co."
+    )
+    private: bool = Field(default=True, description="Create the repository private.")
+    upload_branch: str = Field(default="so8t-uploads", description="Branch versions are committed to.")
+    license: str = Field(default="apache-2.0", description="Licence id in the model card metadata.")
+    max_attempts: int = Field(default=5, ge=1, description="Tries per Hub call before giving up.")
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per try.")
+    backoff_max_s: float = Field(default=30.0, ge=0, description="Longest retry delay.")
+
+    @classmethod
+    def from_env(cls, repo_id: str | None = None, endpoint: str | None = None, **kw: Any) -> MirrorConfig:
+        """Build a config from arguments, falling back to ``SO8T_HF_REPO`` / ``SO8T_HF_ENDPOINT``.
+
+        Raises:
+            MirrorError: If no repository id is given anywhere.
+        """
+        repo = repo_id or os.environ.get(ENV_REPO)
+        if not repo:
+            raise MirrorError(
+                f"no Hub repository configured: pass --repo OWNER/NAME or set {ENV_REPO}"
+            )
+        return cls(repo_id=repo, endpoint=endpoint or os.environ.get(ENV_ENDPOINT) or None, **kw)
+
+
+class MirrorState(BaseModel):
+    """What the mirror knows is on the Hub (``<root>/mirror/<name>/<repo>.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo_id: str = Field(description="Repository this state describes.")
+    endpoint: str = Field(description="Hub URL this state describes.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Version -> tagged commit.")
+    main_seq: int = Field(default=0, description="Last history seq mirrored to main.")
+    main_commit: str | None = Field(default=None, description="Commit of main after that change.")
+    last_error: str | None = Field(default=None, description="Error of the last failed sync.")
+    last_sync: datetime | None = Field(default=None, description="UTC time of the last sync.")
+
+
+class SyncReport(BaseModel):
+    """Outcome of one :meth:`HubMirror.sync`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    repo_id: str = Field(description="Repository synced.")
+    uploaded: tuple[str, ...] = Field(default=(), description="Versions uploaded and tagged now.")
+    main_commits: tuple[str, ...] = Field(default=(), description="Commits made on main now.")
+    pending_versions: tuple[str, ...] = Field(default=(), description="Versions still not on the Hub.")
+    pending_changes: int = Field(default=0, description="History entries not yet on main.")
+    error: str | None = Field(default=None, description="Why the sync stopped early, if it did.")
+
+    @property
+    def ok(self) -> bool:
+        """True when everything is mirrored."""
+        return self.error is None and not self.pending_versions and not self.pending_changes
+
+
+class _Conflict(Exception):
+    """The branch moved under a parent_commit compare-and-swap."""
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """Git's object id of a regular file with this content."""
+    return hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
+
+
+class HubMirror:
+    """Pushes one registry's models to a Hub repository; one repository per model name."""
+
+    def __init__(self, registry: Registry, config: MirrorConfig, *, token: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        """Args:
+        registry: The local store (read only).
+        config: Repository and retry settings.
+        token: Hub token; None uses HF_TOKEN or the login cache.
+        sleep: Delay function between retries (tests pass a fast one).
+        """
+        self.registry = registry
+        self.config = config
+        self._token = token
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"HubMirror(repo_id={self.config.repo_id!r}, endpoint={self.config.endpoint!r})"
+
+    # ------------------------------------------------------------ bookkeeping
+    def _endpoint(self) -> str:
+        return (self.config.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+    def _state_path(self, name: str) -> Path:
+        key = re.sub(r"[^A-Za-z0-9._-]", "_", self.config.repo_id)
+        ep = hashlib.sha1(self._endpoint().encode()).hexdigest()[:8]
+        return self.registry.root / "mirror" / name / f"{key}-{ep}.json"
+
+    def load_state(self, name: str) -> MirrorState:
+        """Read the mirror bookkeeping for ``name`` (empty if never synced)."""
+        path = self._state_path(name)
+        try:
+            return MirrorState.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return MirrorState(repo_id=self.config.repo_id, endpoint=self._endpoint())
+
+    def _save(self, name: str, state: MirrorState) -> None:
+        path = self._state_path(name)
+        tmp = self.registry.root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, state.model_dump_json(indent=1).encode(), tmp_dir=tmp)
+
+    def pending(self, name: str) -> tuple[list[str], int]:
+        """Versions not yet tagged on the Hub and history entries not yet on main."""
+        state = self.load_state(name)
+        versions = [v.version for v in self.registry.list_versions(name) if v.version not in state.tags]
+        changes = sum(1 for e in self.registry.history(name) if e.seq > state.main_seq)
+        return versions, changes
+
+    # ----------------------------------------------------------------- errors
+    def _redact(self, text: str) -> str:
+        secrets = {self._token, os.environ.get("HF_TOKEN")}
+        try:
+            from huggingface_hub import get_token
+
+            secrets.add(get_token())
+        except Exception:  # noqa: BLE001 - no token anywhere is fine
+            pass
+        for s in secrets:
+            if s:
+                text = text.replace(s, "<redacted>")
+        return text
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one Hub call with retries and exponential backoff on transient failures."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        delay = self.config.backoff_s
+        for attempt in range(1, self.config.max_attempts + 1):
+            try:
+                return fn()
+            except HfHubHTTPError as e:
+                status = e.response.status_code if e.response is not None else None
+                if status == 412 or (status == 409 and "parent" in str(e).lower()):
+                    raise _Conflict(what) from None
+                if status not in _RETRIABLE or attempt == self.config.max_attempts:
+                    raise MirrorError(self._redact(
+                        f"{what} failed on {self._endpoint()} (HTTP {status}) after {attempt} "
+                        f"attempt(s): {str(e).splitlines()[0]}; local store unchanged, rerun "
+                        "`so8t registry mirror --sync` when the Hub is reachable"
+                    )) from None
+                reason = f"HTTP {status}"
+            except (OSError, ConnectionError) as e:
+                if attempt == self.config.max_attempts:
+                    raise MirrorError(self._redact(
+                        f"{what} failed: cannot reach {self._endpoint()} ({type(e).__name__}) after "
+                        f"{attempt} attempt(s); local store unchanged, rerun `so8t registry mirror "
+                        "--sync` later"
+                    )) from None
+                reason = type(e).__name__
+            except Exception as e:  # httpx transport errors are not OSError subclasses
+                if not type(e).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
+                    raise
+                if attempt == self.config.max_attempts:
+                    raise MirrorError(self._redact(
+                        f"{what} failed: {type(e).__name__} talking to {self._endpoint()} after "
+                        f"{attempt} attempt(s); local store unchanged, rerun `so8t registry mirror "
+                        "--sync` later"
+                    )) from None
+                reason = type(e).__name__
+            logger.warning("%s: %s (attempt %d/%d), retrying in %.2f s", what, reason, attempt,
+                           self.config.max_attempts, delay)
+            self._sleep(delay)
+            delay = min(delay * 2, self.config.backoff_max_s)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------- sync
+    def sync(self, name: str, *, raise_on_error: bool = False) -> SyncReport:
+        """Upload missing versions, then replay missing alias changes onto main.
+
+        Never modifies the local store. On failure the progress made so far is kept and the
+        error is returned in the report (or raised with ``raise_on_error``).
+
+        Raises:
+            MirrorError: Only with ``raise_on_error=True``.
+        """
+        lock = self._state_path(name).with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        uploaded: list[str] = []
+        commits: list[str] = []
+        error = None
+        with file_lock(lock, timeout_s=self.registry.lock_timeout_s):
+            state = self.load_state(name)
+            try:
+                from huggingface_hub import HfApi
+
+                api = HfApi(endpoint=self._endpoint(), token=self._token)
+                repo = self.config.repo_id
+                self._call("create repo", lambda: api.create_repo(
+                    repo, private=self.config.private, exist_ok=True))
+                for summary in self.registry.list_versions(name):
+                    if summary.version in state.tags:
+                        continue
+                    m = self.registry.manifest(name, summary.version)
+                    state.tags[m.version] = self._upload_version(api, m)
+                    self._save(name, state)
+                    uploaded.append(m.version)
+                commits = self._sync_main(api, name, state)
+                state.last_error = None
+            except MirrorError as e:
+                error = self._redact(str(e))
+                state.last_error = error
+                logger.error("mirror of %s to %s stopped: %s", name, self.config.repo_id, error)
+            state.last_sync = datetime.now(timezone.utc)
+            self._save(name, state)
+        versions, changes = self.pending(name)
+        report = SyncReport(repo_id=self.config.repo_id, uploaded=tuple(uploaded),
+                            main_commits=tuple(commits), pending_versions=tuple(versions),
+                            pending_changes=changes, error=error)
+        if error and raise_on_error:
+            raise MirrorError(error)
+        return report
+
+    def _refs(self, api: Any) -> tuple[dict[str, str], dict[str, str]]:
+        refs = self._call("list refs", lambda: api.list_repo_refs(self.config.repo_id))
+        return ({b.name: b.target_commit for b in refs.branches},
+                {t.name: t.target_commit for t in refs.tags})
+
+    def _files_for(self, m: VersionManifest, extra: dict[str, bytes]) -> dict[str, tuple[str, Any]]:
+        """path -> (sha256, blob Path or bytes) for a tree holding version ``m`` plus ``extra``."""
+        clash = sorted(RESERVED_PATHS & {f.path for f in m.files})
+        if clash:
+            raise MirrorError(
+                f"{m.name} {m.version} contains {clash}, which the mirror writes itself: rename "
+                "those files and publish a new version"
+            )
+        files: dict[str, tuple[str, Any]] = {
+            f.path: (f.sha256, self.registry.blobs.path(f.sha256)) for f in m.files
+        }
+        for path, data in extra.items():
+            if path == "README.md" and path in files:
+                continue  # the version brings its own card
+            files[path] = (hashlib.sha256(data).hexdigest(), data)
+        return files
+
+    def _upload_version(self, api: Any, m: VersionManifest) -> str:
+        branch, tag = self.config.upload_branch, m.version
+        extra = {
+            "README.md": render_card(m, license=self.config.license, aliases={}, role="version").encode(),
+            REGISTRY_FILE: registry_json(m, name=m.name, aliases={}, states={}, seq=0, change=None),
+        }
+        files = self._files_for(m, extra)
+        for _ in range(5):
+            branches, tags = self._refs(api)
+            if tag in tags:
+                self._check_tag(api, tags[tag], files)
+                return tags[tag]
+            if branch not in branches:
+                self._call("create branch", lambda: api.create_branch(
+                    self.config.repo_id, branch=branch, exist_ok=True))
+                continue
+            try:
+                commit = self._commit_tree(api, branch, branches[branch], files,
+                                           f"{m.name} {tag}: {len(m.files)} files")
+                self._call(f"tag {tag}", lambda: api.create_tag(
+                    self.config.repo_id, tag=tag, revision=commit, tag_message=f"{m.name} {tag}"))
+            except _Conflict:
+                continue  # someone moved the branch or made the tag: look again
+            except MirrorError as e:
+                if "HTTP 409" not in str(e):
+                    raise
+                continue  # tag exists (a retried request already made it): check it above
+            logger.info("mirrored %s %s to %s@%s", m.name, tag, self.config.repo_id, commit[:8])
+            return commit
+        raise MirrorError(f"could not upload {m.name} {tag}: the Hub repo kept changing under us")
+
+    def _check_tag(self, api: Any, commit: str, files: dict[str, tuple[str, Any]]) -> None:
+        remote = self._remote_tree(api, commit)
+        for path, (sha, src) in files.items():
+            if path in (REGISTRY_FILE, "README.md"):
+                continue
+            if not self._same(remote.get(path), sha, src):
+                raise MirrorError(
+                    f"tag on {self.config.repo_id} already exists at {commit[:8]} with different "
+                    f"content for {path}: tags are never moved; inspect the repo and delete the "
+                    "tag by hand only if it is wrong"
+                )
+
+    def _remote_tree(self, api: Any, revision: str) -> dict[str, Any]:
+        entries = self._call("list tree", lambda: list(api.list_repo_tree(
+            self.config.repo_id, revision=revision, recursive=True)))
+        return {e.path: e for e in entries if getattr(e, "blob_id", None) is not None}
+
+    @staticmethod
+    def _same(remote: Any, sha256: str, src: Any) -> bool:
+        if remote is None:
+            return False
+        if getattr(remote, "lfs", None) is not None:
+            return remote.lfs.sha256 == sha256
+        data = src if isinstance(src, bytes) else None
+        if data is None:
+            if Path(src).stat().st_size > (10 << 20):
+                return False
+            data = Path(src).read_bytes()
+        return remote.blob_id == git_blob_sha1(data)
+
+    def _commit_tree(self, api: Any, branch: str, head: str, files: dict[str, tuple[str, Any]],
+                     message: str) -> str:
+        """Make ``branch`` hold exactly ``files`` (plus .gitattributes); CAS on ``head``."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        remote = self._remote_tree(api, head)
+        deletes = sorted(p for p in remote if p not in files and p != ".gitattributes")
+        adds = sorted(p for p, (sha, src) in files.items() if not self._same(remote.get(p), sha, src))
+        if not deletes and not adds:
+            return head
+
+        def ops() -> list[Any]:  # fresh objects per attempt: the client mutates them
+            out: list[Any] = [CommitOperationDelete(path_in_repo=p) for p in deletes]
+            for p in adds:
+                src = files[p][1]
+                out.append(CommitOperationAdd(path_in_repo=p, path_or_fileobj=src if isinstance(src, bytes) else str(src)))
+            return out
+
+        info = self._call(f"commit to {branch}", lambda: api.create_commit(
+            self.config.repo_id, ops(), commit_message=message, revision=branch, parent_commit=head))
+        return info.oid
+
+    def _sync_main(self, api: Any, name: str, state: MirrorState) -> list[str]:
+        history = self.registry.history(name)
+        aliases: dict[str, str] = {}
+        states: dict[str, str] = {}
+        commits: list[str] = []
+        for e in history:
+            if e.alias is not None:
+                if e.to_version is None:
+                    aliases.pop(e.alias, None)
+                else:
+                    aliases[e.alias] = e.to_version
+            states.update({v: s.value for v, s in e.state_changes.items()})
+            if e.seq <= state.main_seq:
+                continue
+            oid = self._commit_main(api, name, e, dict(aliases), dict(states))
+            if oid is not None:
+                commits.append(oid)
+                state.main_commit = oid
+            state.main_seq = e.seq
+            self._save(name, state)
+        return commits
+
+    def _commit_main(self, api: Any, name: str, e: HistoryEntry, aliases: dict[str, str],
+                     states: dict[str, str]) -> str | None:
+        prod = aliases.get(PRODUCTION)
+        m = self.registry.manifest(name, prod) if prod else None
+        card = (render_card(m, license=self.config.license, aliases=aliases, role="production")
+                if m else render_empty_card(name, license=self.config.license))
+        meta = registry_json(m, name=name, aliases=aliases, states=states, seq=e.seq, change=e)
+        extra = {"README.md": card.encode(), REGISTRY_FILE: meta}
+        files = self._files_for(m, extra) if m else {
+            p: (hashlib.sha256(d).hexdigest(), d) for p, d in extra.items()}
+        message = (f"{name}: {e.action} {e.alias or e.version} {e.from_version or '-'} -> "
+                   f"{e.to_version or '-'} (seq {e.seq})")
+        for _ in range(5):
+            branches, _tags = self._refs(api)
+            head = branches.get("main")
+            if head is None:
+                raise MirrorError(f"{self.config.repo_id} has no main branch: create the repo with an initial commit")
+            if self._remote_seq(api, head) >= e.seq:
+                return None  # another mirror process already applied this change
+            try:
+                oid = self._commit_tree(api, "main", head, files, message)
+            except _Conflict:
+                continue
+            logger.info("main of %s -> %s (%s)", self.config.repo_id, oid[:8], message)
+            return oid
+        raise MirrorError(f"could not update main of {self.config.repo_id}: it kept moving under us")
+
+    def _remote_seq(self, api: Any, head: str) -> int:
+        remote = self._remote_tree(api, head)
+        if REGISTRY_FILE not in remote:
+            return 0
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self._call("read registry file", lambda: api.hf_hub_download(
+                self.config.repo_id, REGISTRY_FILE, revision=head, cache_dir=tmp))
+            try:
+                return int(json.loads(Path(path).read_text()).get("seq", 0))
+            except (ValueError, AttributeError):
+                return 0

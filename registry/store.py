@@ -1,0 +1,435 @@
+"""The local artifact store: publish, look up, promote, reject, roll back, verify, gc, export.
+
+Layout under the root (``$SO8T_REGISTRY``, default ``~/.cache/so8t/registry``)::
+
+    blobs/sha256/ab/ab12...      content-addressed, read-only, deduplicated
+    tmp/                         temporaries (same file system, so renames are atomic)
+    gc.lock                      shared by publishers, exclusive for gc
+    models/<name>/versions/vN.json   immutable manifests (created with link(): all or nothing)
+    models/<name>/state.json     aliases + version states (atomic replace, the commit point)
+    models/<name>/history.jsonl  append-only alias/state history
+    models/<name>/lock           flock serialising alias changes
+    mirror/                      Hub mirror bookkeeping (registry.hub), never needed locally
+
+A version becomes visible only when its manifest is linked into ``versions/``, after all its blobs
+are durable, so no reader ever sees a partial version, whatever instant a process is killed at.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import JsonValue, ValidationError
+
+from registry import aliases as al
+from registry.blobs import BlobStore
+from registry.errors import InvalidInputError, NotFoundError, RegistryError
+from registry.fsio import create_exclusive
+from registry.locks import DEFAULT_TIMEOUT_S, file_lock
+from registry.models import (
+    PRODUCTION,
+    ArtifactKind,
+    FileEntry,
+    GcReport,
+    HistoryEntry,
+    Lineage,
+    ModelState,
+    ResolvedVersion,
+    VerifyReport,
+    VersionManifest,
+    VersionSummary,
+    check_alias,
+    check_model_name,
+    check_relpath,
+    infer_kind,
+    is_version,
+)
+
+logger = logging.getLogger(__name__)
+
+ENV_ROOT = "SO8T_REGISTRY"
+DEFAULT_ROOT = Path("~/.cache/so8t/registry")
+
+FileSource = Path | str | bytes
+STALE_TMP_S = 600.0
+"""gc removes non-blob temporary files older than this (a live write takes milliseconds)."""
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
+def default_root() -> Path:
+    """The registry root: ``$SO8T_REGISTRY`` if set, else ``~/.cache/so8t/registry``."""
+    return Path(os.environ.get(ENV_ROOT) or DEFAULT_ROOT).expanduser()
+
+
+class Registry:
+    """A versioned artifact store rooted at one directory. Safe across processes."""
+
+    def __init__(self, root: Path | str | None = None, *, lock_timeout_s: float = DEFAULT_TIMEOUT_S):
+        """Args:
+        root: Store directory; defaults to :func:`default_root`. Created on first write.
+        lock_timeout_s: How long operations wait for inter-process locks.
+        """
+        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.blobs = BlobStore(self.root)
+        self.lock_timeout_s = lock_timeout_s
+
+    # ------------------------------------------------------------------ paths
+    def _model_dir(self, name: str) -> Path:
+        return self.root / "models" / check_model_name(name)
+
+    def _manifest_path(self, name: str, version: str) -> Path:
+        return self._model_dir(name) / "versions" / f"{version}.json"
+
+    def _log(self, name: str) -> al.AliasLog:
+        return al.AliasLog(self._model_dir(name), self.blobs.tmp_dir, self.lock_timeout_s)
+
+    # ---------------------------------------------------------------- publish
+    def publish(
+        self,
+        name: str,
+        source: Path | str | Mapping[str, FileSource],
+        *,
+        kinds: Mapping[str, ArtifactKind | str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        parameters: Mapping[str, JsonValue] | None = None,
+        lineage: Lineage | Mapping[str, Any] | None = None,
+        flow_run_id: str | None = None,
+        description: str = "",
+    ) -> VersionManifest:
+        """Store files as the next version (v1, v2, ...) of ``name``.
+
+        Args:
+            name: Model name, e.g. ``"so8t-smollm2"``.
+            source: A directory (all regular files below it, recursively) or a mapping of
+                relative path -> source file path or bytes.
+            kinds: Relative path -> kind, overriding :func:`registry.models.infer_kind`.
+            metrics: Evaluation metrics (name -> number).
+            parameters: Parameters that produced the artifacts (JSON values).
+            lineage: Parents, base model, dataset hashes, code revision.
+            flow_run_id: Prefect flow-run id, when published from a flow.
+            description: Free-text note.
+
+        Returns:
+            The manifest of the new version (state: candidate).
+
+        Raises:
+            InvalidNameError: If the name or a file path is invalid.
+            InvalidInputError: If the source is empty, a kind is unknown or metadata is not JSON.
+        """
+        check_model_name(name)
+        files = self._collect(source)
+        kinds = dict(kinds or {})
+        unknown = sorted(set(kinds) - set(files))
+        if unknown:
+            raise InvalidInputError(
+                f"kinds given for files not in the source: {unknown}; kinds keys must be relative "
+                f"paths among {sorted(files)[:10]}"
+            )
+        self.blobs.ensure()
+        versions_dir = self._model_dir(name) / "versions"
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.root / "gc.lock", shared=True, timeout_s=self.lock_timeout_s):
+            entries = []
+            for rel, src in sorted(files.items()):
+                digest, size = (
+                    self.blobs.put_bytes(src) if isinstance(src, bytes) else self.blobs.put_file(Path(src))
+                )
+                try:
+                    kind = ArtifactKind(kinds[rel]) if rel in kinds else infer_kind(rel)
+                except ValueError:
+                    raise InvalidInputError(
+                        f"kind {kinds[rel]!r} of {rel} is unknown: use one of "
+                        f"{[k.value for k in ArtifactKind]}"
+                    ) from None
+                entries.append(FileEntry(path=rel, sha256=digest, size=size, kind=kind))
+            try:
+                lin = lineage if isinstance(lineage, Lineage) else Lineage(**(lineage or {}))
+                draft = dict(
+                    name=name, files=tuple(entries), metrics=dict(metrics or {}),
+                    parameters=dict(parameters or {}), lineage=lin, flow_run_id=flow_run_id,
+                    description=description,
+                )
+                VersionManifest(version="v1", **draft)  # validate before claiming a number
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise InvalidInputError(
+                    f"version metadata rejected: {err['msg']} at {'.'.join(map(str, err['loc']))}; "
+                    "metrics must be numbers, parameters/evidence JSON values"
+                ) from None
+            number = self._max_version(name) + 1
+            while True:  # claim vN with an exclusive link; another publisher may win a number
+                manifest = VersionManifest(version=f"v{number}", **draft)
+                path = versions_dir / f"{manifest.version}.json"
+                if create_exclusive(path, manifest.model_dump_json(indent=1).encode(),
+                                    tmp_dir=self.blobs.tmp_dir):
+                    break
+                number += 1
+        logger.info("published %s %s (%d files, %d bytes)", name, manifest.version,
+                    len(manifest.files), manifest.total_size)
+        return manifest
+
+    def _collect(self, source: Path | str | Mapping[str, FileSource]) -> dict[str, FileSource]:
+        if isinstance(source, Mapping):
+            files: dict[str, FileSource] = {}
+            for rel, src in source.items():
+                files[check_relpath(rel)] = src
+                if not isinstance(src, bytes) and not Path(src).is_file():
+                    raise InvalidInputError(
+                        f"source of {rel!r} is {src!r}, which is not a regular file: pass an "
+                        "existing file path or bytes"
+                    )
+        else:
+            base = Path(source)
+            if not base.is_dir():
+                raise InvalidInputError(
+                    f"publish source {base} is not a directory: pass a directory or a mapping of "
+                    "relative path -> file"
+                )
+            files = {
+                check_relpath(p.relative_to(base).as_posix()): p
+                for p in sorted(base.rglob("*")) if p.is_file()
+            }
+        if not files:
+            raise InvalidInputError(f"nothing to publish from {source!r}: it contains no files")
+        return files
+
+    def _max_version(self, name: str) -> int:
+        vdir = self._model_dir(name) / "versions"
+        best = 0
+        if vdir.is_dir():
+            for entry in os.scandir(vdir):
+                stem = entry.name[:-5] if entry.name.endswith(".json") else ""
+                if is_version(stem):
+                    best = max(best, int(stem[1:]))
+        return best
+
+    # ----------------------------------------------------------------- lookup
+    def list_models(self) -> list[str]:
+        """Names of the models that have at least one version."""
+        mdir = self.root / "models"
+        if not mdir.is_dir():
+            return []
+        return sorted(d.name for d in mdir.iterdir() if (d / "versions").is_dir())
+
+    def resolve(self, name: str, ref: str = PRODUCTION) -> str:
+        """Turn a reference (``v3``, ``3`` or an alias) into a version label.
+
+        Raises:
+            NotFoundError: If the version does not exist or the alias is not set.
+        """
+        if isinstance(ref, str) and ref.isdigit():
+            ref = f"v{int(ref)}"
+        if isinstance(ref, str) and is_version(ref):
+            if not self._manifest_path(name, ref).is_file():
+                raise NotFoundError(
+                    f"version {ref} of model {name!r} does not exist in {self.root}: "
+                    "see `so8t registry list " + name + "`"
+                )
+            return ref
+        alias = check_alias(ref)
+        version = self._log(name).read_state().aliases.get(alias)
+        if version is None:
+            raise NotFoundError(
+                f"alias {alias!r} of model {name!r} is not set: promote a version first "
+                f"(so8t registry promote {name} vN --alias {alias})"
+            )
+        return version
+
+    def manifest(self, name: str, ref: str = PRODUCTION) -> VersionManifest:
+        """Read a manifest without touching blobs."""
+        version = self.resolve(name, ref)
+        return VersionManifest.model_validate_json(self._manifest_path(name, version).read_bytes())
+
+    def state(self, name: str) -> ModelState:
+        """Aliases and version states of ``name`` (one small file read)."""
+        check_model_name(name)
+        return self._log(name).read_state()
+
+    def get(self, name: str, ref: str = PRODUCTION, *, verify: bool = True) -> ResolvedVersion:
+        """Look up a version and (by default) re-hash its blobs.
+
+        Raises:
+            NotFoundError: If the version, alias or a blob is missing.
+            IntegrityError: If a blob does not match its manifest; the version is refused.
+        """
+        m = self.manifest(name, ref)
+        if verify:
+            for f in m.files:
+                self.blobs.verify(f.sha256, f.size)
+        return ResolvedVersion(
+            manifest=m, state=self.state(name).state_of(m.version), verified=verify,
+            paths={f.path: self.blobs.path(f.sha256) for f in m.files},
+        )
+
+    def list_versions(self, name: str) -> list[VersionSummary]:
+        """Every version of ``name`` with its state and aliases, oldest first."""
+        state = self.state(name)
+        vdir = self._model_dir(name) / "versions"
+        if not vdir.is_dir():
+            raise NotFoundError(f"model {name!r} has no versions in {self.root}: publish one first")
+        labels = sorted((p.stem for p in vdir.glob("v*.json") if is_version(p.stem)),
+                        key=lambda v: int(v[1:]))
+        rows = []
+        for v in labels:
+            m = VersionManifest.model_validate_json((vdir / f"{v}.json").read_bytes())
+            rows.append(VersionSummary(
+                version=v, state=state.state_of(v), created_at=m.created_at, files=len(m.files),
+                size=m.total_size, metrics=m.metrics, description=m.description,
+                aliases=tuple(sorted(a for a, t in state.aliases.items() if t == v)),
+            ))
+        return rows
+
+    def history(self, name: str, alias: str | None = None) -> list[HistoryEntry]:
+        """Alias and state changes of ``name``, oldest first (optionally of one alias)."""
+        entries = self._log(name).history()
+        return [e for e in entries if alias is None or e.alias == check_alias(alias)]
+
+    # ---------------------------------------------------------- alias changes
+    @staticmethod
+    def _common(reason: str, evidence: Mapping[str, Any] | None, flow_run_id: str | None) -> dict:
+        return {"reason": reason, "evidence": dict(evidence or {}), "flow_run_id": flow_run_id}
+
+    def promote(
+        self, name: str, ref: str, alias: str = PRODUCTION, *, evidence: Mapping[str, Any] | None = None,
+        reason: str = "", force: bool = False, flow_run_id: str | None = None,
+    ) -> HistoryEntry | None:
+        """Point ``alias`` at a version, recording gate evidence.
+
+        Promoting to ``production`` marks the version production and the previous one archived.
+
+        Returns:
+            The history entry, or None when the alias already pointed there.
+
+        Raises:
+            StateError: If the version is rejected (unless ``force``).
+        """
+        check_alias(alias)
+        version = self.resolve(name, ref)
+        out = self._log(name).change(
+            al.promote_change(version, alias, force=force, common=self._common(reason, evidence, flow_run_id))
+        )
+        return out[0] if out else None
+
+    def reject(
+        self, name: str, ref: str, *, reason: str = "", evidence: Mapping[str, Any] | None = None,
+        flow_run_id: str | None = None,
+    ) -> list[HistoryEntry]:
+        """Mark a version rejected and drop every alias pointing at it.
+
+        Raises:
+            StateError: If the version is production (roll back first).
+        """
+        version = self.resolve(name, ref)
+        return self._log(name).change(
+            al.reject_change(version, common=self._common(reason, evidence, flow_run_id))
+        )
+
+    def rollback(
+        self, name: str, alias: str = PRODUCTION, *, to: str | None = None, reason: str = "",
+        evidence: Mapping[str, Any] | None = None, force: bool = False, flow_run_id: str | None = None,
+    ) -> HistoryEntry | None:
+        """Move ``alias`` back to its previous value, or to the version ``to``.
+
+        Repeated rollbacks walk further back (an undo stack); versions rejected in the meantime
+        are skipped.
+
+        Raises:
+            StateError: If there is no earlier value, or ``to`` is rejected (unless ``force``).
+        """
+        check_alias(alias)
+        target = self.resolve(name, to) if to is not None else None
+        out = self._log(name).change(
+            al.rollback_change(alias, target, force=force, common=self._common(reason, evidence, flow_run_id))
+        )
+        return out[0] if out else None
+
+    # ------------------------------------------------------ maintenance
+    def verify(self, name: str | None = None) -> VerifyReport:
+        """Re-hash every blob and check manifests, aliases and history agree.
+
+        Args:
+            name: Check one model (and only its blobs); None checks the whole store.
+        """
+        from registry.checks import verify_store
+
+        return verify_store(self, name)
+
+    def gc(self, *, dry_run: bool = False) -> GcReport:
+        """Delete blobs no manifest references, and leftover temporaries.
+
+        Runs under the exclusive gc lock, so a publish in progress keeps its blobs.
+
+        Raises:
+            RegistryError: If a manifest cannot be read (gc refuses to guess what it references).
+        """
+        self.blobs.ensure()
+        with file_lock(self.root / "gc.lock", timeout_s=self.lock_timeout_s):
+            referenced: set[str] = set()
+            for name in self.list_models():
+                for p in (self._model_dir(name) / "versions").glob("v*.json"):
+                    try:
+                        m = VersionManifest.model_validate_json(p.read_bytes())
+                    except (ValidationError, OSError) as e:
+                        raise RegistryError(
+                            f"gc stopped: manifest {p} is unreadable ({type(e).__name__}); run "
+                            "`so8t registry verify` and repair it before collecting garbage"
+                        ) from None
+                    referenced.update(f.sha256 for f in m.files)
+            removed, freed = [], 0
+            for digest in list(self.blobs.iter_blobs()):
+                if digest not in referenced:
+                    removed.append(digest)
+                    if not dry_run:
+                        freed += self.blobs.remove(digest)
+                    else:
+                        freed += self.blobs.path(digest).stat().st_size
+            # Blob temporaries belong to publishers, all excluded by the lock: any left is dead.
+            # Other temporaries (alias state, mirror state) are written without the gc lock, so
+            # only old ones are known dead.
+            cutoff = time.time() - STALE_TMP_S
+            tmps = [t for t in self.blobs.tmp_dir.iterdir()
+                    if t.name.startswith("blob-") or _mtime(t) < cutoff]
+            if not dry_run:
+                for t in tmps:
+                    t.unlink(missing_ok=True)
+        logger.info("gc: %d blobs (%d bytes), %d temporaries%s", len(removed), freed, len(tmps),
+                    " (dry run)" if dry_run else "")
+        return GcReport(removed_blobs=tuple(removed), removed_tmp=len(tmps), freed_bytes=freed,
+                        dry_run=dry_run)
+
+    def export(
+        self, name: str, ref: str, dest: Path | str, *, link: bool = False, with_manifest: bool = False,
+    ) -> Path:
+        """Write a version's files to a plain directory (e.g. for llama.cpp or Ollama).
+
+        Every byte is re-hashed on the way; a corrupted blob stops the export.
+
+        Args:
+            name: Model name.
+            ref: Version or alias.
+            dest: Target directory; must not exist or be empty.
+            link: Hard-link blobs instead of copying (read-only files; falls back to copying
+                across file systems).
+            with_manifest: Also write ``registry-manifest.json``.
+
+        Returns:
+            ``dest``.
+        """
+        from registry.export import export_version
+
+        return export_version(self.blobs, self.manifest(name, ref), Path(dest), link=link,
+                              with_manifest=with_manifest)
+
+
+__all__ = ["DEFAULT_ROOT", "ENV_ROOT", "Registry", "default_root"]

@@ -1,0 +1,81 @@
+"""Naming rules and schemas of the registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from registry.errors import InvalidNameError
+from registry.models import (
+    ArtifactKind,
+    FileEntry,
+    VersionManifest,
+    check_alias,
+    check_model_name,
+    check_relpath,
+    check_version,
+    infer_kind,
+)
+
+
+@given(st.text(min_size=0, max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_accepted_paths_stay_inside_the_version(path: str) -> None:
+    root = Path("/srv/store/version")
+    try:
+        ok = check_relpath(path)
+    except InvalidNameError:
+        return
+    resolved = Path(os.path.normpath(root / ok))
+    assert resolved.is_relative_to(root) and resolved != root
+    assert "\x00" not in ok and not ok.startswith("/")
+
+
+@given(st.text(min_size=0, max_size=20))
+@settings(max_examples=300, deadline=None)
+def test_accepted_model_names_are_single_safe_components(name: str) -> None:
+    try:
+        ok = check_model_name(name)
+    except InvalidNameError:
+        return
+    assert "/" not in ok and ok not in (".", "..") and "\x00" not in ok and ".." not in ok
+
+
+def test_error_messages_name_value_rule_and_fix() -> None:
+    with pytest.raises(InvalidNameError) as e:
+        check_relpath("../escape")
+    assert "'../escape'" in str(e.value) and "relative" in str(e.value) and "e.g." in str(e.value)
+    with pytest.raises(InvalidNameError, match="v<N>"):
+        check_alias("v2")
+    with pytest.raises(InvalidNameError, match="leading zeros"):
+        check_version("v01")
+
+
+def test_manifest_is_frozen_sorted_and_strict() -> None:
+    f = lambda p: FileEntry(path=p, sha256="a" * 64, size=1, kind="gguf")  # noqa: E731
+    m = VersionManifest(name="m", version="v1", files=(f("b"), f("a")))
+    assert [x.path for x in m.files] == ["a", "b"]
+    with pytest.raises(ValidationError):
+        m.version = "v2"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="duplicate"):
+        VersionManifest(name="m", version="v1", files=(f("a"), f("a")))
+    with pytest.raises(ValidationError):
+        VersionManifest(name="m", version="v1", files=(), surprise=1)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        FileEntry(path="../x", sha256="a" * 64, size=1, kind="gguf")
+    assert VersionManifest.model_validate_json(m.model_dump_json()) == m
+
+
+@pytest.mark.parametrize(("path", "kind"), [
+    ("a/model.Q4_K_M.gguf", ArtifactKind.GGUF), ("Modelfile", ArtifactKind.MODELFILE),
+    ("adapter_config.json", ArtifactKind.ADAPTER), ("calibration.json", ArtifactKind.CALIBRATION),
+    ("tokenizer.json", ArtifactKind.TOKENIZER), ("model-00001.safetensors", ArtifactKind.HF_MODEL),
+    ("config.json", ArtifactKind.CONFIG), ("eval_report.md", ArtifactKind.REPORT), ("x.bin2", ArtifactKind.OTHER),
+])
+def test_infer_kind(path: str, kind: ArtifactKind) -> None:
+    assert infer_kind(path) == kind

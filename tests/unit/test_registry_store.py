@@ -1,0 +1,285 @@
+"""Unit tests of the local registry store (real files in tmp dirs, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from registry import (
+    ArtifactKind,
+    IntegrityError,
+    InvalidInputError,
+    InvalidNameError,
+    NotFoundError,
+    Registry,
+    StateError,
+    VersionState,
+)
+from registry.cli import main as cli_main
+from registry.fsio import read_last_line
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    return Registry(tmp_path / "store")
+
+
+def _files(tag: str) -> dict[str, bytes]:
+    return {"model.gguf": f"gguf-{tag}".encode() * 100, "Modelfile": b"FROM ./model.gguf\n",
+            "calibration.json": json.dumps({"t": tag}).encode()}
+
+
+def test_publish_numbers_versions_and_infers_kinds(reg: Registry, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "hf").mkdir(parents=True)
+    (src / "hf" / "model.safetensors").write_bytes(b"w" * 10)
+    (src / "hf" / "config.json").write_text("{}")
+    (src / "adapter_model.safetensors").write_bytes(b"a")
+    (src / "model.Q4_K_M.gguf").write_bytes(b"g" * 5)
+    m1 = reg.publish("so8t-x", src, metrics={"acc": 0.5}, parameters={"lr": 1e-4},
+                     lineage={"base_model": "org/base", "dataset_hashes": {"d": "0" * 64},
+                              "code_revision": "abc"}, flow_run_id="run-1")
+    m2 = reg.publish("so8t-x", _files("b"), kinds={"calibration.json": "report"})
+    assert (m1.version, m2.version) == ("v1", "v2")
+    kinds = {f.path: f.kind for f in m1.files}
+    assert kinds == {"adapter_model.safetensors": ArtifactKind.ADAPTER, "hf/config.json": ArtifactKind.CONFIG,
+                     "hf/model.safetensors": ArtifactKind.HF_MODEL, "model.Q4_K_M.gguf": ArtifactKind.GGUF}
+    assert m2.file("calibration.json").kind == ArtifactKind.REPORT
+    assert m2.file("Modelfile").kind == ArtifactKind.MODELFILE
+    got = reg.get("so8t-x", "v1")
+    assert got.manifest == m1 and got.verified and got.state == VersionState.CANDIDATE
+    assert got.path("hf/model.safetensors").read_bytes() == b"w" * 10
+    assert reg.manifest("so8t-x", "1").flow_run_id == "run-1"
+    assert [v.version for v in reg.list_versions("so8t-x")] == ["v1", "v2"]
+    assert reg.list_models() == ["so8t-x"]
+
+
+def test_blobs_are_deduplicated_and_read_only(reg: Registry) -> None:
+    reg.publish("m", _files("same"))
+    reg.publish("m", _files("same"))
+    reg.publish("other", _files("same"))
+    blobs = list(reg.blobs.iter_blobs())
+    assert len(blobs) == 3
+    for digest in blobs:
+        assert reg.blobs.path(digest).stat().st_mode & 0o222 == 0
+
+
+def test_promote_reject_rollback_states_and_history(reg: Registry) -> None:
+    for t in "abc":
+        reg.publish("m", _files(t))
+    e = reg.promote("m", "v1", evidence={"ece": 0.03, "gate": "pass"}, reason="gate passed")
+    assert e is not None and e.evidence == {"ece": 0.03, "gate": "pass"}
+    assert reg.promote("m", "v1") is None  # idempotent
+    reg.promote("m", "v2", "candidate")
+    reg.promote("m", "candidate")  # alias as ref: candidate -> production
+    st = reg.state("m")
+    assert st.aliases == {"production": "v2", "candidate": "v2"}
+    assert st.state_of("v1") == VersionState.ARCHIVED and st.state_of("v2") == VersionState.PRODUCTION
+    with pytest.raises(StateError, match="production"):
+        reg.reject("m", "v2")
+    reg.promote("m", "v3", "candidate")
+    rej = reg.reject("m", "v3", reason="ece too high", evidence={"ece": 0.2})
+    assert [(x.alias, x.from_version, x.to_version) for x in rej] == [("candidate", "v3", None)]
+    with pytest.raises(StateError, match="rejected"):
+        reg.promote("m", "v3")
+    assert reg.promote("m", "v3", "staging", force=True) is not None
+    back = reg.rollback("m", reason="regression")
+    assert (back.from_version, back.to_version) == ("v2", "v1")
+    assert reg.get("m").version == "v1"
+    with pytest.raises(StateError, match="no earlier version"):
+        reg.rollback("m")
+    assert reg.rollback("m", to="v2").to_version == "v2"
+    assert reg.rollback("m").to_version == "v1"  # undo of the explicit rollback
+    hist = reg.history("m")
+    assert [h.seq for h in hist] == list(range(1, len(hist) + 1))
+    assert [h.action for h in reg.history("m", "production")] == ["promote", "promote", "rollback", "rollback", "rollback"]
+    assert reg.verify().ok
+
+
+def test_rollback_skips_versions_rejected_since(reg: Registry) -> None:
+    for t in "abc":
+        reg.publish("m", _files(t))
+    reg.promote("m", "v1")
+    reg.promote("m", "v2")
+    reg.promote("m", "v3")
+    reg.reject("m", "v2", reason="found bad later")
+    assert reg.rollback("m").to_version == "v1"
+
+
+def test_corrupted_blob_is_reported_and_refused(reg: Registry, tmp_path: Path) -> None:
+    m = reg.publish("m", _files("a"))
+    reg.promote("m", "v1")
+    blob = reg.blobs.path(m.file("model.gguf").sha256)
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[10] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    report = reg.verify()
+    assert not report.ok and any(m.file("model.gguf").sha256 in p for p in report.problems)
+    with pytest.raises(IntegrityError, match="corrupted"):
+        reg.get("m", "production")
+    with pytest.raises(IntegrityError):
+        reg.export("m", "v1", tmp_path / "out")
+    assert reg.get("m", "v1", verify=False).version == "v1"  # explicit opt-out still resolves
+    blob.unlink()
+    with pytest.raises(NotFoundError, match="missing"):
+        reg.get("m", "v1")
+    assert cli_main(["--root", str(reg.root), "verify"]) == 1
+
+
+@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/../../x", "a\x00b", "", "a//b", "./a", "C:/x", "a\\b"])
+def test_paths_escaping_the_store_are_refused(reg: Registry, bad: str) -> None:
+    with pytest.raises(InvalidNameError, match="file path"):
+        reg.publish("m", {bad: b"x"})
+    assert not (reg.root / "models" / "m" / "versions").exists() or not list((reg.root / "models" / "m" / "versions").iterdir())
+
+
+@pytest.mark.parametrize("bad", ["../x", "/abs", "a/b", "..", ".", "", "x\x00", "-x", "a" * 101])
+def test_model_names_escaping_the_store_are_refused(reg: Registry, bad: str) -> None:
+    with pytest.raises(InvalidNameError, match="model name"):
+        reg.publish(bad, {"f": b"x"})
+    with pytest.raises(InvalidNameError):
+        reg.get(bad, "v1")
+
+
+@pytest.mark.parametrize("bad", ["../x", "v3", "Prod", "", "a/b", "a\x00"])
+def test_bad_aliases_are_refused(reg: Registry, bad: str) -> None:
+    reg.publish("m", _files("a"))
+    with pytest.raises(InvalidNameError):
+        reg.promote("m", "v1", bad)
+
+
+def test_bad_inputs_give_clear_errors(reg: Registry, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="no files"):
+        (tmp_path / "empty").mkdir()
+        reg.publish("m", tmp_path / "empty")
+    with pytest.raises(InvalidInputError, match="unknown"):
+        reg.publish("m", {"a": b"x"}, kinds={"a": "weights"})
+    with pytest.raises(InvalidInputError, match="not in the source"):
+        reg.publish("m", {"a": b"x"}, kinds={"b": "gguf"})
+    reg.publish("m", {"a": b"x"})
+    with pytest.raises(InvalidInputError, match="JSON"):
+        reg.promote("m", "v1", evidence={"x": object()})
+    assert reg.history("m") == []
+    with pytest.raises(NotFoundError, match="alias 'production'"):
+        reg.get("m")
+    with pytest.raises(NotFoundError, match="v7"):
+        reg.get("m", "v7")
+
+
+def test_gc_removes_only_unreferenced(reg: Registry) -> None:
+    m = reg.publish("m", _files("a"))
+    orphan, _ = reg.blobs.put_bytes(b"orphan")
+    (reg.blobs.tmp_dir / "blob-stale").write_bytes(b"partial")
+    (reg.blobs.tmp_dir / "tmp-live-state").write_bytes(b"{}")  # a concurrent alias change's temp
+    dry = reg.gc(dry_run=True)
+    assert dry.removed_blobs == (orphan,) and reg.blobs.exists(orphan)
+    r = reg.gc()
+    assert r.removed_blobs == (orphan,) and r.removed_tmp == 1 and not reg.blobs.exists(orphan)
+    assert (reg.blobs.tmp_dir / "tmp-live-state").exists()
+    assert all(reg.blobs.exists(f.sha256) for f in m.files)
+    assert reg.verify().ok
+
+
+def test_export_copies_or_links(reg: Registry, tmp_path: Path) -> None:
+    reg.publish("m", {"gguf/model.gguf": b"g" * 3000, "Modelfile": b"FROM ./gguf/model.gguf\n"})
+    out = reg.export("m", "v1", tmp_path / "out", with_manifest=True)
+    assert (out / "gguf" / "model.gguf").read_bytes() == b"g" * 3000
+    assert json.loads((out / "registry-manifest.json").read_text())["version"] == "v1"
+    assert os.access(out / "Modelfile", os.W_OK)
+    linked = reg.export("m", "v1", tmp_path / "linked", link=True)
+    assert (linked / "Modelfile").stat().st_ino == reg.get("m", "v1").path("Modelfile").stat().st_ino
+    with pytest.raises(InvalidInputError, match="not an empty directory"):
+        reg.export("m", "v1", out)
+
+
+def test_large_file_copy_and_hash(reg: Registry, tmp_path: Path) -> None:
+    big = tmp_path / "big.gguf"
+    big.write_bytes(os.urandom(40 << 20) + b"tail")  # > several copy chunks
+    m = reg.publish("m", {"big.gguf": big})
+    import hashlib
+
+    assert m.files[0].sha256 == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert m.files[0].size == (40 << 20) + 4
+    assert reg.get("m", "v1").verified
+
+
+def test_history_recovers_after_crash_between_commit_and_append(reg: Registry) -> None:
+    reg.publish("m", _files("a"))
+    reg.publish("m", _files("b"))
+    reg.promote("m", "v1")
+    reg.promote("m", "v2")
+    hist = reg.root / "models" / "m" / "history.jsonl"
+    data = hist.read_bytes()
+    hist.write_bytes(data[: data.rfind(b"\n", 0, len(data) - 1) + 1] + b'{"seq": 2, "tor')  # torn
+    assert [e.seq for e in reg.history("m")] == [1, 2]  # readers see the committed tail
+    assert reg.verify().ok
+    reg.rollback("m")  # writer repairs: drops torn bytes, re-appends seq 2, appends seq 3
+    line, _ = read_last_line(hist)
+    assert json.loads(line)["seq"] == 3
+    assert [json.loads(ln)["seq"] for ln in hist.read_bytes().splitlines()] == [1, 2, 3]
+    assert reg.verify().ok
+
+
+def test_alias_change_does_not_read_other_manifests(reg: Registry) -> None:
+    reg.publish("m", _files("a"))
+    reg.publish("m", _files("b"))
+    vdir = reg.root / "models" / "m" / "versions"
+    (vdir / "v50.json").write_text("not json")  # any scan/parse of all versions would fail
+    reg.promote("m", "v1")
+    reg.promote("m", "v2", "candidate")
+    reg.rollback("m", to="v2")
+    assert reg.state("m").aliases == {"production": "v2", "candidate": "v2"}
+    assert not reg.verify().ok  # ...while verify, which does read everything, notices it
+
+
+def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(tmp_path / "store")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.gguf").write_bytes(b"g" * 100)
+    assert cli_main(["publish", "m", str(src), "--root", root, "--metric", "acc=0.9",
+                     "--param", "method=\"so8t\"", "--base-model", "org/base"]) == 0
+    assert cli_main(["--root", root, "promote", "m", "v1", "--evidence", '{"ece": 0.01}', "--reason", "ok"]) == 0
+    capsys.readouterr()
+    assert cli_main(["list", "m", "--root", root, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["version"] == "v1" and rows[0]["aliases"] == ["production"]
+    assert cli_main(["history", "m", "--root", root]) == 0
+    assert "promote" in capsys.readouterr().out
+    assert cli_main(["export", "m", "production", str(tmp_path / "out"), "--root", root]) == 0
+    assert (tmp_path / "out" / "model.gguf").read_bytes() == b"g" * 100
+    for argv in (["promote", "m", "v5"], ["publish", "../x", str(src)], ["rollback", "m"],
+                 ["promote", "m", "v1", "--evidence", "[1]"], ["show", "m", "prod/x"]):
+        capsys.readouterr()
+        assert cli_main([*argv, "--root", root]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) >= 1 and "error" in err[-1]
+    assert cli_main(["--help"]) == 0
+    assert cli_main(["gc", "--root", root]) == 0 and cli_main(["verify", "--root", root]) == 0
+
+
+def test_python_m_cli_and_import_without_torch_prefect(tmp_path: Path) -> None:
+    blocker = (
+        "import sys\n"
+        "class B:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'prefect'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, B())\n"
+        "import registry, registry.store, registry.cli, registry.hub, registry.checks\n"
+        "sys.argv = ['so8t registry', '--root', sys.argv[1], 'list']\n"
+        "raise SystemExit(registry.cli.main())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", blocker, str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "registry.cli", "--root", str(tmp_path), "list"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "no models" in r.stdout
