@@ -125,9 +125,20 @@ def _probe_ids(tok: Any, probes: tuple[str, ...]) -> list[list[int]]:
 
 @torch.no_grad()
 def probe_logits(model: torch.nn.Module, ids: list[list[int]]) -> list[torch.Tensor]:
-    """fp32 logits ``(T, V)`` of each probe, one sequence at a time (no padding effects)."""
+    """fp32 logits ``(T_i, V)`` of each probe, in one right-padded batch.
+
+    Right padding with an attention mask leaves every real position's logits unchanged (causal
+    attention never looks ahead), so one forward pass serves all probes.
+    """
     model.eval()
-    return [model(torch.tensor([x])).logits[0].float() for x in ids]
+    n = max(len(x) for x in ids)
+    batch = torch.zeros(len(ids), n, dtype=torch.long)  # (P, T)
+    mask = torch.zeros(len(ids), n, dtype=torch.long)
+    for i, x in enumerate(ids):
+        batch[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    logits = model(input_ids=batch, attention_mask=mask).logits.float()  # (P, T, V)
+    return [logits[i, : len(x)] for i, x in enumerate(ids)]
 
 
 def compare_logits(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict[str, float]:

@@ -75,28 +75,43 @@ def _source_gguf(model: EmbeddedModel) -> Path:
     return path
 
 
-def verify_prepared(directory: Path) -> bool:
-    """True when ``directory`` holds a complete prepared model whose files match its manifest."""
+def _stat_key(p: Path) -> list[int]:
+    st = p.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def verify_prepared(directory: Path, full: bool = False) -> bool:
+    """True when ``directory`` holds a complete prepared model whose files match its manifest.
+
+    By default a file whose size and mtime equal those recorded at preparation counts as
+    unchanged (as git's index does); ``full=True`` re-hashes every file.
+    """
     manifest = directory / MANIFEST
     if not manifest.is_file():
         return False
     try:
-        files = json.loads(manifest.read_text())["files"]
+        meta = json.loads(manifest.read_text())
+        files, stats = meta["files"], meta.get("stats", {})
     except (ValueError, KeyError):
         return False
     for rel, digest in files.items():
         p = directory / rel
-        if not p.is_file() or sha256_file(p) != digest:
+        if not p.is_file():
+            return False
+        if not full and stats.get(rel) == _stat_key(p):
+            continue
+        if sha256_file(p) != digest:
             return False
     return True
 
 
-def prepare_embedded(name: str = "smollm2", force: bool = False) -> Path:
+def prepare_embedded(name: str = "smollm2", force: bool = False, full_verify: bool = False) -> Path:
     """Materialise an embedded model as a fp32 HF directory in the cache (idempotent).
 
     Args:
         name: Key of :data:`EMBEDDED`.
         force: Rebuild even if a verified copy exists.
+        full_verify: Re-hash the cached files instead of trusting unchanged size and mtime.
 
     Returns:
         The model directory.
@@ -112,7 +127,7 @@ def prepare_embedded(name: str = "smollm2", force: bool = False) -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if not force and verify_prepared(target):
+        if not force and verify_prepared(target, full=full_verify):
             logger.info("base model %s: verified cache at %s", name, target)
             return target
         src = _source_gguf(model)
@@ -128,6 +143,7 @@ def prepare_embedded(name: str = "smollm2", force: bool = False) -> Path:
                 "source": {"package": model.package, "file": model.gguf_file, "sha256": sha256_file(src)},
                 "dtype": "float32",
                 "files": files,
+                "stats": {rel: _stat_key(tmp / rel) for rel in files},
             }
             (tmp / MANIFEST).write_text(json.dumps(meta, indent=2) + "\n")
             if target.exists():

@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_prep = base_sub.add_parser("prepare", help="Materialise an embedded model as a fp32 HF directory (idempotent).")
     p_prep.add_argument("name", help="Embedded model name, e.g. smollm2.")
     p_prep.add_argument("--force", action="store_true", help="Rebuild even if a verified copy exists.")
+    p_prep.add_argument("--full_verify", action="store_true", help="Re-hash cached files instead of trusting unchanged size and mtime.")
     base_sub.add_parser("list", help="List embedded models and where they are cached.")
 
     p_demo = sub.add_parser("demo", help="Run the pipeline on the embedded SmolLM2 and the bundled data.")
@@ -119,7 +120,7 @@ def _cmd_base(args: argparse.Namespace) -> int:
     from so8t.base_models import EMBEDDED, cache_root, prepare_embedded, verify_prepared
 
     if args.base_command == "prepare":
-        path = prepare_embedded(args.name, force=args.force)
+        path = prepare_embedded(args.name, force=args.force, full_verify=args.full_verify)
         print(path)
         return 0
     for name, m in EMBEDDED.items():

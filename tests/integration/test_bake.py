@@ -52,6 +52,8 @@ def test_baked_equals_gated(request, fixture, tiny_dataset, tmp_path):
     baked = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     assert type(baked).__name__ == {"tiny_llama": "LlamaForCausalLM", "tiny_phi3": "Phi3ForCausalLM"}[fixture]
     assert not any("lora" in k or "so8t" in k for k in baked.state_dict())
+    plain = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    assert {k: tuple(v.shape) for k, v in baked.state_dict().items()} == {k: tuple(v.shape) for k, v in plain.state_dict().items()}
     gated = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), str(run)).eval()
     load_gates(gated, run)
     ids = torch.randint(3, 500, (3, 23), generator=torch.Generator().manual_seed(5))

@@ -1,0 +1,512 @@
+"""Convert a Hugging Face model to GGUF with llama.cpp's own converter, quantize, verify, report.
+
+Plan, then act: :func:`plan_conversion` decides, for ``{name}_f16.gguf`` and every
+``{name}_{QUANT}.gguf``, whether a verified file can be reused or must be built;
+:func:`run_conversion` logs the plan, builds what is missing (temporary file, then rename: never a
+partial ``*.gguf``), verifies every output (tensor types read back with ``gguf.GGUFReader``;
+fidelity of the next-token distribution against the HF model) and writes ``gguf_report.json``.
+
+Reuse: each output has a sidecar ``<file>.provenance.json`` recording its own sha256, the sha256 of
+its input (the HF directory's files, or the F16 GGUF) and the tool that made it (converter source
+hash, llama-cpp-python version). An output is reused only when all of these still match.
+
+Fallbacks (defined in :func:`quant_family` and docs/gguf.md): a tensor with two or more dimensions
+whose type in the file is outside the requested quant's family. 1-D tensors (norms) stay F32 by
+design and never count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from so8t.base_models import sha256_file
+from so8t.errors import ConfigError, ModelError
+from so8t.gguf_source import (
+    ConverterSource,
+    atomic_write_text,
+    ensure_converter,
+    hash_model_dir,
+    llama_cpp_version,
+    run_converter,
+)
+
+logger = logging.getLogger(__name__)
+
+REPORT = "gguf_report.json"
+SIDECAR_SUFFIX = ".provenance.json"
+PARTIAL_TAG = ".partial-"
+
+K_TYPES = frozenset({"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"})
+FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
+
+
+class ConvertConfig(BaseModel):
+    """GGUF conversion and quantization (runbook: convert_and_quantize.sh MODEL OUT QUANT)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_dir: str = Field(description="Hugging Face model directory (config.json + safetensors + tokenizer), e.g. a baked SO8T model.")
+    out_dir: str = Field(description="Directory for {name}_f16.gguf, {name}_{QUANT}.gguf, their provenance sidecars and gguf_report.json.")
+    quants: tuple[str, ...] = Field(("Q5_K_M",), description="llama.cpp quantization types by name (Q4_K_M, Q5_K_M, Q8_0, ...); empty: F16 only.")
+    name: str | None = Field(None, description="File name stem and GGUF general.name (default: the model directory's name).")
+    llama_cpp_dir: str | None = Field(None, description="A llama.cpp checkout whose convert_hf_to_gguf.py to use (default: the sdist of the installed llama-cpp-python, cached).")
+    fidelity: bool = Field(True, description="Compare each GGUF's next-token distributions with the HF model's on the probe prompts.")
+    probes: tuple[str, ...] | None = Field(None, description="Plain-text probe prompts (default: built-in English, Japanese and chat-template probes).")
+    max_f16_kl: float = Field(1e-3, gt=0, description="Verification gate: the F16 file's mean KL to the HF model must not exceed this.")
+    threads: int = Field(0, ge=0, description="Threads for quantization and llama.cpp evaluation (0: all cores).")
+    force: bool = Field(False, description="Rebuild every output even when a verified one exists.")
+    verbose: bool = Field(False, description="Show llama.cpp's per-tensor log and the converter's output.")
+
+
+class Fidelity(BaseModel):
+    """GGUF vs HF (fp32) next-token distributions over every position of the probes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    probes_sha256: str = Field(description="Hash of the probe token ids (fidelity is re-measured when they change).")
+    positions: int = Field(description="Positions compared (all positions of all probes).")
+    mean_kl: float = Field(description="Mean KL(HF || GGUF) of the next-token distribution, nats.")
+    max_kl: float = Field(description="Largest per-position KL, nats.")
+    top1_agreement: float = Field(description="Fraction of positions whose argmax token agrees.")
+    max_abs_delta_logit: float = Field(description="Largest |logit_HF - logit_GGUF| over positions and vocabulary.")
+    tokenizer_match: bool = Field(description="llama.cpp's own tokenizer gives the HF ids for every probe (logits were compared on HF ids).")
+    tokenizer_mismatches: list[str] = Field(default_factory=list, description="Probes where the tokenizers disagree.")
+
+
+class FileReport(BaseModel):
+    """One GGUF file: what it is, where it came from, how faithful it is."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    quant: str
+    size_bytes: int
+    sha256: str
+    input_sha256: str
+    tool: dict
+    n_tensors: int
+    tensor_types: dict[str, int]
+    fallback_count: int
+    fallback_tensors: dict[str, str]
+    family: list[str]
+    llama_cpp_fallbacks: int | None = None
+    fidelity: Fidelity | None = None
+    reused: bool = False
+    seconds: float = 0.0
+
+
+class PlanStep(BaseModel):
+    """One output of the plan."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: str = Field(description="'convert', 'quantize' or 'reuse'.")
+    quant: str
+    output: str
+    input: str
+    reason: str
+
+
+class ConversionPlan(BaseModel):
+    """What a conversion will do; ``so8t convert --dry-run`` prints it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_dir: str
+    out_dir: str
+    name: str
+    input_sha256: str
+    converter: dict
+    steps: list[PlanStep]
+
+    def describe(self) -> str:
+        """Human-readable plan."""
+        lines = [f"model   {self.model_dir} (sha256 {self.input_sha256[:12]})",
+                 f"output  {self.out_dir}", f"convert {self.converter['description']}"]
+        for i, s in enumerate(self.steps, 1):
+            lines.append(f"[{i}/{len(self.steps)}] {s.action:8s} {s.quant:7s} {Path(s.input).name} -> {Path(s.output).name}  ({s.reason})")
+        lines.append(f"report  {Path(self.out_dir) / REPORT}")
+        return "\n".join(lines)
+
+
+class ConversionResult(BaseModel):
+    """What :func:`run_conversion` made; paths are absolute."""
+
+    model_config = ConfigDict(frozen=True)
+
+    out_dir: str
+    report_path: str
+    f16_path: str
+    quant_paths: dict[str, str]
+    files: list[FileReport]
+
+    def path(self, quant: str) -> Path:
+        """Path of the file for ``quant`` ('F16' or a requested quant name)."""
+        q = normalize_quant(quant)
+        return Path(self.f16_path if q == "F16" else self.quant_paths[q])
+
+
+# ---------------------------------------------------------------- quant names and families
+
+
+def quant_types() -> dict[str, int]:
+    """llama.cpp's file types by name (``LLAMA_FTYPE_MOSTLY_*`` of the installed binding)."""
+    import llama_cpp
+
+    types = {"F32": llama_cpp.LLAMA_FTYPE_ALL_F32}
+    for attr in dir(llama_cpp):
+        if attr.startswith("LLAMA_FTYPE_MOSTLY_"):
+            types[attr.removeprefix("LLAMA_FTYPE_MOSTLY_")] = int(getattr(llama_cpp, attr))
+    return dict(sorted(types.items(), key=lambda kv: kv[1]))
+
+
+def normalize_quant(name: str) -> str:
+    """Upper-case a quant name ('q5_k_m' -> 'Q5_K_M'; 'f16' -> 'F16')."""
+    return name.strip().upper()
+
+
+def validate_quants(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Normalise quant names, dropping duplicates and F16 (always made).
+
+    Raises:
+        ConfigError: an unknown name; the message lists every valid one.
+    """
+    valid = quant_types()
+    out: list[str] = []
+    bad = [n for n in names if normalize_quant(n) not in valid]
+    if bad:
+        raise ConfigError(
+            f"unknown quantization type {', '.join(repr(b) for b in bad)}: llama.cpp knows "
+            f"{', '.join(valid)}; pick one of these (e.g. Q5_K_M)"
+        )
+    for n in names:
+        q = normalize_quant(n)
+        if q != "F16" and q not in out:
+            out.append(q)
+    return tuple(out)
+
+
+def quant_family(quant: str) -> frozenset[str]:
+    """Tensor types a file of ``quant`` contains by design (for 2-D tensors).
+
+    K-quants (``*_K*``): any K type (llama.cpp mixes Q4_K/Q5_K/Q6_K by tensor role). IQ types: IQ and
+    K types. Legacy 32-block types (Q4_0, Q4_1, Q5_0, Q5_1): the type itself plus Q6_K (llama.cpp
+    puts output.weight in Q6_K). Q8_0 and float types: the type itself. Anything else: the type, Q6_K
+    and Q8_0. A 2-D tensor outside the family is a fallback (e.g. Q5_1 or Q8_0 in a Q5_K_M file).
+    """
+    q = normalize_quant(quant)
+    if q in FLOAT_TYPES:
+        return frozenset({q})
+    if q.startswith("IQ"):
+        return frozenset({t for t in _ggml_type_names() if t.startswith("IQ")}) | K_TYPES
+    if "_K" in q:
+        return K_TYPES
+    if q in {"Q4_0", "Q4_1", "Q5_0", "Q5_1"}:
+        return frozenset({q, "Q6_K"})
+    if q == "Q8_0":
+        return frozenset({"Q8_0"})
+    return frozenset({q, "Q6_K", "Q8_0"})
+
+
+def _ggml_type_names() -> list[str]:
+    from gguf import GGMLQuantizationType
+
+    return [t.name for t in GGMLQuantizationType]
+
+
+def inspect_gguf(path: str | Path, quant: str) -> dict:
+    """Tensor-type histogram and fallbacks of a GGUF file (read with ``gguf.GGUFReader``).
+
+    Returns:
+        ``{"n_tensors", "tensor_types", "fallback_count", "fallback_tensors", "family"}``.
+
+    Raises:
+        ModelError: the file is not a readable GGUF.
+    """
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # GGUFReader raises ValueError/struct errors on foreign files
+        raise ModelError(f"{path}: not a readable GGUF file ({e}); rebuild it with so8t convert") from None
+    family = quant_family(quant)
+    hist: Counter[str] = Counter()
+    fallbacks: dict[str, str] = {}
+    for t in reader.tensors:
+        tname = t.tensor_type.name
+        hist[tname] += 1
+        if sum(int(d) > 1 for d in t.shape) >= 2 and tname not in family:
+            fallbacks[t.name] = tname
+    return {"n_tensors": len(reader.tensors), "tensor_types": dict(sorted(hist.items())),
+            "fallback_count": len(fallbacks), "fallback_tensors": fallbacks, "family": sorted(family)}
+
+
+# ---------------------------------------------------------------- quantization
+
+
+_PROGRESS_RE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
+_FALLBACK_RE = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback")
+
+
+def quantize_gguf(src: str | Path, dst: str | Path, quant: str, *, threads: int = 0, verbose: bool = False) -> int | None:
+    """Quantize ``src`` (F16 GGUF) to ``dst`` through llama.cpp's C API; atomic (temp + rename).
+
+    llama.cpp's per-tensor log goes to a callback: shown with ``verbose``, otherwise summarised as
+    progress lines.
+
+    Returns:
+        The fallback count llama.cpp itself logged (0 when it logged none), or None if unknown.
+
+    Raises:
+        ConfigError: unknown quant name.
+        ModelError: llama.cpp failed (non-zero return).
+    """
+    import sys
+
+    import llama_cpp
+
+    q = normalize_quant(quant)
+    validate_quants([q])
+    ftype = quant_types()[q]
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}{PARTIAL_TAG}{os.getpid()}")
+    seen: list[str] = []
+    state = {"next": 0.25}
+
+    def on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        s = text.decode("utf-8", "replace")
+        seen.append(s)
+        if verbose:
+            sys.stderr.write(s)
+            return
+        m = _PROGRESS_RE.search(s)
+        if m and int(m.group(2)) and int(m.group(1)) / int(m.group(2)) >= state["next"]:
+            logger.info("quantize %s: %s/%s tensors", q, m.group(1), m.group(2))
+            state["next"] += 0.25
+
+    callback = llama_cpp.llama_log_callback(on_log)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            tail = "".join(seen).strip().splitlines()[-1:] or ["no log"]
+            raise ModelError(f"llama.cpp could not quantize {src} to {q} (return code {rc}: {tail[0]}); "
+                             f"check the F16 file, or try another type such as Q5_K_M")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+        _restore_llama_log()
+    m = _FALLBACK_RE.search("".join(seen))
+    return int(m.group(1)) if m else 0
+
+
+def _restore_llama_log() -> None:
+    """Give llama.cpp's log back to llama-cpp-python's own handler."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+# ---------------------------------------------------------------- plan
+
+
+def _check_inputs(cfg: ConvertConfig) -> tuple[Path, Path, str, tuple[str, ...]]:
+    model_dir = Path(cfg.model_dir).expanduser()
+    if not model_dir.is_dir():
+        raise ModelError(f"model directory {cfg.model_dir!r} does not exist: pass a Hugging Face model directory (config.json, safetensors, tokenizer)")
+    if not (model_dir / "config.json").is_file():
+        raise ModelError(f"{model_dir}: not a Hugging Face model directory (no config.json); pass the directory that save_pretrained wrote")
+    quants = validate_quants(cfg.quants)
+    out_dir = Path(cfg.out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"out_dir {cfg.out_dir!r} is a file: pass a directory for the GGUF files")
+    name = cfg.name or model_dir.resolve().name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"name {name!r} is not a safe file stem: use letters, digits, '.', '_' or '-' (pass --name)")
+    return model_dir.resolve(), out_dir.resolve(), name, quants
+
+
+def _reusable(out: Path, input_sha: str, tool: dict) -> tuple[bool, str]:
+    side = out.with_name(out.name + SIDECAR_SUFFIX)
+    if not out.is_file():
+        return False, "missing"
+    if not side.is_file():
+        return False, "no provenance sidecar"
+    try:
+        rec = json.loads(side.read_text())
+    except ValueError:
+        return False, "unreadable provenance sidecar"
+    if rec.get("input_sha256") != input_sha:
+        return False, "input changed"
+    if rec.get("tool") != tool:
+        return False, "converter or llama.cpp version changed"
+    if rec.get("size_bytes") != out.stat().st_size or rec.get("sha256") != sha256_file(out):
+        return False, "output does not match its recorded sha256"
+    return True, "verified: same input, same tool"
+
+
+def _tools(conv: ConverterSource | dict) -> tuple[dict, dict]:
+    c = conv if isinstance(conv, dict) else conv.identity()
+    convert_tool = {"converter": c["sha256"], "converter_version": c["version"]}
+    quant_tool = {"llama_cpp_python": llama_cpp_version()}
+    return convert_tool, quant_tool
+
+
+def plan_conversion(cfg: ConvertConfig, converter: ConverterSource | None = None) -> ConversionPlan:
+    """Decide what to build and what to reuse; touches nothing.
+
+    Args:
+        cfg: The conversion settings.
+        converter: A resolved converter; None describes the one that would be used (no download).
+
+    Raises:
+        ModelError: missing model directory or config.json.
+        ConfigError: unknown quant type, bad name or out_dir.
+    """
+    model_dir, out_dir, name, quants = _check_inputs(cfg)
+    from so8t.gguf_source import describe_converter
+
+    conv = converter.identity() if converter else describe_converter(cfg.llama_cpp_dir)
+    input_sha = hash_model_dir(model_dir)
+    convert_tool, quant_tool = _tools(conv)
+    f16 = out_dir / f"{name}_f16.gguf"
+    steps = []
+    ok, why = (False, "--force") if cfg.force else _reusable(f16, input_sha, convert_tool)
+    if conv["sha256"] is None and not cfg.force:
+        ok, why = False, "converter not fetched yet" if f16.is_file() else "missing"
+    steps.append(PlanStep(action="reuse" if ok else "convert", quant="F16", output=str(f16), input=str(model_dir), reason=why))
+    f16_sha = _sidecar(f16).get("sha256") if ok else None
+    for q in quants:
+        out = out_dir / f"{name}_{q}.gguf"
+        if f16_sha is None or cfg.force:
+            ok_q, why_q = False, "--force" if cfg.force else "F16 is (re)built"
+        else:
+            ok_q, why_q = _reusable(out, f16_sha, {**quant_tool, "quant": q})
+        steps.append(PlanStep(action="reuse" if ok_q else "quantize", quant=q, output=str(out), input=str(f16), reason=why_q))
+    return ConversionPlan(model_dir=str(model_dir), out_dir=str(out_dir), name=name, input_sha256=input_sha,
+                          converter=conv, steps=steps)
+
+
+def _sidecar(out: Path) -> dict:
+    try:
+        return json.loads(out.with_name(out.name + SIDECAR_SUFFIX).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ---------------------------------------------------------------- act and verify
+
+
+def run_conversion(cfg: ConvertConfig) -> ConversionResult:
+    """Plan, convert, quantize, verify and report (see the module docstring).
+
+    Raises:
+        ModelError: bad model directory, converter or quantizer failure, F16 fidelity gate failed.
+        ConfigError: bad quant names, name or out_dir.
+    """
+    from filelock import FileLock
+
+    from so8t.gguf_fidelity import measure_fidelity, probe_set
+
+    _check_inputs(cfg)  # before anything is written
+    converter = ensure_converter(cfg.llama_cpp_dir)
+    out_dir = Path(cfg.out_dir).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir / ".so8t-convert.lock")):
+        for stale in out_dir.glob(f".*{PARTIAL_TAG}*"):
+            stale.unlink(missing_ok=True)
+        plan = plan_conversion(cfg, converter)
+        logger.info("conversion plan:\n%s", plan.describe())
+        convert_tool, quant_tool = _tools(converter)
+        records: list[dict] = []
+        f16 = Path(plan.steps[0].output)
+        for i, step in enumerate(plan.steps, 1):
+            out = Path(step.output)
+            t0 = time.time()
+            rec: dict = {"file": out.name, "quant": step.quant, "reused": step.action == "reuse"}
+            if step.action == "reuse":
+                logger.info("[%d/%d] reusing verified %s (%s)", i, len(plan.steps), out.name, step.reason)
+                rec.update({k: v for k, v in _sidecar(out).items() if k not in ("reused", "seconds", "file")})
+            elif step.action == "convert":
+                logger.info("[%d/%d] converting %s -> %s (llama.cpp convert_hf_to_gguf.py)", i, len(plan.steps), plan.model_dir, out.name)
+                run_converter(converter, Path(plan.model_dir), out, plan.name, verbose=cfg.verbose)
+                rec.update({"input_sha256": plan.input_sha256, "tool": convert_tool})
+            else:
+                logger.info("[%d/%d] quantizing %s -> %s", i, len(plan.steps), f16.name, out.name)
+                n_fb = quantize_gguf(f16, out, step.quant, threads=cfg.threads, verbose=cfg.verbose)
+                rec.update({"input_sha256": sha256_file(f16), "tool": {**quant_tool, "quant": step.quant}, "llama_cpp_fallbacks": n_fb})
+            if step.action != "reuse":
+                rec.update(inspect_gguf(out, step.quant))
+                rec.update({"size_bytes": out.stat().st_size, "sha256": sha256_file(out), "fidelity": None})
+            rec["seconds"] = round(time.time() - t0, 2)
+            records.append(rec)
+        todo: list[dict] = []
+        if cfg.fidelity:
+            probes = probe_set(Path(plan.model_dir), cfg.probes)
+            todo = [r for r in records if not r.get("fidelity") or r["fidelity"].get("probes_sha256") != probes.sha256]
+            if todo:
+                measured = measure_fidelity(Path(plan.model_dir), [out_dir / r["file"] for r in todo], probes, threads=cfg.threads)
+                for r in todo:
+                    r["fidelity"] = measured[r["file"]].model_dump()
+        reports = [FileReport(**r) for r in records]
+        f16_rep = reports[0]
+        if f16_rep.fidelity is not None and not f16_rep.fidelity.mean_kl <= cfg.max_f16_kl:
+            raise ModelError(
+                f"{f16.name}: mean KL {f16_rep.fidelity.mean_kl:.3g} to the HF model exceeds max_f16_kl {cfg.max_f16_kl:g}: "
+                f"the conversion is not faithful; check the converter version (--llama_cpp_dir) and the model directory"
+            )
+        remeasured = {r["file"] for r in todo}
+        for rep in reports:
+            if not rep.reused or rep.file in remeasured:
+                side = rep.model_dump(mode="json", exclude={"reused", "seconds"})
+                atomic_write_text(out_dir / (rep.file + SIDECAR_SUFFIX), json.dumps(side, indent=2) + "\n")
+        report = {
+            "model_dir": plan.model_dir, "input_sha256": plan.input_sha256, "name": plan.name,
+            "converter": converter.identity(), "llama_cpp_python": llama_cpp_version(),
+            "fallback_definition": "2-D tensors whose type is outside the requested quant's family (see 'family' per file; docs/gguf.md)",
+            "files": [r.model_dump(mode="json") for r in reports],
+        }
+        report_path = out_dir / REPORT
+        atomic_write_text(report_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    for r in reports:
+        fid = r.fidelity
+        extra = f", KL mean {fid.mean_kl:.2e} max {fid.max_kl:.2e}, top-1 {fid.top1_agreement:.3f}" if fid else ""
+        logger.info("%s: %.1f MB, %d fallback(s)%s%s", r.file, r.size_bytes / 1e6, r.fallback_count, extra, " (reused)" if r.reused else "")
+    return ConversionResult(
+        out_dir=str(out_dir), report_path=str(report_path), f16_path=str(f16),
+        quant_paths={s.quant: s.output for s in plan.steps[1:]}, files=reports,
+    )
+
+
+def convert_to_gguf(model_dir: str | Path, out_dir: str | Path, quants: tuple[str, ...] | list[str] = ("Q5_K_M",),
+                    name: str | None = None, **options) -> ConversionResult:
+    """Convenience wrapper: ``run_conversion(ConvertConfig(...))``.
+
+    Args:
+        model_dir: Hugging Face model directory.
+        out_dir: Output directory.
+        quants: Quant type names (F16 is always made).
+        name: File stem (default: the model directory's name).
+        **options: Other :class:`ConvertConfig` fields (fidelity, probes, llama_cpp_dir, force, ...).
+
+    Returns:
+        The conversion result with per-file reports.
+    """
+    from so8t.config import build_config
+
+    cfg = build_config(ConvertConfig, {"model_dir": str(model_dir), "out_dir": str(out_dir),
+                                       "quants": tuple(quants), "name": name, **options})
+    return run_conversion(cfg)

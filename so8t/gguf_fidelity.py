@@ -1,0 +1,185 @@
+"""Fidelity of a GGUF file against its Hugging Face model.
+
+Both models see the *same token ids* (tokenized by the HF tokenizer), so tokenizer differences
+cannot masquerade as numerical error; whether llama.cpp's own tokenizer gives the same ids is
+reported separately. At every position of every probe the next-token distributions are compared:
+KL(HF || GGUF) (mean and max), top-1 agreement and the largest |delta logit|. HF runs in fp32 on
+CPU; llama.cpp runs with ``logits_all=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from so8t.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PLAIN_PROBES: tuple[str, ...] = (
+    "The capital of France is Paris, and the capital of Japan is",
+    "量子化したモデルの較正を確認してください。回転ゲートは",
+)
+DEFAULT_CHAT_PROBES: tuple[str, ...] = (
+    "What is the capital of France?",
+    "Please summarise this article about rotation gates.",  # rendered as the decision prompt
+)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe: its text as fed to the tokenizer, the HF ids, and how llama.cpp should tokenize it."""
+
+    label: str
+    text: str
+    ids: tuple[int, ...]
+    chat: bool  # rendered chat template: tokenize with special tokens, no extra BOS
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    probes: tuple[Probe, ...]
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps([p.ids for p in self.probes]).encode()).hexdigest()
+
+
+def probe_set(model_dir: Path, texts: tuple[str, ...] | None = None) -> ProbeSet:
+    """Tokenize the probes with the model's HF tokenizer.
+
+    Args:
+        model_dir: The HF model directory.
+        texts: Plain-text probes; None gives the defaults (two plain, two chat-template probes when
+            the tokenizer has a chat template, one of them the ALLOW/ESCALATE/DENY decision prompt).
+    """
+    from transformers import AutoTokenizer
+
+    from so8t.decision import decision_messages
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    probes = []
+    for i, text in enumerate(texts if texts is not None else DEFAULT_PLAIN_PROBES):
+        probes.append(Probe(f"plain-{i}", text, tuple(tok(text)["input_ids"]), chat=False))
+    if texts is None and getattr(tok, "chat_template", None):
+        chats = [[{"role": "user", "content": DEFAULT_CHAT_PROBES[0]}], decision_messages(DEFAULT_CHAT_PROBES[1])]
+        for i, msgs in enumerate(chats):
+            rendered = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            ids = tok(rendered, add_special_tokens=False)["input_ids"]
+            probes.append(Probe(f"chat-{i}", rendered, tuple(ids), chat=True))
+    probes = [p for p in probes if p.ids]
+    if not probes:
+        raise ModelError(f"{model_dir}: every probe tokenized to nothing; pass non-empty probe prompts")
+    return ProbeSet(tuple(probes))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def compare_logits(hf: np.ndarray, gg: np.ndarray) -> dict:
+    """Per-position comparison of two (T, V) logit arrays (float64).
+
+    Returns:
+        ``{"kl": (T,), "agree": (T,) bool, "max_abs_delta": float}``.
+    """
+    v = min(hf.shape[-1], gg.shape[-1])
+    hf, gg = hf[:, :v], gg[:, :v]
+    lp, lq = _log_softmax(hf), _log_softmax(gg)
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)  # (T,)
+    return {"kl": np.maximum(kl, 0.0), "agree": hf.argmax(-1) == gg.argmax(-1), "max_abs_delta": float(np.abs(hf - gg).max())}
+
+
+def hf_logits(model_dir: Path, probes: ProbeSet) -> list[np.ndarray]:
+    """fp32 HF logits, one (T, V) float64 array per probe."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for p in probes.probes:
+            out.append(model(torch.tensor([p.ids])).logits[0].double().numpy())  # (T, V)
+    del model
+    return out
+
+
+def open_llama(path: Path, n_ctx: int, threads: int = 0, logits_all: bool = False, seed: int | None = None):
+    """Load a GGUF with llama-cpp-python, quietly; the caller must ``close()`` it.
+
+    Raises:
+        ModelError: llama.cpp cannot load the file (with a hint for known causes).
+    """
+    from llama_cpp import Llama
+
+    kwargs = {"seed": seed} if seed is not None else {}
+    try:
+        return Llama(str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 2048), logits_all=logits_all,
+                     n_threads=threads or os.cpu_count(), verbose=False, **kwargs)
+    except ValueError as e:
+        raise ModelError(f"llama.cpp cannot load {path} ({e}){_load_hint(path)}") from None
+
+
+def _load_hint(path: Path) -> str:
+    try:
+        from gguf import GGUFReader
+
+        r = GGUFReader(str(path))
+        name = r.fields["general.name"].contents().lower() if "general.name" in r.fields else ""
+        tokens = set(r.fields["tokenizer.ggml.tokens"].contents()) if "tokenizer.ggml.tokens" in r.fields else set()
+    except Exception:
+        return ": the file is not a valid GGUF; rebuild it with so8t convert"
+    if ("phi3" in name or "phi-3" in name) and "<|endoftext|>" not in tokens:
+        return (": llama.cpp applies Phi-3 vocabulary rules to models named 'phi3' and needs the token "
+                "<|endoftext|>, which this tokenizer lacks; convert with a --name without 'phi3' or add the token")
+    return ": run with --verbose to see llama.cpp's log"
+
+
+def measure_fidelity(model_dir: Path, ggufs: list[Path], probes: ProbeSet, threads: int = 0) -> dict:
+    """Fidelity of each GGUF against the HF model.
+
+    Returns:
+        ``{file name: Fidelity}``.
+
+    Raises:
+        ModelError: a GGUF cannot be loaded.
+    """
+    from so8t.gguf import Fidelity
+
+    logger.info("fidelity: HF fp32 logits on %d probes (%d positions)", len(probes.probes), sum(len(p.ids) for p in probes.probes))
+    reference = hf_logits(model_dir, probes)
+    n_ctx = max(64, max(len(p.ids) for p in probes.probes) + 8)
+    results = {}
+    for path in ggufs:
+        llm = open_llama(path, n_ctx, threads, logits_all=True)
+        try:
+            kls, agree, delta, mismatches = [], [], 0.0, []
+            for p, ref in zip(probes.probes, reference):
+                llm.reset()
+                llm.eval(list(p.ids))
+                gg = np.array(llm.scores[: len(p.ids)], dtype=np.float64)  # (T, V)
+                cmp = compare_logits(ref, gg)
+                kls.append(cmp["kl"])
+                agree.append(cmp["agree"])
+                delta = max(delta, cmp["max_abs_delta"])
+                own = llm.tokenize(p.text.encode("utf-8"), add_bos=not p.chat, special=p.chat)
+                if tuple(own) != p.ids:
+                    mismatches.append(f"{p.label}: llama.cpp {len(own)} ids vs HF {len(p.ids)}")
+        finally:
+            llm.close()
+        kl = np.concatenate(kls)
+        results[path.name] = Fidelity(
+            probes_sha256=probes.sha256, positions=int(kl.size), mean_kl=float(kl.mean()), max_kl=float(kl.max()),
+            top1_agreement=float(np.concatenate(agree).mean()), max_abs_delta_logit=delta,
+            tokenizer_match=not mismatches, tokenizer_mismatches=mismatches,
+        )
+        logger.info("fidelity %s: KL mean %.2e max %.2e, top-1 %.3f, max |dlogit| %.3f%s", path.name, kl.mean(), kl.max(),
+                    results[path.name].top1_agreement, delta, "" if not mismatches else f" (tokenizers differ on {len(mismatches)} probe(s))")
+    return results
