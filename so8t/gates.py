@@ -46,12 +46,54 @@ class SO8TGate(nn.Module):
         self.generators = nn.Parameter(torch.zeros(width // BLOCK, N_FREE, dtype=torch.float32, device=device))
 
     def rotations(self) -> torch.Tensor:
-        """``(d/8, 8, 8)`` float32 rotations of the current generators."""
+        """``(d/8, 8, 8)`` float32 rotations of the current generators.
+
+        Inside a model forward the rotations of all gates are computed together, once (see
+        :class:`_RotationCache`); outside one they are computed for this gate alone.
+        """
+        cache: _RotationCache | None = self.__dict__.get("_cache")
+        if cache is not None:
+            return cache.get(self)
         return rotations_from_params(self.generators, self.mapping)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate ``x`` of shape ``(..., d)`` block by block."""
         return apply_block_rotation(x, self.rotations())
+
+
+class _RotationCache:
+    """All gates' rotations from one batched ``expm`` per model forward.
+
+    Computing 30 layers' rotations in one ``(30*d/8, 8, 8)`` call instead of 30 small ones
+    matters on a GPU, where a small model's step is bound by kernel launches. A forward pre-hook
+    on the model clears the cache, so every forward (and every optimizer step) sees the current
+    generators; the cached tensors carry the autograd graph of that forward.
+    """
+
+    def __init__(self, mapping: RotationMap):
+        self.mapping = mapping
+        self.gates: list[SO8TGate] = []
+        self.value: list[torch.Tensor] | None = None
+        self.key: tuple | None = None
+
+    def add(self, gate: SO8TGate) -> None:
+        gate.__dict__["_slot"] = len(self.gates)
+        gate.__dict__["_cache"] = self
+        self.gates.append(gate)
+
+    def clear(self, *_args, **_kwargs) -> None:
+        self.value = None
+
+    def get(self, gate: SO8TGate) -> torch.Tensor:
+        # Also recompute when a generator changed in place or the grad mode differs, so a call
+        # outside a forward never sees stale rotations or a graph-less cache.
+        key = (torch.is_grad_enabled(), *(g.generators._version for g in self.gates))
+        if self.value is None or key != self.key:
+            self.key = key
+            params = torch.cat([g.generators for g in self.gates], 0)  # (sum of d/8, 28)
+            rots = rotations_from_params(params, self.mapping)  # (sum of d/8, 8, 8)
+            self.value = list(rots.split([g.generators.shape[0] for g in self.gates], 0))
+        return self.value[gate.__dict__["_slot"]]
 
     def extra_repr(self) -> str:
         return f"width={self.width}, blocks={self.width // BLOCK}, mapping={self.mapping}"
@@ -170,6 +212,7 @@ def attach_gates(model: nn.Module, layers: str | Sequence[int] = "all", mapping:
         errors.append(f"head_dim {head_dim} is not divisible by {BLOCK}: an 8-block must not cross a head boundary")
     if errors:
         raise ModelError("; ".join(errors))
+    cache = _RotationCache(mapping)
     for i in chosen:
         attn = by_index[i].attention
         if hasattr(attn, "so8t_gate"):
@@ -181,7 +224,10 @@ def attach_gates(model: nn.Module, layers: str | Sequence[int] = "all", mapping:
         device = next(attn.parameters()).device
         gate = SO8TGate(width, mapping, device=device)
         attn.add_module("so8t_gate", gate)
+        cache.add(gate)
         o_proj.register_forward_pre_hook(_GateHook(gate))
+    if chosen:
+        _unwrap(model).register_forward_pre_hook(cache.clear)
     logger.info("attached SO8T gates to %d layer(s): %s (width %d, %d blocks each)", len(chosen), chosen, width, width // BLOCK)
     return chosen
 
@@ -203,7 +249,11 @@ def remove_gates(model: nn.Module) -> list[int]:
         for key in [k for k, h in hooks.items() if isinstance(h, _GateHook) and h.gate is gate]:
             del hooks[key]
         del layer.attention._modules["so8t_gate"]
+        gate.__dict__.pop("_cache", None)
         removed.append(index)
+    root_hooks = _unwrap(model)._forward_pre_hooks
+    for key in [k for k, h in root_hooks.items() if isinstance(getattr(h, "__self__", None), _RotationCache)]:
+        del root_hooks[key]
     return removed
 
 

@@ -185,7 +185,7 @@ def _make_trainer_class():
             if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                 scale = self.accelerator.num_processes
             loss = ce * scale
-            ga_scaled = self.loss_is_scaled_for_ga
+            ga_scaled = getattr(self, "loss_is_scaled_for_ga", None)
             if ga_scaled is None:
                 ga_scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
             per_step = 1.0 if ga_scaled else 1.0 / self.current_gradient_accumulation_steps

@@ -119,3 +119,25 @@ def test_load_refuses_missing_or_foreign_file(tiny_llama, tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "so8t_gates.safetensors"))
     with pytest.raises(ModelError, match="not an SO8T gates file"):
         load_gates(_load(tiny_llama), tmp_path)
+
+
+def test_batched_rotation_cache_matches_per_gate_and_tracks_changes(tiny_llama):
+    from so8t.rotation import rotations_from_params
+
+    m = _load(tiny_llama)
+    attach_gates(m)
+    gates = dict(iter_gates(m))
+    with torch.no_grad():
+        for g in gates.values():
+            g.generators.normal_(std=0.1)
+    for g in gates.values():
+        torch.testing.assert_close(g.rotations(), rotations_from_params(g.generators), atol=0, rtol=0)
+    with torch.no_grad():
+        gates[1].generators.mul_(2)  # in-place change: the cache notices
+    torch.testing.assert_close(gates[1].rotations(), rotations_from_params(gates[1].generators), atol=0, rtol=0)
+    # a no-grad forward then a grad forward: the generators still receive gradients
+    ids = torch.randint(3, 500, (1, 7))
+    with torch.no_grad():
+        m(ids)
+    m(ids).logits.sum().backward()
+    assert all(g.generators.grad is not None and g.generators.grad.abs().max() > 0 for g in gates.values())
