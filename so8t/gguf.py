@@ -17,19 +17,26 @@ design and never count.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import os
 import re
 import time
-from collections import Counter
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from so8t.base_models import sha256_file
 from so8t.errors import ConfigError, ModelError
+from so8t.gguf_quant import (
+    K_TYPES,
+    PARTIAL_TAG,
+    inspect_gguf,
+    normalize_quant,
+    quant_family,
+    quant_types,
+    quantize_gguf,
+    validate_quants,
+)
 from so8t.gguf_source import (
     ConverterSource,
     atomic_write_text,
@@ -39,14 +46,16 @@ from so8t.gguf_source import (
     run_converter,
 )
 
+__all__ = [
+    "ConversionPlan", "ConversionResult", "ConvertConfig", "Fidelity", "FileReport", "PlanStep", "convert_to_gguf",
+    "inspect_gguf", "normalize_quant", "plan_conversion", "quant_family", "quant_types", "quantize_gguf",
+    "run_conversion", "validate_quants", "K_TYPES", "REPORT", "SIDECAR_SUFFIX",
+]
+
 logger = logging.getLogger(__name__)
 
 REPORT = "gguf_report.json"
 SIDECAR_SUFFIX = ".provenance.json"
-PARTIAL_TAG = ".partial-"
-
-K_TYPES = frozenset({"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"})
-FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
 
 
 class ConvertConfig(BaseModel):
@@ -78,6 +87,7 @@ class Fidelity(BaseModel):
     max_kl: float = Field(description="Largest per-position KL, nats.")
     top1_agreement: float = Field(description="Fraction of positions whose argmax token agrees.")
     max_abs_delta_logit: float = Field(description="Largest |logit_HF - logit_GGUF| over positions and vocabulary.")
+    per_probe_mean_kl: dict[str, float] = Field(default_factory=dict, description="Mean KL per probe (plain-i, chat-i).")
     tokenizer_match: bool = Field(description="llama.cpp's own tokenizer gives the HF ids for every probe (logits were compared on HF ids).")
     tokenizer_mismatches: list[str] = Field(default_factory=list, description="Probes where the tokenizers disagree.")
 
@@ -155,171 +165,6 @@ class ConversionResult(BaseModel):
         return Path(self.f16_path if q == "F16" else self.quant_paths[q])
 
 
-# ---------------------------------------------------------------- quant names and families
-
-
-def quant_types() -> dict[str, int]:
-    """llama.cpp's file types by name (``LLAMA_FTYPE_MOSTLY_*`` of the installed binding)."""
-    import llama_cpp
-
-    types = {"F32": llama_cpp.LLAMA_FTYPE_ALL_F32}
-    for attr in dir(llama_cpp):
-        if attr.startswith("LLAMA_FTYPE_MOSTLY_"):
-            types[attr.removeprefix("LLAMA_FTYPE_MOSTLY_")] = int(getattr(llama_cpp, attr))
-    return dict(sorted(types.items(), key=lambda kv: kv[1]))
-
-
-def normalize_quant(name: str) -> str:
-    """Upper-case a quant name ('q5_k_m' -> 'Q5_K_M'; 'f16' -> 'F16')."""
-    return name.strip().upper()
-
-
-def validate_quants(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Normalise quant names, dropping duplicates and F16 (always made).
-
-    Raises:
-        ConfigError: an unknown name; the message lists every valid one.
-    """
-    valid = quant_types()
-    out: list[str] = []
-    bad = [n for n in names if normalize_quant(n) not in valid]
-    if bad:
-        raise ConfigError(
-            f"unknown quantization type {', '.join(repr(b) for b in bad)}: llama.cpp knows "
-            f"{', '.join(valid)}; pick one of these (e.g. Q5_K_M)"
-        )
-    for n in names:
-        q = normalize_quant(n)
-        if q != "F16" and q not in out:
-            out.append(q)
-    return tuple(out)
-
-
-def quant_family(quant: str) -> frozenset[str]:
-    """Tensor types a file of ``quant`` contains by design (for 2-D tensors).
-
-    K-quants (``*_K*``): any K type (llama.cpp mixes Q4_K/Q5_K/Q6_K by tensor role). IQ types: IQ and
-    K types. Legacy 32-block types (Q4_0, Q4_1, Q5_0, Q5_1): the type itself plus Q6_K (llama.cpp
-    puts output.weight in Q6_K). Q8_0 and float types: the type itself. Anything else: the type, Q6_K
-    and Q8_0. A 2-D tensor outside the family is a fallback (e.g. Q5_1 or Q8_0 in a Q5_K_M file).
-    """
-    q = normalize_quant(quant)
-    if q in FLOAT_TYPES:
-        return frozenset({q})
-    if q.startswith("IQ"):
-        return frozenset({t for t in _ggml_type_names() if t.startswith("IQ")}) | K_TYPES
-    if "_K" in q:
-        return K_TYPES
-    if q in {"Q4_0", "Q4_1", "Q5_0", "Q5_1"}:
-        return frozenset({q, "Q6_K"})
-    if q == "Q8_0":
-        return frozenset({"Q8_0"})
-    return frozenset({q, "Q6_K", "Q8_0"})
-
-
-def _ggml_type_names() -> list[str]:
-    from gguf import GGMLQuantizationType
-
-    return [t.name for t in GGMLQuantizationType]
-
-
-def inspect_gguf(path: str | Path, quant: str) -> dict:
-    """Tensor-type histogram and fallbacks of a GGUF file (read with ``gguf.GGUFReader``).
-
-    Returns:
-        ``{"n_tensors", "tensor_types", "fallback_count", "fallback_tensors", "family"}``.
-
-    Raises:
-        ModelError: the file is not a readable GGUF.
-    """
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as e:  # GGUFReader raises ValueError/struct errors on foreign files
-        raise ModelError(f"{path}: not a readable GGUF file ({e}); rebuild it with so8t convert") from None
-    family = quant_family(quant)
-    hist: Counter[str] = Counter()
-    fallbacks: dict[str, str] = {}
-    for t in reader.tensors:
-        tname = t.tensor_type.name
-        hist[tname] += 1
-        if sum(int(d) > 1 for d in t.shape) >= 2 and tname not in family:
-            fallbacks[t.name] = tname
-    return {"n_tensors": len(reader.tensors), "tensor_types": dict(sorted(hist.items())),
-            "fallback_count": len(fallbacks), "fallback_tensors": fallbacks, "family": sorted(family)}
-
-
-# ---------------------------------------------------------------- quantization
-
-
-_PROGRESS_RE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
-_FALLBACK_RE = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback")
-
-
-def quantize_gguf(src: str | Path, dst: str | Path, quant: str, *, threads: int = 0, verbose: bool = False) -> int | None:
-    """Quantize ``src`` (F16 GGUF) to ``dst`` through llama.cpp's C API; atomic (temp + rename).
-
-    llama.cpp's per-tensor log goes to a callback: shown with ``verbose``, otherwise summarised as
-    progress lines.
-
-    Returns:
-        The fallback count llama.cpp itself logged (0 when it logged none), or None if unknown.
-
-    Raises:
-        ConfigError: unknown quant name.
-        ModelError: llama.cpp failed (non-zero return).
-    """
-    import sys
-
-    import llama_cpp
-
-    q = normalize_quant(quant)
-    validate_quants([q])
-    ftype = quant_types()[q]
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}{PARTIAL_TAG}{os.getpid()}")
-    seen: list[str] = []
-    state = {"next": 0.25}
-
-    def on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-        s = text.decode("utf-8", "replace")
-        seen.append(s)
-        if verbose:
-            sys.stderr.write(s)
-            return
-        m = _PROGRESS_RE.search(s)
-        if m and int(m.group(2)) and int(m.group(1)) / int(m.group(2)) >= state["next"]:
-            logger.info("quantize %s: %s/%s tensors", q, m.group(1), m.group(2))
-            state["next"] += 0.25
-
-    callback = llama_cpp.llama_log_callback(on_log)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = threads
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    try:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            tail = "".join(seen).strip().splitlines()[-1:] or ["no log"]
-            raise ModelError(f"llama.cpp could not quantize {src} to {q} (return code {rc}: {tail[0]}); "
-                             f"check the F16 file, or try another type such as Q5_K_M")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-        _restore_llama_log()
-    m = _FALLBACK_RE.search("".join(seen))
-    return int(m.group(1)) if m else 0
-
-
-def _restore_llama_log() -> None:
-    """Give llama.cpp's log back to llama-cpp-python's own handler."""
-    import llama_cpp
-    from llama_cpp import _logger
-
-    llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-
 # ---------------------------------------------------------------- plan
 
 
@@ -336,7 +181,31 @@ def _check_inputs(cfg: ConvertConfig) -> tuple[Path, Path, str, tuple[str, ...]]
     name = cfg.name or model_dir.resolve().name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ConfigError(f"name {name!r} is not a safe file stem: use letters, digits, '.', '_' or '-' (pass --name)")
+    _check_llama_cpp_name_rules(model_dir, name)
     return model_dir.resolve(), out_dir.resolve(), name, quants
+
+
+def _check_llama_cpp_name_rules(model_dir: Path, name: str) -> None:
+    """llama.cpp gives models whose general.name contains 'phi3'/'phi-3' Phi-3 token rules that need
+    the tokens <unk>, <s>, </s> and <|endoftext|>; without them the GGUF cannot be loaded. Check first."""
+    if not re.search(r"phi-?3", name.lower()):
+        return
+    tok_json = model_dir / "tokenizer.json"
+    if not tok_json.is_file():
+        return
+    try:
+        data = json.loads(tok_json.read_text(encoding="utf-8"))
+    except ValueError:
+        return
+    vocab = data.get("model", {}).get("vocab", {})
+    tokens = set(vocab) if isinstance(vocab, dict) else {v[0] for v in vocab if isinstance(v, list) and v}
+    tokens |= {t.get("content") for t in data.get("added_tokens", [])}
+    missing = [t for t in ("<unk>", "<s>", "</s>", "<|endoftext|>") if t not in tokens]
+    if missing:
+        raise ConfigError(
+            f"name {name!r} contains 'phi3': llama.cpp then applies Phi-3 token rules that need {', '.join(missing)}, "
+            f"missing from this tokenizer, and could not load the GGUF; pass a --name without 'phi3' (e.g. --name model)"
+        )
 
 
 def _reusable(out: Path, input_sha: str, tool: dict) -> tuple[bool, str]:
@@ -419,8 +288,6 @@ def run_conversion(cfg: ConvertConfig) -> ConversionResult:
     """
     from filelock import FileLock
 
-    from so8t.gguf_fidelity import measure_fidelity, probe_set
-
     _check_inputs(cfg)  # before anything is written
     converter = ensure_converter(cfg.llama_cpp_dir)
     out_dir = Path(cfg.out_dir).expanduser().resolve()
@@ -430,44 +297,18 @@ def run_conversion(cfg: ConvertConfig) -> ConversionResult:
             stale.unlink(missing_ok=True)
         plan = plan_conversion(cfg, converter)
         logger.info("conversion plan:\n%s", plan.describe())
-        convert_tool, quant_tool = _tools(converter)
         records: list[dict] = []
         f16 = Path(plan.steps[0].output)
-        for i, step in enumerate(plan.steps, 1):
-            out = Path(step.output)
-            t0 = time.time()
-            rec: dict = {"file": out.name, "quant": step.quant, "reused": step.action == "reuse"}
-            if step.action == "reuse":
-                logger.info("[%d/%d] reusing verified %s (%s)", i, len(plan.steps), out.name, step.reason)
-                rec.update({k: v for k, v in _sidecar(out).items() if k not in ("reused", "seconds", "file")})
-            elif step.action == "convert":
-                logger.info("[%d/%d] converting %s -> %s (llama.cpp convert_hf_to_gguf.py)", i, len(plan.steps), plan.model_dir, out.name)
-                run_converter(converter, Path(plan.model_dir), out, plan.name, verbose=cfg.verbose)
-                rec.update({"input_sha256": plan.input_sha256, "tool": convert_tool})
-            else:
-                logger.info("[%d/%d] quantizing %s -> %s", i, len(plan.steps), f16.name, out.name)
-                n_fb = quantize_gguf(f16, out, step.quant, threads=cfg.threads, verbose=cfg.verbose)
-                rec.update({"input_sha256": sha256_file(f16), "tool": {**quant_tool, "quant": step.quant}, "llama_cpp_fallbacks": n_fb})
-            if step.action != "reuse":
-                rec.update(inspect_gguf(out, step.quant))
-                rec.update({"size_bytes": out.stat().st_size, "sha256": sha256_file(out), "fidelity": None})
-            rec["seconds"] = round(time.time() - t0, 2)
-            records.append(rec)
-        todo: list[dict] = []
-        if cfg.fidelity:
-            probes = probe_set(Path(plan.model_dir), cfg.probes)
-            todo = [r for r in records if not r.get("fidelity") or r["fidelity"].get("probes_sha256") != probes.sha256]
-            if todo:
-                measured = measure_fidelity(Path(plan.model_dir), [out_dir / r["file"] for r in todo], probes, threads=cfg.threads)
-                for r in todo:
-                    r["fidelity"] = measured[r["file"]].model_dump()
-        reports = [FileReport(**r) for r in records]
-        f16_rep = reports[0]
-        if f16_rep.fidelity is not None and not f16_rep.fidelity.mean_kl <= cfg.max_f16_kl:
-            raise ModelError(
-                f"{f16.name}: mean KL {f16_rep.fidelity.mean_kl:.3g} to the HF model exceeds max_f16_kl {cfg.max_f16_kl:g}: "
-                f"the conversion is not faithful; check the converter version (--llama_cpp_dir) and the model directory"
-            )
+        try:
+            for i, step in enumerate(plan.steps, 1):
+                records.append(_act(cfg, plan, step, i, converter))
+            reports, todo = _verify(cfg, plan, records, out_dir)
+        except BaseException:
+            for step in plan.steps:  # never leave outputs of this run behind unverified
+                if step.action != "reuse":
+                    Path(step.output).unlink(missing_ok=True)
+                    Path(step.output + SIDECAR_SUFFIX).unlink(missing_ok=True)
+            raise
         remeasured = {r["file"] for r in todo}
         for rep in reports:
             if not rep.reused or rep.file in remeasured:
@@ -489,6 +330,52 @@ def run_conversion(cfg: ConvertConfig) -> ConversionResult:
         out_dir=str(out_dir), report_path=str(report_path), f16_path=str(f16),
         quant_paths={s.quant: s.output for s in plan.steps[1:]}, files=reports,
     )
+
+
+def _act(cfg: ConvertConfig, plan: ConversionPlan, step: PlanStep, i: int, converter: ConverterSource) -> dict:
+    """Carry out one plan step; returns its record (the FileReport fields known so far)."""
+    convert_tool, quant_tool = _tools(converter)
+    out, f16, n = Path(step.output), Path(plan.steps[0].output), len(plan.steps)
+    t0 = time.time()
+    rec: dict = {"file": out.name, "quant": step.quant, "reused": step.action == "reuse"}
+    if step.action == "reuse":
+        logger.info("[%d/%d] reusing verified %s (%s)", i, n, out.name, step.reason)
+        rec.update({k: v for k, v in _sidecar(out).items() if k not in ("reused", "seconds", "file")})
+    elif step.action == "convert":
+        logger.info("[%d/%d] converting %s -> %s (llama.cpp convert_hf_to_gguf.py)", i, n, plan.model_dir, out.name)
+        run_converter(converter, Path(plan.model_dir), out, plan.name, verbose=cfg.verbose)
+        rec.update({"input_sha256": plan.input_sha256, "tool": convert_tool})
+    else:
+        logger.info("[%d/%d] quantizing %s -> %s", i, n, f16.name, out.name)
+        n_fb = quantize_gguf(f16, out, step.quant, threads=cfg.threads, verbose=cfg.verbose)
+        rec.update({"input_sha256": sha256_file(f16), "tool": {**quant_tool, "quant": step.quant}, "llama_cpp_fallbacks": n_fb})
+    if step.action != "reuse":
+        rec.update(inspect_gguf(out, step.quant))
+        rec.update({"size_bytes": out.stat().st_size, "sha256": sha256_file(out), "fidelity": None})
+    rec["seconds"] = round(time.time() - t0, 2)
+    return rec
+
+
+def _verify(cfg: ConvertConfig, plan: ConversionPlan, records: list[dict], out_dir: Path) -> tuple[list[FileReport], list[dict]]:
+    """Measure fidelity where missing and apply the F16 gate; returns the reports and the re-measured records."""
+    from so8t.gguf_fidelity import measure_fidelity, probe_set
+
+    todo: list[dict] = []
+    if cfg.fidelity:
+        probes = probe_set(Path(plan.model_dir), cfg.probes)
+        todo = [r for r in records if not r.get("fidelity") or r["fidelity"].get("probes_sha256") != probes.sha256]
+        if todo:
+            measured = measure_fidelity(Path(plan.model_dir), [out_dir / r["file"] for r in todo], probes, threads=cfg.threads)
+            for r in todo:
+                r["fidelity"] = measured[r["file"]].model_dump()
+    reports = [FileReport(**r) for r in records]
+    f16 = reports[0]
+    if f16.fidelity is not None and not f16.fidelity.mean_kl <= cfg.max_f16_kl:
+        raise ModelError(
+            f"{f16.file}: mean KL {f16.fidelity.mean_kl:.3g} to the HF model exceeds max_f16_kl {cfg.max_f16_kl:g}: "
+            f"the conversion is not faithful; check the converter version (--llama_cpp_dir) and the model directory"
+        )
+    return reports, todo
 
 
 def convert_to_gguf(model_dir: str | Path, out_dir: str | Path, quants: tuple[str, ...] | list[str] = ("Q5_K_M",),

@@ -160,13 +160,14 @@ def measure_fidelity(model_dir: Path, ggufs: list[Path], probes: ProbeSet, threa
     for path in ggufs:
         llm = open_llama(path, n_ctx, threads, logits_all=True)
         try:
-            kls, agree, delta, mismatches = [], [], 0.0, []
+            kls, agree, delta, mismatches, per_probe = [], [], 0.0, [], {}
             for p, ref in zip(probes.probes, reference):
                 llm.reset()
                 llm.eval(list(p.ids))
                 gg = np.array(llm.scores[: len(p.ids)], dtype=np.float64)  # (T, V)
                 cmp = compare_logits(ref, gg)
                 kls.append(cmp["kl"])
+                per_probe[p.label] = float(cmp["kl"].mean())
                 agree.append(cmp["agree"])
                 delta = max(delta, cmp["max_abs_delta"])
                 own = llm.tokenize(p.text.encode("utf-8"), add_bos=not p.chat, special=p.chat)
@@ -178,7 +179,7 @@ def measure_fidelity(model_dir: Path, ggufs: list[Path], probes: ProbeSet, threa
         results[path.name] = Fidelity(
             probes_sha256=probes.sha256, positions=int(kl.size), mean_kl=float(kl.mean()), max_kl=float(kl.max()),
             top1_agreement=float(np.concatenate(agree).mean()), max_abs_delta_logit=delta,
-            tokenizer_match=not mismatches, tokenizer_mismatches=mismatches,
+            per_probe_mean_kl=per_probe, tokenizer_match=not mismatches, tokenizer_mismatches=mismatches,
         )
         logger.info("fidelity %s: KL mean %.2e max %.2e, top-1 %.3f, max |dlogit| %.3f%s", path.name, kl.mean(), kl.max(),
                     results[path.name].top1_agreement, delta, "" if not mismatches else f" (tokenizers differ on {len(mismatches)} probe(s))")

@@ -37,44 +37,47 @@ class GgufChatInfo:
     context_length: int
 
 
+def _open_vocab(path: Path):
+    """llama.cpp's vocabulary-only model (quiet load, no context); the caller closes it."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaModel  # the wrapper Llama itself uses
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    try:
+        return LlamaModel(path_model=str(path), params=params, verbose=False)
+    except ValueError as e:
+        raise ModelError(f"llama.cpp cannot load {path} ({e}); pass a file made by so8t convert") from None
+
+
 def read_chat_info(path: str | Path) -> GgufChatInfo:
-    """Read architecture, chat template and special tokens from a GGUF's metadata.
+    """Read architecture, chat template and special tokens from a GGUF's metadata (through llama.cpp).
 
     Raises:
-        ModelError: missing file or not a readable GGUF.
+        ModelError: missing file, not a GGUF, or a file llama.cpp cannot read.
     """
-    from gguf import GGUFReader
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise ModelError(f"GGUF file {str(path)!r} does not exist: pass a file made by so8t convert")
+    with p.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelError(f"{p}: not a readable GGUF file (starts with {magic!r}, not b'GGUF'); pass a file made by so8t convert")
+    model = _open_vocab(p)
     try:
-        with p.open("rb") as f:
-            magic = f.read(4)
-        if magic != b"GGUF":
-            raise ValueError(f"magic {magic!r} is not b'GGUF'")
-        r = GGUFReader(str(p))
-    except Exception as e:
-        raise ModelError(f"{p}: not a readable GGUF file ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                         f"pass a file made by so8t convert") from None
+        meta = model.metadata()
+        arch = meta.get("general.architecture", "unknown")
 
-    def field(key: str, default=None):
-        return r.fields[key].contents() if key in r.fields else default
+        def text(token: int) -> str:
+            return model.token_get_text(token) if 0 <= token < model.n_vocab() else ""
 
-    arch = field("general.architecture", "unknown")
-    tokens = field("tokenizer.ggml.tokens", [])
-
-    def token(key: str) -> str:
-        i = field(key)
-        return tokens[i] if i is not None and 0 <= i < len(tokens) else ""
-
-    model = field("tokenizer.ggml.model", "")
-    return GgufChatInfo(
-        path=p.resolve(), architecture=arch, chat_template=field("tokenizer.chat_template"),
-        bos_token=token("tokenizer.ggml.bos_token_id"), eos_token=token("tokenizer.ggml.eos_token_id"),
-        add_bos=bool(field("tokenizer.ggml.add_bos_token", model == "llama")),
-        context_length=int(field(f"{arch}.context_length", 4096)),
-    )
+        return GgufChatInfo(
+            path=p.resolve(), architecture=arch, chat_template=meta.get("tokenizer.chat_template"),
+            bos_token=text(model.token_bos()), eos_token=text(model.token_eos()), add_bos=model.add_bos_token(),
+            context_length=int(meta.get(f"{arch}.context_length", 4096)),
+        )
+    finally:
+        model.close()
 
 
 def render_chat(template: str, messages: list[dict], *, bos_token: str = "", eos_token: str = "",
@@ -170,15 +173,7 @@ def generate(gguf: str | Path, prompt: str, *, n_predict: int = 1024, threads: i
 
 def tokenize(gguf: str | Path, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
     """Token ids of ``text`` by the GGUF's own tokenizer (loads the vocabulary only, no context)."""
-    import llama_cpp
-    from llama_cpp._internals import LlamaModel  # the wrapper Llama itself uses; quiet load, explicit close
-
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    try:
-        model = LlamaModel(path_model=str(gguf), params=params, verbose=False)
-    except ValueError as e:
-        raise ModelError(f"llama.cpp cannot load {gguf} ({e}); pass a file made by so8t convert") from None
+    model = _open_vocab(Path(gguf))
     try:
         return model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
     finally:
@@ -355,11 +350,11 @@ def build_modelfile(gguf: str | Path, *, calibration: str | Path | None = None, 
     params = dict(MODELFILE_DEFAULTS)
     if calibration is not None:
         params["temperature"] = _calibrated_temperature(calibration, info.path)
-    src = info.path
+    src = str(info.path)
     if modelfile_dir is not None:
         base = Path(modelfile_dir).expanduser().resolve()
-        if src.is_relative_to(base):
-            src = Path("./" + src.relative_to(base).as_posix())  # type: ignore[assignment]
+        if info.path.is_relative_to(base):  # Ollama resolves FROM relative to the Modelfile
+            src = "./" + info.path.relative_to(base).as_posix()
     lines = [f"# Ollama Modelfile for {info.path.name} (written by so8t modelfile; chat template: {tr.family})",
              f"FROM {src}", "", f'TEMPLATE """{tr.template}"""', ""]
     if tr.default_system:

@@ -1,0 +1,167 @@
+"""GGUF conversion and quantization with the real llama.cpp converter and C API (no mocks).
+
+Bounds measured on the tiny fixtures (hidden 256): F16 KL ~3e-8, Q8_0 ~1.3e-5, Q4_K_M ~1.5e-3;
+the assertions below leave an order of magnitude or more of headroom.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from gguf import GGUFReader
+
+from so8t.cli import main
+from so8t.gguf import K_TYPES, REPORT, SIDECAR_SUFFIX, convert_to_gguf
+
+QUANTS = ("Q8_0", "Q4_K_M")
+NAMES = {"tiny_llama": "tinyllama", "tiny_phi3": "tinyp"}  # a 'phi3' name needs <|endoftext|> in llama.cpp
+
+
+def _types(path: Path) -> tuple[Counter, dict[str, str]]:
+    """Our own reading of a file: type histogram and each >=2-D tensor's type."""
+    r = GGUFReader(str(path))
+    hist = Counter(t.tensor_type.name for t in r.tensors)
+    two_d = {t.name: t.tensor_type.name for t in r.tensors if sum(int(d) > 1 for d in t.shape) >= 2}
+    return hist, two_d
+
+
+@pytest.fixture(scope="module", params=["tiny_llama", "tiny_phi3"])
+def converted(request, tmp_path_factory):
+    model = request.getfixturevalue(request.param)
+    out = tmp_path_factory.mktemp(f"gguf_{request.param}")
+    result = convert_to_gguf(model, out, QUANTS, name=NAMES[request.param])
+    return request.param, model, out, result
+
+
+def test_tiny_models_convert_quantize_and_report(converted):
+    fixture, _, out, result = converted
+    name = NAMES[fixture]
+    assert sorted(p.name for p in out.glob("*.gguf")) == sorted(f"{name}_{q}.gguf" for q in ("f16", *QUANTS))
+    report = json.loads((out / REPORT).read_text())
+    files = {f["quant"]: f for f in report["files"]}
+    assert set(files) == {"F16", *QUANTS}
+    f16, q8, q4 = files["F16"]["fidelity"], files["Q8_0"]["fidelity"], files["Q4_K_M"]["fidelity"]
+    assert f16["mean_kl"] < 1e-6 and f16["max_kl"] < 1e-5 and f16["top1_agreement"] >= 0.99, f16
+    assert q8["mean_kl"] < 1e-3 and q8["top1_agreement"] >= 0.9, q8
+    assert q4["mean_kl"] < 2e-2, q4
+    assert f16["positions"] > 100
+    for quant, rec in files.items():
+        path = out / rec["file"]
+        hist, two_d = _types(path)
+        assert rec["tensor_types"] == dict(hist)
+        assert rec["size_bytes"] == path.stat().st_size
+        assert rec["n_tensors"] == sum(hist.values())
+        expected_family = {"F16": {"F16"}, "Q8_0": {"Q8_0"}, "Q4_K_M": set(K_TYPES)}[quant]
+        fallbacks = {n: t for n, t in two_d.items() if t not in expected_family}
+        assert rec["fallback_tensors"] == fallbacks and rec["fallback_count"] == len(fallbacks) == 0, rec
+    assert set(_types(out / files["Q4_K_M"]["file"])[1].values()) <= {"Q4_K", "Q6_K"}  # by-design K mix only
+    assert files["Q4_K_M"]["llama_cpp_fallbacks"] == 0
+
+
+def test_rerun_reuses_then_rebuilds_a_tampered_output(converted):
+    fixture, model, out, _ = converted
+    name = NAMES[fixture]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.gguf")}
+    again = convert_to_gguf(model, out, QUANTS, name=name)
+    assert all(f.reused for f in again.files)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.gguf")} == mtimes
+    target = out / f"{name}_Q8_0.gguf"
+    with target.open("r+b") as f:  # same size, one byte flipped near the end
+        f.seek(-10, 2)
+        b = f.read(1)
+        f.seek(-10, 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    third = convert_to_gguf(model, out, QUANTS, name=name, fidelity=False)
+    reused = {f.quant: f.reused for f in third.files}
+    assert reused == {"F16": True, "Q8_0": False, "Q4_K_M": True}
+    assert json.loads((out / (target.name + SIDECAR_SUFFIX)).read_text())["sha256"] == third.files[1].sha256
+
+
+def test_changed_input_rebuilds_everything(tiny_llama, tmp_path, caplog):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama, model)
+    out = tmp_path / "out"
+    convert_to_gguf(model, out, ["Q8_0"], name="m", fidelity=False)
+    gen = json.loads((model / "generation_config.json").read_text())
+    gen["max_length"] = 77
+    (model / "generation_config.json").write_text(json.dumps(gen))
+    with caplog.at_level("INFO", logger="so8t"):
+        second = convert_to_gguf(model, out, ["Q8_0"], name="m", fidelity=False)
+    assert [f.reused for f in second.files] == [False, False]
+    assert "input changed" in caplog.text
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tiny_llama, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["convert", str(tiny_llama), str(out), "Q4_K_M", "Q8_0", "--name", "m", "--dry-run"])
+    text = capsys.readouterr().out
+    assert rc == 0 and not out.exists()
+    assert re.search(r"convert\s+F16 .* m_f16\.gguf", text) and "m_Q4_K_M.gguf" in text and "m_Q8_0.gguf" in text
+
+
+def test_failed_conversion_leaves_no_gguf(tiny_llama, tmp_path, capsys):
+    model = tmp_path / "broken"
+    shutil.copytree(tiny_llama, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated: the converter fails mid-way
+    out = tmp_path / "out"
+    rc = main(["convert", str(model), str(out), "Q8_0", "--name", "m"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("so8t: error: llama.cpp's converter failed"), err[-1]
+    assert not [p.name for p in out.iterdir() if "gguf" in p.name]  # neither *.gguf nor hidden partials
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("missing", r"model directory .* does not exist"),
+    ("no_config", r"not a Hugging Face model directory \(no config\.json\)"),
+    ("bad_quant", r"unknown quantization type 'Q9_Z': llama\.cpp knows .*Q4_K_M.*Q5_K_M"),
+    ("phi3_name", r"name 'phi3' contains 'phi3'.*<\|endoftext\|>.*--name"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(case, pattern, request, tmp_path, capsys):
+    model = {"missing": lambda: tmp_path / "nope", "no_config": lambda: tmp_path,
+             "bad_quant": lambda: request.getfixturevalue("tiny_llama"),
+             "phi3_name": lambda: request.getfixturevalue("tiny_phi3")}[case]()
+    out = tmp_path / "out"
+    argv = ["convert", str(model), str(out), "Q9_Z" if case == "bad_quant" else "Q8_0"]
+    rc = main(argv + (["--name", "phi3"] if case == "phi3_name" else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("so8t: error: "), err
+    assert re.search(pattern, err[-1]), err[-1]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_smollm2_q5_k_m_reports_fallbacks_honestly(tmp_path):
+    from so8t.base_models import prepare_embedded
+
+    result = convert_to_gguf(prepare_embedded("smollm2"), tmp_path, ["Q5_K_M"], name="smollm2")
+    f16, q5 = result.files
+    print(json.dumps({f.quant: {"size_MB": round(f.size_bytes / 1e6, 1), "types": f.tensor_types,
+                                "fallbacks": f.fallback_count, "llama_cpp_fallbacks": f.llama_cpp_fallbacks,
+                                "fidelity": f.fidelity.model_dump()} for f in result.files}, indent=1))
+    assert f16.fidelity.mean_kl < 1e-4 and f16.fidelity.top1_agreement >= 0.97 and f16.fidelity.tokenizer_match
+    _, two_d = _types(result.path("Q5_K_M"))
+    fallbacks = {n: t for n, t in two_d.items() if t not in K_TYPES}
+    assert q5.fallback_count == len(fallbacks) > 0  # hidden 576 is not a multiple of 256
+    assert set(fallbacks.values()) <= {"Q5_1", "Q8_0"}
+    # llama.cpp counts one fewer: it puts the tied token_embd/output in Q8_0 by its output rule
+    assert q5.llama_cpp_fallbacks is not None and q5.fallback_count - q5.llama_cpp_fallbacks in (0, 1)
+    assert q5.fidelity.mean_kl < 0.5 and q5.fidelity.top1_agreement > 0.6
+
+
+def test_runbook_shim_calls_so8t_convert(tiny_llama, tmp_path):
+    import subprocess
+
+    shim = Path(__file__).resolve().parents[2] / "scripts" / "training" / "convert_and_quantize.sh"
+    usage = subprocess.run(["bash", str(shim)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    out = tmp_path / "out"
+    dry = subprocess.run(["bash", str(shim), str(tiny_llama), str(out), "Q5_K_M", "--name", "m", "--dry-run"],
+                         capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert "m_Q5_K_M.gguf" in dry.stdout and not out.exists()
