@@ -18,7 +18,7 @@ from gguf import GGUFReader
 from so8t.cli import main
 from so8t.gguf import K_TYPES, REPORT, SIDECAR_SUFFIX, convert_to_gguf
 
-QUANTS = ("Q8_0", "Q4_K_M")
+QUANTS = ("Q8_0", "Q5_K_M", "Q4_K_M")
 NAMES = {"tiny_llama": "tinyllama", "tiny_phi3": "tinyp"}  # a 'phi3' name needs <|endoftext|> in llama.cpp
 
 
@@ -56,11 +56,20 @@ def test_tiny_models_convert_quantize_and_report(converted):
         assert rec["tensor_types"] == dict(hist)
         assert rec["size_bytes"] == path.stat().st_size
         assert rec["n_tensors"] == sum(hist.values())
-        expected_family = {"F16": {"F16"}, "Q8_0": {"Q8_0"}, "Q4_K_M": set(K_TYPES)}[quant]
+        expected_family = {"F16": {"F16"}, "Q8_0": {"Q8_0"}, "Q5_K_M": set(K_TYPES), "Q4_K_M": set(K_TYPES)}[quant]
         fallbacks = {n: t for n, t in two_d.items() if t not in expected_family}
         assert rec["fallback_tensors"] == fallbacks and rec["fallback_count"] == len(fallbacks) == 0, rec
     assert set(_types(out / files["Q4_K_M"]["file"])[1].values()) <= {"Q4_K", "Q6_K"}  # by-design K mix only
     assert files["Q4_K_M"]["llama_cpp_fallbacks"] == 0
+
+
+def test_every_file_loads_and_generates(converted):
+    from so8t.inference import generate
+
+    _, _, out, _ = converted
+    for path in sorted(out.glob("*.gguf")):
+        pieces = list(generate(path, "calibration", n_predict=6, threads=1, temperature=0.0, raw=True, seed=0))
+        assert pieces, path.name
 
 
 def test_rerun_reuses_then_rebuilds_a_tampered_output(converted):
@@ -78,7 +87,7 @@ def test_rerun_reuses_then_rebuilds_a_tampered_output(converted):
         f.write(bytes([b[0] ^ 0xFF]))
     third = convert_to_gguf(model, out, QUANTS, name=name, fidelity=False)
     reused = {f.quant: f.reused for f in third.files}
-    assert reused == {"F16": True, "Q8_0": False, "Q4_K_M": True}
+    assert reused == {"F16": True, "Q8_0": False, "Q5_K_M": True, "Q4_K_M": True}
     assert json.loads((out / (target.name + SIDECAR_SUFFIX)).read_text())["sha256"] == third.files[1].sha256
 
 
