@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -298,6 +298,9 @@ class CalibrationResult(BaseModel):
     label_token_ids: dict[str, list[int]] | None = Field(None, description="Token ids of each label.")
     model_path: str | None = Field(None, description="Path of the scored model.")
     data_path: str | None = Field(None, description="Path of the validation data.")
+    scoring: dict[str, Any] | None = Field(
+        None, description="How the scores were read from the model: mode, prompt, template, cache key (so8t calibrate)."
+    )
 
 
 def _split_metrics(z, y, fit_idx, hold_idx, t, tau_deny, tau_escalate, n_bins) -> SplitMetrics:

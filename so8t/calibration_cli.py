@@ -54,7 +54,7 @@ class CalibrateCommandConfig(CalibrationConfig):
                             "when the labels' first tokens differ)."
     )
     n_ctx: int = Field(2048, ge=16, description="llama.cpp context size; every prompt must fit.")
-    n_threads: int = Field(0, ge=0, description="CPU threads for llama.cpp (0: its default).")
+    n_threads: int = Field(0, ge=0, description="CPU threads for llama.cpp, prompt batches included (0: half the logical cores).")
     no_cache: bool = Field(False, description="Re-score even if cached scores exist (and do not write the cache).")
     fail_on_gate: bool = Field(False, description="Exit 1 when the calibrated model fails the gate (default: exit 0).")
 

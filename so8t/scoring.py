@@ -1,0 +1,536 @@
+"""Scoring a GGUF model on the decision prompt: one label-score vector ``z`` per text.
+
+For each ``{"text", "label"}`` record the decision prompt of :mod:`so8t.decision` is rendered with
+the chat template stored in the GGUF (``tokenizer.chat_template``, rendered by a sandboxed jinja2
+environment with ``add_generation_prompt=True``), tokenized by llama.cpp's own tokenizer (special
+tokens parsed) and evaluated by llama-cpp-python. The label tokens are those the label has right
+after the generation prompt (tokenize ``prompt + label`` and keep the tail).
+
+Two modes give ``z`` (columns in :data:`so8t.decision.LABELS` order):
+
+- ``first-token``: the raw next-token logits of each label's first token. Needs the three first
+  tokens to be distinct; ``softmax(z)`` is then the model's distribution renormalised over them.
+- ``sequence``: the teacher-forced log-probability of each label's full token sequence,
+  ``sum_k log p(t_k | prompt, t_<k)``. Used when first tokens collide (``auto``) or on request.
+
+Speed: the longest token prefix shared by every prompt (template and system turn) is evaluated once;
+for each sample the KV cache is cut back to that prefix (``llm.n_tokens = P``) and only the rest is
+evaluated. Scores are cached under ``cache_root()/scores/<key>.{npz,json}`` (written atomically),
+keyed by the model file's sha256, the records' content, the decision prompt, the label spellings,
+the mode, the scorer version and the llama-cpp-python version, so re-calibrating does not re-score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from so8t.base_models import cache_root, sha256_file
+from so8t.decision import DECISION_SYSTEM, DECISION_USER_TEMPLATE, LABELS, decision_messages
+from so8t.errors import DataError, ModelError
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the numbers a given (model, data, prompt, labels, mode) produce would change.
+SCORER_VERSION = 1
+
+ScoringMode = Literal["auto", "first-token", "sequence"]
+ResolvedMode = Literal["first-token", "sequence"]
+
+GGUF_MAGIC = b"GGUF"
+#: Tokens per llama.cpp decode call; part of the cache key (batch shape can change the last bits).
+N_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Label scores of a dataset under one GGUF model.
+
+    Attributes:
+        z: ``(n, 3)`` float64 label scores in ``LABELS`` order (logits or log-probabilities).
+        y: ``(n,)`` int64 true label indices.
+        label_token_ids: Token ids of each label as it follows the generation prompt.
+        mode: ``"first-token"`` or ``"sequence"``.
+        chat_template: The jinja chat template used (from the GGUF metadata).
+        prompt_example: The first rendered prompt, for reports.
+        model_sha256: sha256 of the GGUF file.
+        data_sha256: sha256 of the data file when scored from a file, else of the records' content.
+        records_sha256: sha256 of the records' canonical JSON (part of the cache key).
+        cache_key: Key of the score cache entry.
+        from_cache: True when the scores were read from the cache (no model call).
+        n_prefix_tokens: Prompt tokens shared by all samples and evaluated once.
+        seconds: Wall time of scoring (of the original run when read from the cache).
+        scorer_version: :data:`SCORER_VERSION` that produced the scores.
+        llama_cpp_version: llama-cpp-python version that produced the scores.
+        model_path: The scored GGUF.
+    """
+
+    z: np.ndarray
+    y: np.ndarray
+    label_token_ids: dict[str, list[int]]
+    mode: ResolvedMode
+    chat_template: str
+    prompt_example: str
+    model_sha256: str
+    data_sha256: str
+    records_sha256: str
+    cache_key: str
+    from_cache: bool
+    n_prefix_tokens: int
+    seconds: float
+    scorer_version: int = SCORER_VERSION
+    llama_cpp_version: str = ""
+    model_path: str = ""
+    label_texts: tuple[str, str, str] = LABELS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        """JSON-ready description of how the scores were made (everything but the arrays)."""
+        return {
+            "mode": self.mode,
+            "label_texts": list(self.label_texts),
+            "label_token_ids": self.label_token_ids,
+            "n_samples": int(self.z.shape[0]),
+            "n_prefix_tokens": self.n_prefix_tokens,
+            "model_sha256": self.model_sha256,
+            "data_sha256": self.data_sha256,
+            "records_sha256": self.records_sha256,
+            "cache_key": self.cache_key,
+            "from_cache": self.from_cache,
+            "seconds": self.seconds,
+            "scorer_version": self.scorer_version,
+            "llama_cpp_version": self.llama_cpp_version,
+            "model_path": self.model_path,
+            "chat_template": self.chat_template,
+            "decision_system": DECISION_SYSTEM,
+            "decision_user_template": DECISION_USER_TEMPLATE,
+            "prompt_example": self.prompt_example,
+        }
+
+
+# ----------------------------------------------------------------------------- inputs
+def check_gguf(path: str | Path) -> Path:
+    """Fail early, in one line, on a missing, unreadable or non-GGUF model file.
+
+    Raises:
+        ModelError: The path, what is wrong and what to pass instead.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelError(f"{p}: model file not found: pass the path of a .gguf file (so8t gguf convert makes one)")
+    if not p.is_file():
+        raise ModelError(f"{p}: is not a file: pass the path of a .gguf file")
+    try:
+        with p.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelError(f"{p}: cannot read the model file ({e.strerror}): check its permissions") from None
+    if magic != GGUF_MAGIC:
+        raise ModelError(f"{p}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}): "
+                         "convert the model with so8t gguf convert first")
+    return p
+
+
+def records_digest(texts: Sequence[str], labels: Sequence[str]) -> str:
+    """sha256 of the records' canonical JSON (independent of file formatting)."""
+    h = hashlib.sha256()
+    for t, lab in zip(texts, labels, strict=True):
+        h.update(json.dumps([t, lab], ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def render_chat(template: str, messages: list[dict[str, str]], bos_token: str = "", eos_token: str = "") -> str:
+    """Render a chat template the way Hugging Face does, in a sandboxed jinja2 environment.
+
+    Args:
+        template: The jinja source (``tokenizer.chat_template``).
+        messages: Chat messages.
+        bos_token: Text of the BOS token (templates may print it).
+        eos_token: Text of the EOS token.
+
+    Returns:
+        The prompt text, ending with the generation prompt (``add_generation_prompt=True``).
+
+    Raises:
+        ModelError: The template does not compile or raises.
+    """
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    try:
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
+        )
+    except TemplateError as e:
+        raise ModelError(f"chat template from the GGUF metadata failed to render: {e}") from None
+
+
+# ----------------------------------------------------------------------------- model access
+def default_threads() -> int:
+    """Half the logical cores (about the physical ones), at least 1."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _load_model(path: Path, n_ctx: int, n_threads: int):
+    """Open a GGUF with llama-cpp-python (next-token logits only)."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise ModelError(f"llama-cpp-python is not importable ({e}): pip install -e '.[llama]'") from None
+    kwargs: dict[str, Any] = dict(model_path=str(path), n_ctx=n_ctx, n_batch=N_BATCH, logits_all=False,
+                                  verbose=False, seed=0)
+    # One count for single-token and batch decoding: llama-cpp-python's default uses every logical
+    # core for batches, whose spin barriers stall badly when the machine is shared or oversubscribed.
+    threads = n_threads if n_threads > 0 else default_threads()
+    kwargs.update(n_threads=threads, n_threads_batch=threads)
+    try:
+        return llama_cpp.Llama(**kwargs)
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(f"{path}: llama.cpp could not load the model ({e}): is it a complete, supported GGUF?") from None
+
+
+def last_logits(llm) -> np.ndarray:
+    """Copy of the next-token logits after the last ``llm.eval`` (``(n_vocab,)`` float32)."""
+    import llama_cpp
+
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+def _token_text(llm, token: int) -> str:
+    if token < 0:
+        return ""
+    return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+
+class _Prompter:
+    """Renders and tokenizes decision prompts for one loaded model."""
+
+    def __init__(self, llm, chat_template: str | None):
+        meta = llm.metadata or {}
+        template = chat_template or meta.get("tokenizer.chat_template")
+        if not template:
+            raise ModelError("the GGUF has no tokenizer.chat_template in its metadata: the decision prompt is "
+                             "rendered with the model's chat template (training uses the same); convert the model "
+                             "with its tokenizer_config.json so the template is embedded")
+        self.llm = llm
+        self.template = template
+        self.bos = llm.token_bos()
+        self.bos_text = _token_text(llm, self.bos)
+        self.eos_text = _token_text(llm, llm.token_eos())
+
+    def render(self, text: str) -> str:
+        return render_chat(self.template, decision_messages(text), self.bos_text, self.eos_text)
+
+    def tokenize(self, prompt: str) -> list[int]:
+        ids = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if len(ids) >= 2 and ids[0] == ids[1] == self.bos >= 0:
+            ids = ids[1:]  # the template printed BOS and the tokenizer added another
+        return ids
+
+    def label_ids(self, prompt: str, prompt_ids: list[int], label: str) -> list[int]:
+        """Tokens of ``label`` as they follow the generation prompt."""
+        joint = self.tokenize(prompt + label)
+        if joint[: len(prompt_ids)] == prompt_ids and len(joint) > len(prompt_ids):
+            return joint[len(prompt_ids):]
+        alone = self.llm.tokenize(label.encode("utf-8"), add_bos=False, special=True)
+        logger.warning("label %r merges with the end of the prompt when tokenized together; "
+                       "scoring its stand-alone tokens %s", label, alone)
+        return alone
+
+
+def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token sequences, leaving each at least one token."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs)
+    k = 0
+    while k < n and all(s[k] == first[k] for s in seqs):
+        k += 1
+    return min(k, n - 1)
+
+
+def resolve_mode(label_token_ids: Sequence[Sequence[int]], mode: ScoringMode) -> ResolvedMode:
+    """``auto`` -> ``first-token`` when the labels' first tokens are distinct, else ``sequence``.
+
+    Raises:
+        ModelError: ``first-token`` requested with colliding first tokens, or two labels with
+            identical token sequences (no mode can tell them apart).
+    """
+    seqs = [tuple(s) for s in label_token_ids]
+    if any(len(s) == 0 for s in seqs):
+        raise ModelError(f"a label tokenizes to nothing ({dict(zip(LABELS, seqs))}): check the label spellings")
+    if len(set(seqs)) < len(seqs):
+        raise ModelError(f"two labels have identical tokens {dict(zip(LABELS, seqs))}: they cannot be told apart")
+    distinct = len({s[0] for s in seqs}) == len(seqs)
+    if mode == "auto":
+        return "first-token" if distinct else "sequence"
+    if mode == "first-token" and not distinct:
+        raise ModelError(f"label first tokens collide ({dict(zip(LABELS, seqs))}): first-token scoring cannot tell "
+                         "them apart; use mode 'sequence' or 'auto'")
+    if mode not in ("first-token", "sequence"):
+        raise ModelError(f"scoring mode {mode!r} is unknown: use 'auto', 'first-token' or 'sequence'")
+    return mode
+
+
+# ----------------------------------------------------------------------------- cache
+def _cache_key(model_sha: str, records_sha: str, chat_template: str | None, label_texts: Sequence[str],
+               mode: ScoringMode) -> str:
+    import llama_cpp
+
+    payload = {
+        "model_sha256": model_sha,
+        "records_sha256": records_sha,
+        "chat_template_override": chat_template,
+        "decision_system": DECISION_SYSTEM,
+        "decision_user_template": DECISION_USER_TEMPLATE,
+        "labels": list(LABELS),
+        "label_texts": list(label_texts),
+        "mode": mode,
+        "scorer_version": SCORER_VERSION,
+        "llama_cpp_version": llama_cpp.__version__,
+        "n_batch": N_BATCH,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def score_cache_dir() -> Path:
+    """``cache_root()/scores``."""
+    return cache_root() / "scores"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_cached(scores: Scores) -> None:
+    d = score_cache_dir()
+    buf = io.BytesIO()
+    np.savez(buf, z=scores.z, y=scores.y)
+    npz = buf.getvalue()
+    meta = scores.info() | {"npz_sha256": hashlib.sha256(npz).hexdigest()}
+    _atomic_write(d / f"{scores.cache_key}.npz", npz)
+    _atomic_write(d / f"{scores.cache_key}.json", (json.dumps(meta, indent=2) + "\n").encode())  # commit marker
+    logger.info("cached scores: %s", d / f"{scores.cache_key}.json")
+
+
+def _load_cached(key: str, n: int) -> tuple[np.ndarray, dict[str, Any]] | None:
+    d = score_cache_dir()
+    meta_path, npz_path = d / f"{key}.json", d / f"{key}.npz"
+    if not meta_path.is_file() or not npz_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        raw = npz_path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != meta["npz_sha256"]:
+            logger.warning("score cache %s is corrupt (checksum mismatch): re-scoring", npz_path)
+            return None
+        with np.load(io.BytesIO(raw)) as arrays:
+            z = arrays["z"].astype(np.float64)
+    except (OSError, ValueError, KeyError) as e:
+        logger.warning("score cache %s unreadable (%s): re-scoring", meta_path, e)
+        return None
+    if z.shape != (n, len(LABELS)):
+        logger.warning("score cache %s has shape %s, expected (%d, 3): re-scoring", npz_path, z.shape, n)
+        return None
+    return z, meta
+
+
+# ----------------------------------------------------------------------------- scoring
+def _score_sample(llm, ids: list[int], n_prefix: int, label_ids: list[list[int]], mode: ResolvedMode) -> np.ndarray:
+    """Scores of one prompt; the KV cache holds the shared prefix (``n_prefix`` tokens)."""
+    llm.n_tokens = n_prefix
+    llm.eval(ids[n_prefix:])
+    logits = last_logits(llm)  # (n_vocab,)
+    if mode == "first-token":
+        return np.array([logits[t[0]] for t in label_ids], dtype=np.float64)
+    n_prompt = len(ids)
+    first = _log_softmax(logits)
+    out = np.empty(len(label_ids), dtype=np.float64)
+    for c, toks in enumerate(label_ids):
+        total = float(first[toks[0]])
+        llm.n_tokens = n_prompt
+        for k in range(1, len(toks)):
+            llm.eval([toks[k - 1]])  # teacher forcing: feed the label's previous token
+            total += float(_log_softmax(last_logits(llm))[toks[k]])
+        out[c] = total
+    return out
+
+
+def score_gguf(
+    model_path: str | Path,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    mode: ScoringMode = "auto",
+    label_texts: Sequence[str] = LABELS,
+    chat_template: str | None = None,
+    n_ctx: int = 2048,
+    n_threads: int = 0,
+    use_cache: bool = True,
+    data_sha256: str | None = None,
+    progress: bool | None = None,
+) -> Scores:
+    """Score every text with a GGUF model on the decision prompt.
+
+    Args:
+        model_path: The ``.gguf`` file.
+        texts: Requests to classify.
+        labels: Their true labels (strings from ``LABELS``), same length.
+        mode: ``"auto"`` (first-token if the labels' first tokens differ, else sequence),
+            ``"first-token"`` or ``"sequence"``.
+        label_texts: Spellings of ``LABELS`` as the model is to answer them (column order unchanged).
+        chat_template: Override of the GGUF's chat template (normally None).
+        n_ctx: Context size; every prompt plus its longest label must fit.
+        n_threads: CPU threads for llama.cpp, prompt batches included (0: :func:`default_threads`).
+        use_cache: Read and write the score cache (``cache_root()/scores``).
+        data_sha256: Hash reported for the data (the file's sha256); default: the records' digest.
+        progress: Show a tqdm bar (None: only on a terminal).
+
+    Returns:
+        :class:`Scores`; bit-identical across runs for the same inputs.
+
+    Raises:
+        ModelError: Missing/invalid model, no chat template, unusable labels.
+        DataError: No records, unknown labels, a prompt longer than ``n_ctx``.
+    """
+    import llama_cpp
+    from tqdm.auto import tqdm
+
+    from so8t.calibration import encode_labels
+
+    path = check_gguf(model_path)
+    if len(texts) != len(labels):
+        raise DataError(f"{len(texts)} texts but {len(labels)} labels: pass one label per text")
+    if not texts:
+        raise DataError("no records to score: the validation data is empty")
+    if len(label_texts) != len(LABELS):
+        raise ModelError(f"label_texts {list(label_texts)} must give one spelling for each of {LABELS}")
+    y = encode_labels(labels)
+    t0 = time.monotonic()
+    model_sha = sha256_file(path)
+    rec_sha = records_digest(texts, labels)
+    key = _cache_key(model_sha, rec_sha, chat_template, label_texts, mode)
+    if use_cache:
+        hit = _load_cached(key, len(texts))
+        if hit is not None:
+            z, meta = hit
+            logger.info("scores read from cache %s (%d samples, mode %s)", key, len(texts), meta["mode"])
+            return Scores(
+                z=z, y=y, label_token_ids={k: list(v) for k, v in meta["label_token_ids"].items()},
+                mode=meta["mode"], chat_template=meta["chat_template"], prompt_example=meta["prompt_example"],
+                model_sha256=model_sha, data_sha256=data_sha256 or rec_sha, records_sha256=rec_sha, cache_key=key,
+                from_cache=True, n_prefix_tokens=int(meta["n_prefix_tokens"]), seconds=float(meta["seconds"]),
+                scorer_version=int(meta["scorer_version"]), llama_cpp_version=meta["llama_cpp_version"],
+                model_path=str(path), label_texts=tuple(label_texts),
+            )
+
+    llm = _load_model(path, n_ctx, n_threads)
+    try:
+        prompter = _Prompter(llm, chat_template)
+        prompts = [prompter.render(t) for t in texts]
+        ids = [prompter.tokenize(p) for p in prompts]
+        lab_ids = [prompter.label_ids(prompts[0], ids[0], lab) for lab in label_texts]
+        resolved = resolve_mode(lab_ids, mode)
+        longest_label = max(len(t) for t in lab_ids) if resolved == "sequence" else 1
+        too_long = [i for i, s in enumerate(ids) if len(s) + longest_label - 1 > n_ctx]
+        if too_long:
+            i = too_long[0]
+            raise DataError(f"record {i + 1} ({texts[i][:40]!r}...) has {len(ids[i])} prompt tokens > n_ctx={n_ctx}"
+                            f" ({len(too_long)} such records): raise n_ctx or shorten the text")
+        n_prefix = common_prefix_length(ids)
+        logger.info("scoring %d samples with %s (%s mode, labels %s, %d shared prefix tokens)",
+                    len(ids), path.name, resolved, dict(zip(LABELS, lab_ids)), n_prefix)
+        llm.reset()
+        if n_prefix:
+            llm.eval(ids[0][:n_prefix])
+        z = np.empty((len(ids), len(LABELS)), dtype=np.float64)  # (n, 3)
+        for i, s in enumerate(tqdm(ids, desc="scoring", unit="sample", disable=(not progress) if progress is not None else None)):
+            z[i] = _score_sample(llm, s, n_prefix, lab_ids, resolved)
+    finally:
+        llm.close()
+    if not np.all(np.isfinite(z)):
+        bad = int(np.flatnonzero(~np.isfinite(z).all(axis=1))[0])
+        raise ModelError(f"{path}: non-finite scores for record {bad + 1} ({z[bad].tolist()}): the model is broken")
+    scores = Scores(
+        z=z, y=y, label_token_ids=dict(zip(LABELS, lab_ids)), mode=resolved, chat_template=prompter.template,
+        prompt_example=prompts[0], model_sha256=model_sha, data_sha256=data_sha256 or rec_sha,
+        records_sha256=rec_sha, cache_key=key, from_cache=False, n_prefix_tokens=n_prefix,
+        seconds=time.monotonic() - t0, llama_cpp_version=llama_cpp.__version__, model_path=str(path),
+        label_texts=tuple(label_texts),
+    )
+    logger.info("scored %d samples in %.1f s", len(ids), scores.seconds)
+    if use_cache:
+        _save_cached(scores)
+    return scores
+
+
+def read_labelled(path: str | Path) -> tuple[list[str], list[str]]:
+    """Texts and labels of a ``{"text","label"}`` JSONL file (strict, see :func:`so8t.data.read_jsonl`).
+
+    Raises:
+        DataError: ``file:line: ...`` for the first bad line, or a line without a label.
+    """
+    from so8t.data import LabelledRecord, read_jsonl
+
+    p = Path(path).expanduser()
+    records = read_jsonl(p)
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, LabelledRecord)), None)
+    if bad is not None:
+        lineno = _line_of_record(p, bad)
+        raise DataError(f"{p}:{lineno}: field 'label': missing (calibration data needs {{\"text\", \"label\"}} "
+                        f"records with label one of {', '.join(LABELS)})")
+    return [r.text for r in records], [r.label for r in records]
+
+
+def _line_of_record(path: Path, index: int) -> int:
+    """1-based line number of the ``index``-th non-blank line (how read_jsonl counts records)."""
+    seen = -1
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                seen += 1
+                if seen == index:
+                    return lineno
+    return -1
+
+
+def score_file(model_path: str | Path, data_path: str | Path, **kwargs: Any) -> Scores:
+    """:func:`score_gguf` on a JSONL file; ``data_sha256`` is the file's sha256."""
+    p = Path(data_path).expanduser()
+    texts, labels = read_labelled(p)
+    return score_gguf(model_path, texts, labels, data_sha256=sha256_file(p), **kwargs)
