@@ -3,8 +3,10 @@
 Input is an ``(n, 3)`` array of label logits ``z`` (columns in :data:`so8t.decision.LABELS` order)
 and integer labels ``y``; scoring a GGUF model into ``z`` happens elsewhere. :func:`calibrate`
 splits the data (stratified), fits the temperature by NLL and the thresholds by exact search on the
-fit split, and reports every metric before and after calibration on both splits, with a verdict
-from :func:`so8t.gate.evaluate_gate` on the held-out split.
+fit split (on quantile grids of ``max_threshold_candidates`` values per column above that many
+distinct probabilities, with a bounded loss: :func:`fit_thresholds_thinned`), and reports every
+metric before and after calibration on both splits, with a verdict from
+:func:`so8t.gate.evaluate_gate` on the held-out split.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from scipy.optimize import minimize, minimize_scalar
 from so8t.decision import LABELS
 from so8t.errors import ConfigError, DataError
 from so8t.gate import GateConfig, GateDecision, evaluate_gate
-from so8t.metrics import N_CLASSES, MetricReport, check_labels, compute_metrics, log_softmax, softmax
+from so8t.metrics import ALLOW, DENY, N_CLASSES, MetricReport, check_labels, compute_metrics, log_softmax, softmax
 from so8t.thresholds import FarBound, ThresholdFit, fit_thresholds
 
 __all__ = [
     "CalibrationConfig", "CalibrationResult", "SplitMetrics", "TemperatureFit", "ThresholdFit",
-    "calibrate", "encode_labels", "fit_temperature", "fit_thresholds", "nll_at_temperature",
-    "split_stratified",
+    "calibrate", "encode_labels", "fit_temperature", "fit_thresholds", "fit_thresholds_thinned",
+    "nll_at_temperature", "split_stratified", "thin_threshold_candidates",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,10 @@ class CalibrationConfig(BaseModel):
     min_macro_f1: float = Field(
         0.5, description="Floor on macro F1 (fit and verdict) so that 'escalate everything' cannot pass; 0 disables."
     )
+    max_threshold_candidates: int = Field(
+        2048, description="Threshold candidates per probability column; above it the search runs on a quantile grid "
+                          "of this many values (bounded approximation, see docs/calibration.md); 0: always exact."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CalibrationConfig:
@@ -77,6 +83,8 @@ class CalibrationConfig(BaseModel):
                 errors.append(f"{name}={getattr(self, name)} is outside [0, 1]: it is a probability or rate")
         if not 0.0 < self.holdout_fraction < 1.0:
             errors.append(f"holdout_fraction={self.holdout_fraction} is outside (0, 1): use e.g. 0.3")
+        if self.max_threshold_candidates != 0 and self.max_threshold_candidates < 2:
+            errors.append(f"max_threshold_candidates={self.max_threshold_candidates} must be 0 (exact) or >= 2")
         if self.n_bins < 1:
             errors.append(f"n_bins={self.n_bins} must be >= 1 (the method uses 15)")
         if errors:
@@ -258,6 +266,80 @@ def fit_temperature(
     )
 
 
+# ----------------------------------------------------------------------------- threshold candidates
+def _quantile_grid(values: np.ndarray, k: int) -> np.ndarray:
+    """At most ``k`` distinct data values: those at ``k`` evenly spaced ranks, first and last included."""
+    s = np.sort(values)
+    ranks = np.round(np.linspace(0, s.shape[0] - 1, k)).astype(np.int64)
+    return np.unique(s[ranks])
+
+
+def thin_threshold_candidates(p: np.ndarray, max_candidates: int) -> tuple[np.ndarray, bool]:
+    """Snap ``p_DENY`` and ``p_ALLOW`` down onto quantile grids of at most ``max_candidates`` values.
+
+    The threshold search takes its candidates from the distinct values of ``p_DENY`` and
+    ``p_ALLOW``; with ``n`` distinct values per column it evaluates ``O(n^2)`` pairs. Above
+    ``max_candidates`` distinct values, a column is replaced by the largest grid value not above
+    it, the grid being the data values at ``max_candidates`` evenly spaced ranks (the smallest and
+    largest value included); ``p_ESCALATE`` takes the remainder so rows still sum to 1. For a grid
+    value ``g``, ``p >= g`` holds exactly when ``snapped(p) >= g``, so every metric of a grid pair
+    is the same on the snapped and the original probabilities: the search is exact over the grid.
+
+    Args:
+        p: Probabilities ``(n, 3)`` in ``LABELS`` order.
+        max_candidates: Grid size per column (>= 2); 0 returns ``p`` unchanged.
+
+    Returns:
+        ``(p_snapped, thinned)``; ``p_snapped is p`` and ``thinned`` False when no column exceeds
+        ``max_candidates`` distinct values (the search then stays exact).
+    """
+    if max_candidates == 0:
+        return p, False
+    q, thinned = p, False
+    for c in (DENY, ALLOW):
+        if np.unique(p[:, c]).size > max_candidates:
+            if not thinned:
+                q, thinned = p.copy(), True
+            grid = _quantile_grid(p[:, c], max_candidates)
+            q[:, c] = grid[np.searchsorted(grid, p[:, c], side="right") - 1]
+    if thinned:
+        q[:, 1] = np.clip(1.0 - q[:, ALLOW] - q[:, DENY], 0.0, 1.0)
+    return q, thinned
+
+
+def fit_thresholds_thinned(
+    p: np.ndarray,
+    y: np.ndarray,
+    far_max: float,
+    far_bound: FarBound = "point",
+    min_macro_f1: float | None = None,
+    max_candidates: int = 2048,
+) -> ThresholdFit:
+    """:func:`fit_thresholds`, on quantile-thinned candidates when a column has too many values.
+
+    Exact (identical to :func:`fit_thresholds`) when neither ``p_DENY`` nor ``p_ALLOW`` has more
+    than ``max_candidates`` distinct values. Otherwise the search is exact over the grids of
+    :func:`thin_threshold_candidates`, which loses at most a bounded amount of macro F1: the grid
+    pair that rounds the exact optimum's ``tau_deny`` down and ``tau_escalate`` up has no more
+    false allows (so FAR feasibility is kept) and changes the decisions of at most the samples in
+    one grid interval per column, ``m <= 2 * ceil(n / (max_candidates - 1))`` when probabilities
+    are distinct (a run of equal values is never split and may add its length); each changed
+    decision moves macro F1 by at most ``2 / (smallest class count)``.
+
+    Returns:
+        The :class:`ThresholdFit`; when thinned, its ``reason`` says so and ``n_candidate_pairs``
+        counts the grid pairs.
+    """
+    q, thinned = thin_threshold_candidates(np.asarray(p, dtype=np.float64), max_candidates)
+    fit = fit_thresholds(q, y, far_max, far_bound, min_macro_f1)
+    if not thinned:
+        return fit
+    note = (f"; candidates thinned to quantile grids of <= {max_candidates} values per column "
+            f"({np.unique(p[:, DENY]).size} distinct p_DENY, {np.unique(p[:, ALLOW]).size} distinct p_ALLOW)")
+    logger.info("threshold search%s", note)
+    return fit.model_copy(update={"reason": fit.reason + note})
+
+
 # ----------------------------------------------------------------------------- the stage
 class SplitMetrics(BaseModel):
     """Metrics of one parameter setting on the fit and held-out splits."""
@@ -358,7 +440,8 @@ def calibrate(z: np.ndarray, y: np.ndarray, cfg: CalibrationConfig | None = None
     if tfit.at_bound:
         warn(f"temperature {tfit.temperature:.4g} is at a bound of {cfg.temperature_bounds}")
     p_fit = softmax(z[fit_idx], tfit.temperature)
-    thr = fit_thresholds(p_fit, y[fit_idx], cfg.far_target, cfg.far_bound, cfg.min_macro_f1)
+    thr = fit_thresholds_thinned(p_fit, y[fit_idx], cfg.far_target, cfg.far_bound, cfg.min_macro_f1,
+                                 cfg.max_threshold_candidates)
     if not thr.feasible:
         warn(f"threshold search infeasible: {thr.reason}")
 

@@ -7,12 +7,16 @@ Prefect task and the demo call).
 
 Outputs, written into ``output_dir`` only after everything succeeded (each file atomically, the
 JSON last): ``calibration_results.json`` (a :class:`~so8t.calibration.CalibrationResult` plus a
-``"scoring"`` block: mode, prompt, template, cache key) and ``reliability_diagram.png``.
+``"scoring"`` block: mode, prompt, template, cache key), ``reliability_diagram.png`` and
+``scores.npz`` (the label scores and split the calibration used, so that every number in the JSON
+can be recomputed: see :func:`load_calibration_scores`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import logging
 import os
@@ -22,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import ConfigDict, Field
 
 from so8t.base_models import sha256_file
-from so8t.calibration import CalibrationConfig, CalibrationResult
+from so8t.calibration import CalibrationConfig, CalibrationResult, split_stratified
 from so8t.decision import LABELS
 from so8t.errors import ConfigError, DataError
 from so8t.metrics import softmax
@@ -36,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "calibration_results.json"
 DIAGRAM_FILE = "reliability_diagram.png"
+SCORES_FILE = "scores.npz"
 
 
 class CalibrateCommandConfig(CalibrationConfig):
@@ -48,7 +54,9 @@ class CalibrateCommandConfig(CalibrationConfig):
     )
     model: str = Field(description="The GGUF model file to calibrate.")
     val_data: str = Field(description="Validation data, JSONL of {\"text\", \"label\"} records (label ALLOW/ESCALATE/DENY).")
-    output_dir: str = Field(description="Where calibration_results.json and reliability_diagram.png are written.")
+    output_dir: str = Field(
+        description="Where calibration_results.json, reliability_diagram.png and scores.npz are written."
+    )
     scoring_mode: Literal["auto", "first-token", "sequence"] = Field(
         "auto", description="Label scores: 'first-token' logits, 'sequence' log-probabilities, or 'auto' (first-token "
                             "when the labels' first tokens differ)."
@@ -66,10 +74,22 @@ class CalibrateCommandConfig(CalibrationConfig):
 
 @dataclass(frozen=True)
 class CalibrationOutcome:
-    """What :func:`calibrate_gguf` produced: the result and the scores behind it."""
+    """What :func:`calibrate_gguf` produced: the result, the scores behind it and the split used."""
 
     result: CalibrationResult
     scores: Scores
+    fit_idx: np.ndarray
+    holdout_idx: np.ndarray
+
+    def scores_npz(self) -> bytes:
+        """The content of ``scores.npz`` (see :func:`load_calibration_scores`)."""
+        buf = io.BytesIO()
+        np.savez(
+            buf, z=self.scores.z.astype(np.float64), y=self.scores.y.astype(np.int64),
+            fit_idx=self.fit_idx.astype(np.int64), holdout_idx=self.holdout_idx.astype(np.int64),
+            labels=np.array(self.result.labels), label_texts=np.array(self.scores.label_texts),
+        )
+        return buf.getvalue()
 
     def document(self) -> dict[str, Any]:
         """The content of ``calibration_results.json``: the result plus a ``"scoring"`` block."""
@@ -100,7 +120,7 @@ def calibrate_gguf(cfg: CalibrateCommandConfig) -> CalibrationOutcome:
         DataError: Missing or malformed data, a label without examples.
         ConfigError: ``output_dir`` is a file.
     """
-    from so8t.calibration import calibrate, encode_labels
+    from so8t.calibration import calibrate
 
     _check_output_dir(cfg.output_dir)
     model = check_gguf(cfg.model)
@@ -115,22 +135,25 @@ def calibrate_gguf(cfg: CalibrateCommandConfig) -> CalibrationOutcome:
                         "in the validation data; add examples of the missing labels")
     scores = score_gguf(model, texts, labels, mode=cfg.scoring_mode, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
                         use_cache=not cfg.no_cache, data_sha256=sha256_file(data))
-    result = calibrate(scores.z, encode_labels(labels), cfg.calibration())
+    num = cfg.calibration()
+    result = calibrate(scores.z, scores.y, num)
     result = result.model_copy(update=dict(
         model_sha256=scores.model_sha256, data_sha256=scores.data_sha256,
         label_token_ids=scores.label_token_ids, model_path=str(model.resolve()), data_path=str(data.resolve()),
     ))
-    return CalibrationOutcome(result=result, scores=scores)
+    fit_idx, holdout_idx = split_stratified(scores.y, num.holdout_fraction, num.seed)  # the split calibrate() used
+    return CalibrationOutcome(result=result, scores=scores, fit_idx=fit_idx, holdout_idx=holdout_idx)
 
 
-def write_calibration(outcome: CalibrationOutcome, output_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``calibration_results.json`` and ``reliability_diagram.png`` into ``output_dir``.
+def write_calibration(outcome: CalibrationOutcome, output_dir: str | Path) -> tuple[Path, Path, Path]:
+    """Write ``calibration_results.json``, ``reliability_diagram.png`` and ``scores.npz``.
 
-    Both are built in a temporary folder beside ``output_dir``, then moved in (PNG first, JSON
-    last), so a failure leaves ``output_dir`` as it was.
+    All are built in a temporary folder beside ``output_dir``, then moved in (PNG, then NPZ, JSON
+    last), so a failure before the moves leaves ``output_dir`` as it was. The JSON's ``"scoring"``
+    block names the NPZ and its sha256.
 
     Returns:
-        ``(json_path, png_path)``.
+        ``(json_path, png_path, npz_path)``.
     """
     res, z, y = outcome.result, outcome.scores.z, outcome.scores.y
     out = _check_output_dir(output_dir)
@@ -142,15 +165,22 @@ def write_calibration(outcome: CalibrationOutcome, output_dir: str | Path) -> tu
             n_bins=res.config.n_bins,
             title=f"Reliability, all {res.n_samples} samples (T {res.before.temperature:g} -> {res.temperature:.3g})",
         )
-        text = json.dumps(outcome.document(), indent=2, ensure_ascii=False) + "\n"
+        npz = outcome.scores_npz()
+        (tmp / SCORES_FILE).write_bytes(npz)
+        doc = outcome.document()
+        doc["scoring"] |= {"scores_file": SCORES_FILE, "scores_sha256": hashlib.sha256(npz).hexdigest()}
+        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
         (tmp / RESULTS_FILE).write_text(text, encoding="utf-8")
+        for name in (DIAGRAM_FILE, SCORES_FILE, RESULTS_FILE):
+            with (tmp / name).open("rb") as f:
+                os.fsync(f.fileno())
         out.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / DIAGRAM_FILE, out / DIAGRAM_FILE)
-        os.replace(tmp / RESULTS_FILE, out / RESULTS_FILE)
+        for name in (DIAGRAM_FILE, SCORES_FILE, RESULTS_FILE):  # the JSON last: it marks a complete set
+            os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("wrote %s and %s", out / RESULTS_FILE, out / DIAGRAM_FILE)
-    return out / RESULTS_FILE, out / DIAGRAM_FILE
+    logger.info("wrote %s, %s and %s", out / RESULTS_FILE, out / DIAGRAM_FILE, out / SCORES_FILE)
+    return out / RESULTS_FILE, out / DIAGRAM_FILE, out / SCORES_FILE
 
 
 def run_calibration(cfg: CalibrateCommandConfig) -> CalibrationResult:
@@ -175,6 +205,29 @@ def load_calibration_results(path: str | Path) -> tuple[CalibrationResult, dict[
         raise DataError(f"{p}: calibration results not found: run so8t calibrate first") from None
     except ValueError as e:
         raise DataError(f"{p}: not a valid calibration_results.json ({str(e).splitlines()[0]})") from None
+
+
+def load_calibration_scores(path: str | Path) -> dict[str, np.ndarray]:
+    """Read ``scores.npz`` (a file, or the ``output_dir`` holding it).
+
+    Returns:
+        ``z`` ``(n, 3)`` float64 label scores (columns in ``labels`` order), ``y`` ``(n,)`` int64
+        true label indices, ``fit_idx`` and ``holdout_idx`` (the split the calibration used),
+        ``labels`` (the label order) and ``label_texts`` (their spellings in the prompt).
+
+    Raises:
+        DataError: Missing or unreadable file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / SCORES_FILE
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise DataError(f"{p}: calibration scores not found: run so8t calibrate first") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p}: not a valid scores.npz ({e})") from None
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -235,10 +288,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     values["temperature_bounds"] = _parse_bounds(values["temperature_bounds"])
     cfg = build_config(CalibrateCommandConfig, values)
     outcome = calibrate_gguf(cfg)
-    json_path, png_path = write_calibration(outcome, cfg.output_dir)
+    json_path, png_path, npz_path = write_calibration(outcome, cfg.output_dir)
     print("\n".join(summary_lines(outcome)))
     print(f"  wrote {json_path}")
     print(f"        {png_path}")
+    print(f"        {npz_path}")
     if not outcome.result.passed:
         if cfg.fail_on_gate:
             print("  exit 1: the calibrated model fails the gate (--fail_on_gate)")
@@ -253,8 +307,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "calibrate", help="Calibrate ALLOW/ESCALATE/DENY on a GGUF (runbook: calibrate_aed.py).",
-        description=(CalibrateCommandConfig.__doc__ or "") + " Writes calibration_results.json and "
-                    "reliability_diagram.png; exit 0 when calibration ran (also on a failing verdict), 2 on bad input.",
+        description=(CalibrateCommandConfig.__doc__ or "") + " Writes calibration_results.json, "
+                    "reliability_diagram.png and scores.npz; exit 0 when calibration ran (also on a failing "
+                    "verdict), 2 on bad input.",
     )
     add_config_flags(p, CalibrateCommandConfig)
     p.set_defaults(handler=_cmd_calibrate)

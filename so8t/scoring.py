@@ -274,18 +274,31 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return min(k, n - 1)
 
 
-def resolve_mode(label_token_ids: Sequence[Sequence[int]], mode: ScoringMode) -> ResolvedMode:
+def resolve_mode(label_token_ids: Sequence[Sequence[int]], mode: ScoringMode,
+                 label_texts: Sequence[str] = LABELS) -> ResolvedMode:
     """``auto`` -> ``first-token`` when the labels' first tokens are distinct, else ``sequence``.
+
+    Args:
+        label_token_ids: Token ids of each label, in ``LABELS`` order.
+        mode: The requested mode.
+        label_texts: The labels' spellings (for messages).
 
     Raises:
         ModelError: ``first-token`` requested with colliding first tokens, or two labels with
-            identical token sequences (no mode can tell them apart).
+            identical token sequences (no mode can tell them apart; the message names both labels,
+            their spellings and token ids).
     """
     seqs = [tuple(s) for s in label_token_ids]
     if any(len(s) == 0 for s in seqs):
         raise ModelError(f"a label tokenizes to nothing ({dict(zip(LABELS, seqs))}): check the label spellings")
-    if len(set(seqs)) < len(seqs):
-        raise ModelError(f"two labels have identical tokens {dict(zip(LABELS, seqs))}: they cannot be told apart")
+    for a in range(len(seqs)):
+        for b in range(a + 1, len(seqs)):
+            if seqs[a] == seqs[b]:
+                raise ModelError(
+                    f"labels {LABELS[a]} ({label_texts[a]!r}) and {LABELS[b]} ({label_texts[b]!r}) have identical "
+                    f"token ids {list(seqs[a])} after the prompt: the tokenizer cannot tell them apart, so no "
+                    "scoring mode can; spell the labels so that they tokenize differently"
+                )
     distinct = len({s[0] for s in seqs}) == len(seqs)
     if mode == "auto":
         return "first-token" if distinct else "sequence"
@@ -438,6 +451,10 @@ def score_gguf(
         raise DataError(f"{len(texts)} texts but {len(labels)} labels: pass one label per text")
     if not texts:
         raise DataError("no records to score: the validation data is empty")
+    blank = next((i for i, t in enumerate(texts) if not str(t).strip()), None)
+    if blank is not None:
+        raise DataError(f"record {blank + 1}: field 'text' is empty or only whitespace: every record needs the "
+                        "request to classify")
     if len(label_texts) != len(LABELS):
         raise ModelError(f"label_texts {list(label_texts)} must give one spelling for each of {LABELS}")
     y = encode_labels(labels)
@@ -465,7 +482,7 @@ def score_gguf(
         prompts = [prompter.render(t) for t in texts]
         ids = [prompter.tokenize(p) for p in prompts]
         lab_ids = [prompter.label_ids(prompts[0], ids[0], lab) for lab in label_texts]
-        resolved = resolve_mode(lab_ids, mode)
+        resolved = resolve_mode(lab_ids, mode, label_texts)
         longest_label = max(len(t) for t in lab_ids) if resolved == "sequence" else 1
         too_long = [i for i, s in enumerate(ids) if len(s) + longest_label - 1 > n_ctx]
         if too_long:
@@ -514,6 +531,10 @@ def read_labelled(path: str | Path) -> tuple[list[str], list[str]]:
         lineno = _line_of_record(p, bad)
         raise DataError(f"{p}:{lineno}: field 'label': missing (calibration data needs {{\"text\", \"label\"}} "
                         f"records with label one of {', '.join(LABELS)})")
+    blank = next((i for i, r in enumerate(records) if not r.text.strip()), None)
+    if blank is not None:
+        raise DataError(f"{p}:{_line_of_record(p, blank)}: field 'text': empty or only whitespace (every record "
+                        "needs the request to classify)")
     return [r.text for r in records], [r.label for r in records]
 
 

