@@ -23,14 +23,13 @@ Every input is checked (and all problems reported in one line) before any model 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from so8t.atomic import atomic_write_bytes
 from so8t.abcompare import Calibration, compare_quality, compare_safety, load_calibration, throughput_ratio
 from so8t.abperf import GreedyGenerator, measure_peak_rss, resolve_threads, summarize
 from so8t.abresults import (Check, ModelInfo, PerfComparison, QualityItem, QualityReport, SafetyComparison,
@@ -310,20 +309,6 @@ def _dist_version(name: str) -> str:
         return "unknown"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_ab_report(report: ABReport, output_dir: str | Path) -> tuple[Path, Path]:
     """Write ``ab_report.json`` and ``ab_report.md`` (each atomically: temp file + rename; markdown first).
 
@@ -332,8 +317,8 @@ def write_ab_report(report: ABReport, output_dir: str | Path) -> tuple[Path, Pat
     """
     out = Path(output_dir).expanduser()
     md, js = out / REPORT_MD, out / REPORT_JSON
-    _atomic_write(md, report.to_markdown().encode("utf-8"))
-    _atomic_write(js, (report.model_dump_json(indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(md, report.to_markdown().encode("utf-8"))
+    atomic_write_bytes(js, (report.model_dump_json(indent=2) + "\n").encode("utf-8"))
     return js, md
 
 

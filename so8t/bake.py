@@ -192,7 +192,7 @@ def bake(cfg: BakeConfig) -> BakeReport:
     # Full precision reload: LoRA is never merged into 4-bit weights.
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
     model = PeftModel.from_pretrained(base, str(src), is_trainable=False)
-    layers = load_gates(model, src)
+    load_gates(model, src)
     ids = _probe_ids(tok, DEFAULT_PROBES)
     reference = probe_logits(model, ids)
 

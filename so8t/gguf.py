@@ -37,9 +37,9 @@ from so8t.gguf_quant import (
     quantize_gguf,
     validate_quants,
 )
+from so8t.atomic import atomic_write_text
 from so8t.gguf_source import (
     ConverterSource,
-    atomic_write_text,
     ensure_converter,
     hash_model_dir,
     llama_cpp_version,

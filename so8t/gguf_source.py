@@ -48,13 +48,6 @@ def llama_cpp_version() -> str:
         raise ModelError("llama-cpp-python is not installed: run `pip install -e .[llama]` (or make setup)") from None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def hash_model_dir(model_dir: Path) -> str:
     """sha256 over the relative paths and sha256 of every non-hidden file of a model directory."""
     h = hashlib.sha256()

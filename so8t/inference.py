@@ -369,7 +369,7 @@ def write_modelfile(gguf: str | Path, output: str | Path = "Modelfile", *, calib
     out = Path(output).expanduser()
     text = build_modelfile(gguf, calibration=calibration, modelfile_dir=out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from so8t.gguf_source import atomic_write_text
+    from so8t.atomic import atomic_write_text
 
     atomic_write_text(out, text)
     return out

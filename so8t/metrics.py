@@ -169,7 +169,6 @@ def reliability_bins(p: np.ndarray, y: np.ndarray, n_bins: int = DEFAULT_N_BINS)
 def _binned_gap(values: np.ndarray, hits: np.ndarray, n_bins: int) -> float:
     """sum_b (n_b / n) |mean(hits in b) - mean(values in b)| over equal-width bins."""
     b = bin_index(values, n_bins)
-    count = np.bincount(b, minlength=n_bins)
     gap = np.abs(np.bincount(b, weights=hits, minlength=n_bins) - np.bincount(b, weights=values, minlength=n_bins))
     return float(gap.sum() / values.shape[0])  # |sum(h) - sum(v)| / n == (n_b/n) |mean h - mean v|
 

@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from so8t.atomic import atomic_write_bytes
 from so8t.base_models import cache_root, sha256_file
 from so8t.decision import DECISION_SYSTEM, DECISION_USER_TEMPLATE, LABELS, decision_messages
 from so8t.errors import DataError, ModelError
@@ -336,28 +336,14 @@ def score_cache_dir() -> Path:
     return cache_root() / "scores"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_cached(scores: Scores) -> None:
     d = score_cache_dir()
     buf = io.BytesIO()
     np.savez(buf, z=scores.z, y=scores.y)
     npz = buf.getvalue()
     meta = scores.info() | {"npz_sha256": hashlib.sha256(npz).hexdigest()}
-    _atomic_write(d / f"{scores.cache_key}.npz", npz)
-    _atomic_write(d / f"{scores.cache_key}.json", (json.dumps(meta, indent=2) + "\n").encode())  # commit marker
+    atomic_write_bytes(d / f"{scores.cache_key}.npz", npz)
+    atomic_write_bytes(d / f"{scores.cache_key}.json", (json.dumps(meta, indent=2) + "\n").encode())  # commit marker
     logger.info("cached scores: %s", d / f"{scores.cache_key}.json")
 
 

@@ -1,6 +1,5 @@
 """Data readers: strict validation with file:line:field errors; masking; EOS; truncation."""
 
-import json
 
 import pytest
 
