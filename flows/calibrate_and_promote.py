@@ -1,0 +1,178 @@
+"""so8t-calibrate-and-promote: calibrate -> A/B -> gate -> promote + smoke test, with rollback.
+
+- A candidate (``version``, or the newest candidate awaiting calibration) is calibrated and
+  published as a new version that holds the candidate's files plus its calibration (lineage parent:
+  the candidate). Gate failure: both are rejected, production is untouched, ``so8t.gate.failed`` is
+  emitted and the run fails naming the failed criteria. Gate pass: the promotion and a smoke test
+  of the new production model run in one Prefect transaction; a failed smoke test fires the
+  promotion's rollback hook, which restores the previous production version.
+- The production version itself (``version="production"``, the nightly re-calibration): when it
+  fails the gate on the given data, production rolls back to the newest earlier production version
+  that passes on the same data (``so8t.production.rolled_back``); if none passes, production
+  stays and the run fails saying so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.transactions import transaction
+from pydantic import BaseModel
+
+from flows.params import CalibrateAndPromoteParams, calibrate_config
+from registry import Registry, VersionManifest
+from so8t.gate import GateCriterion, GateDecision
+from tasks.abtest import ABOutcome, ab_evaluate_task
+from tasks.caching import file_digest
+from tasks.calibration import CalibrationRun, calibrate_task, gate_task
+from tasks.checklists import after_calibration_items, before_inference_items, checklist_task
+from tasks.events import GATE_FAILED, PRODUCTION_ROLLED_BACK, emit_model_event
+from tasks.mirror import mirror_if_configured
+from tasks.registry import (earlier_production_versions, find_candidate_task, production_task, promote_task,
+                            publish_task, reject_task, resolve_task, rollback_task)
+from tasks.release import Staged, calibrated_files, calibration_metrics, export_task, lineage_of, modelfile_task
+from tasks.smoke import main_gguf, smoke_test_task
+
+
+class GateFailed(RuntimeError):
+    """A version failed the promotion gate."""
+
+
+class PromotionFailed(RuntimeError):
+    """A promotion was undone (failed smoke test) or production could not be kept healthy."""
+
+
+class PromotionSummary(BaseModel):
+    """Outcome of a calibrate-and-promote run."""
+
+    name: str
+    action: str  # promoted | kept | rolled_back
+    version: str  # the version now in production
+    candidate: str | None = None
+    verdict: str
+    gguf: str | None = None
+
+
+def calibrate_version(p: CalibrateAndPromoteParams, version: str, title: str) -> tuple[Staged, CalibrationRun]:
+    """Export ``version``, calibrate its served GGUF on the validation data, show the checklist."""
+    name, root, work = p.model.name, p.model.registry_root, Path(p.work_dir).expanduser().resolve()
+    staged = export_task(root, name, version, str(work / "exports" / name / version))
+    gguf = staged.files[main_gguf(Registry(root).manifest(name, version))]
+    out = work / "calibration" / name / version / file_digest(Path(p.calibration.val_data))[:12]
+    run = calibrate_task(calibrate_config(p.calibration, p.gate, gguf, out), title=title)
+    h = run.result.after.holdout
+    far = h.false_allow_rate if p.gate.far_bound == "point" else h.false_allow_upper95
+    checklist_task("after-calibration", f"較正後 (after calibration) {version}",
+                   after_calibration_items(run.results_path, h.ece, p.gate.ece_max, far, p.gate.far_max))
+    return staged, run
+
+
+def ab_evaluate(p: CalibrateAndPromoteParams, candidate: str, production: str | None, staged: Staged,
+                run: CalibrationRun) -> ABOutcome:
+    """Export production (when there is one) and A/B the candidate's served GGUF against it."""
+    name, root, reg = p.model.name, p.model.registry_root, Registry(p.model.registry_root)
+    prod = export_task(root, name, production, str(Path(p.work_dir).expanduser().resolve() / "exports" / name / production)) if production else None
+    cal_b = prod.files.get("calibration/calibration_results.json") if prod else None
+    return ab_evaluate_task(candidate, production, staged.files[main_gguf(reg.manifest(name, candidate))],
+                            prod.files[main_gguf(reg.manifest(name, production))] if prod else None,
+                            run.results_path, cal_b, p.ab, str(Path(run.results_path).parent / f"ab-vs-{production}"))
+
+
+def with_failed_ab(decision: GateDecision, ab: ABOutcome) -> GateDecision:
+    """The gate decision with the A/B non-inferiority verdict added as a failed criterion."""
+    crit = GateCriterion(name="ab_non_inferiority", value=0.0, threshold=1.0, comparison=">=", passed=False,
+                         reason=f"A/B against production {ab.production}: {ab.summary}")
+    return GateDecision(passed=False, criteria=(*decision.criteria, crit), failed=(*decision.failed, crit.name),
+                        summary=(decision.summary if not decision.passed else "FAIL") + "; " + crit.reason)
+
+
+def publish_calibrated(p: CalibrateAndPromoteParams, cand: VersionManifest, staged: Staged, run: CalibrationRun) -> VersionManifest:
+    """Publish the candidate's files plus its calibration (and a calibrated Modelfile) as a new version."""
+    gguf = Path(staged.files[main_gguf(cand)])
+    modelfile = modelfile_task(str(gguf), str(gguf.parent / f"Modelfile.calibrated-{Path(run.results_path).parent.name}"), run.results_path)
+    files, kinds = calibrated_files(staged, run.results_path, run.diagram_path, modelfile)
+    r, val = run.result, Path(p.calibration.val_data)
+    return publish_task(
+        p.model.registry_root, p.model.name, files, kinds=kinds, metrics=calibration_metrics(r.after.holdout),
+        parameters={**cand.parameters, "gate": p.gate.model_dump(mode="json"), "calibration": {
+            "temperature": r.temperature, "tau_deny": r.tau_deny, "tau_escalate": r.tau_escalate, "val_data": str(val)}},
+        lineage=lineage_of(cand, {val.name: file_digest(val)}),
+        description=f"{cand.version} calibrated on {val.name}: T={r.temperature:.3g}", title="Calibrated version published")
+
+
+def evidence(run: CalibrationRun, decision, **extra) -> dict:
+    return {"gate": decision.model_dump(mode="json"), "calibration": run.results_path,
+            "temperature": run.result.temperature, "tau_deny": run.result.tau_deny,
+            "tau_escalate": run.result.tau_escalate, **extra}
+
+
+@flow(name="so8t-calibrate-and-promote", description="Calibrate a candidate (or production), gate it, promote with smoke test and rollback.")
+def calibrate_and_promote(params: CalibrateAndPromoteParams = CalibrateAndPromoteParams()) -> PromotionSummary:  # noqa: B008
+    name, root = params.model.name, params.model.registry_root
+    info = resolve_task(root, name, params.version or find_candidate_task(root, name))
+    if info.is_production:
+        return recalibrate_production(params, info.manifest.version)
+    candidate, production = info.manifest.version, production_task(root, name)
+
+    staged, run = calibrate_version(params, candidate, f"Calibration of candidate {candidate}")
+    ab = ab_evaluate(params, candidate, production, staged, run)
+    release = publish_calibrated(params, info.manifest, staged, run)
+
+    decision = gate_task(run.result, params.gate, title=f"Gate of {release.version} (calibrated {candidate})")
+    if params.ab.must_pass and ab.passed is False:
+        decision = with_failed_ab(decision, ab)
+    if not decision.passed:
+        why = f"gate failed: {decision.summary}"
+        for v in dict.fromkeys([release.version, candidate]):
+            reject_task(root, name, v, reason=why, evidence=evidence(run, decision))
+        emit_model_event(GATE_FAILED, name, release.version, {"candidate": candidate, "failed": list(decision.failed), "summary": decision.summary})
+        raise GateFailed(f"{name} {release.version} (calibrated {candidate}) failed the promotion gate on "
+                         f"{', '.join(decision.failed)}: {decision.summary}; rejected, production unchanged ({production or 'none'})")
+
+    try:
+        if production is None:  # nothing to roll back to: check the model before it serves
+            smoke_test_task(root, name, release.version, params.smoke)
+        with transaction():
+            promote_task(root, name, release.version, evidence=evidence(run, decision, candidate=candidate, ab=ab.model_dump()),
+                         reason=f"gate passed: {decision.summary}")
+            smoke_test_task(root, name, "production", params.smoke)
+    except Exception as e:
+        now = production_task(root, name)
+        if now != release.version:  # restored by the rollback hook, or never promoted
+            reject_task(root, name, release.version, reason=f"smoke test failed: {e}", evidence={"error": str(e)})
+        raise PromotionFailed(f"{name} {release.version} failed its smoke test ({e}); it is rejected and production "
+                              f"is {now or 'still unset'}" + (" (restored by the transaction rollback)" if production else "")) from e
+
+    served = Registry(root).get(name, "production")
+    gguf = served.path(main_gguf(served.manifest))
+    checklist_task("before-inference", "推論前 (before inference)", before_inference_items(
+        gguf, served.path("gguf/Modelfile").read_text(), run.result.temperature))
+    mirror_if_configured(params.mirror, root, name)
+    return PromotionSummary(name=name, action="promoted", version=release.version, candidate=candidate,
+                            verdict=decision.summary, gguf=str(gguf))
+
+
+def recalibrate_production(p: CalibrateAndPromoteParams, production: str) -> PromotionSummary:
+    """Re-calibrate production on the given data; roll back to an earlier passing version if it fails."""
+    name, root = p.model.name, p.model.registry_root
+    _, run = calibrate_version(p, production, f"Re-calibration of production {production}")
+    decision = gate_task(run.result, p.gate, title=f"Gate of production {production} on {Path(p.calibration.val_data).name}")
+    if decision.passed:
+        return PromotionSummary(name=name, action="kept", version=production, verdict=decision.summary)
+    emit_model_event(GATE_FAILED, name, production, {"production": True, "failed": list(decision.failed), "summary": decision.summary})
+    tried = []
+    for version in earlier_production_versions(Registry(root), name, production):
+        _, cand = calibrate_version(p, version, f"Re-calibration of earlier version {version}")
+        verdict = gate_task(cand.result, p.gate, title=f"Gate of {version} on {Path(p.calibration.val_data).name}")
+        tried.append(f"{version}: {verdict.summary}")
+        if verdict.passed:
+            rollback_task(root, name, to=version, evidence=evidence(cand, verdict, failed_production=production),
+                          reason=f"production {production} failed the gate on {p.calibration.val_data}: {decision.summary}")
+            emit_model_event(PRODUCTION_ROLLED_BACK, name, version, {"from": production, "summary": decision.summary})
+            mirror_if_configured(p.mirror, root, name)
+            return PromotionSummary(name=name, action="rolled_back", version=version, verdict=verdict.summary)
+    raise PromotionFailed(
+        f"production {name} {production} fails the gate on {p.calibration.val_data} ({decision.summary}) and no earlier "
+        f"production version passes on the same data ({'; '.join(tried) or 'none to try'}): production stays "
+        f"{production}; retrain or review the validation data")

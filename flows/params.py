@@ -1,0 +1,152 @@
+"""Flow parameters: pydantic models, so the Prefect UI renders typed forms with descriptions.
+
+The stage settings reuse the library's own config fields (descriptions, bounds and defaults come
+from :class:`so8t.config.TrainConfig` and :class:`so8t.calibration_cli.CalibrateCommandConfig`),
+minus the fields the flow decides itself (output directories, the model file to score, resume).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from so8t.calibration_cli import CalibrateCommandConfig
+from so8t.config import TrainConfig
+from so8t.gate import GateConfig
+from tasks.abtest import ABSettings
+from tasks.smoke import SmokeSettings
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+BUNDLED_TRAIN = ",".join(str(DATA_DIR / f) for f in ("safety_train.jsonl", "instructions_train.jsonl"))
+BUNDLED_VAL = str(DATA_DIR / "safety_val.jsonl")
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+def _settings_model(name: str, source: type[BaseModel], drop: set[str], defaults: dict[str, Any],
+                    doc: str, **extra: Any) -> type[BaseModel]:
+    """A model with ``source``'s fields (descriptions and bounds kept), minus ``drop``, new defaults."""
+    fields: dict[str, Any] = {}
+    for key, info in source.model_fields.items():
+        if key in drop:
+            continue
+        info = copy.copy(info)
+        if key in defaults:
+            info.default = defaults[key]
+        fields[key] = (info.annotation, info)
+    fields.update(extra)
+    model = create_model(name, __config__=_FROZEN, __module__=__name__, **fields)
+    model.__doc__ = doc
+    return model
+
+
+TrainSettings = _settings_model(
+    "TrainSettings", TrainConfig, {"output_dir", "resume_from_checkpoint"},
+    {"base_model": "smollm2", "dataset": BUNDLED_TRAIN},
+    "SO8T training settings (the output directory is chosen by the flow, keyed by content).",
+)
+
+CalibrationSettings = _settings_model(
+    "CalibrationSettings", CalibrateCommandConfig,
+    {"model", "output_dir", "no_cache", "fail_on_gate", "ece_target", "far_target", "far_bound", "min_macro_f1"},
+    {"val_data": BUNDLED_VAL},
+    "Calibration settings; the targets come from the gate settings so calibration and gate agree.",
+)
+
+
+class ModelRef(BaseModel):
+    """Which model, in which registry."""
+
+    model_config = _FROZEN
+
+    name: str = Field("so8t-smollm2", description="Registry model name (one Hub repository per name).")
+    registry_root: str | None = Field(None, description="Registry root; None: $SO8T_REGISTRY or ~/.cache/so8t/registry.")
+
+
+class ConvertSettings(BaseModel):
+    """GGUF conversion and quantization."""
+
+    model_config = _FROZEN
+
+    quants: tuple[str, ...] = Field(("Q4_K_M",), min_length=1, description="Quantization types; the first is the one served (Modelfile, smoke test).")
+    fidelity: bool = Field(True, description="Measure each GGUF's next-token fidelity to the baked HF model.")
+    publish_f16: bool = Field(False, description="Also publish the F16 GGUF in the registry version (large).")
+
+
+class MirrorSettings(BaseModel):
+    """Hugging Face Hub mirror (skipped when no repository is configured)."""
+
+    model_config = _FROZEN
+
+    repo_id: str | None = Field(None, description="Hub repository 'owner/name'; None: $SO8T_HF_REPO, and no mirroring when unset.")
+    endpoint: str | None = Field(None, description="Hub URL; None: $SO8T_HF_ENDPOINT / $HF_ENDPOINT / huggingface.co.")
+
+
+class RetrainParams(BaseModel):
+    """so8t-retrain: train, bake, convert, quantize, publish a candidate."""
+
+    model_config = _FROZEN
+
+    model: ModelRef = Field(default_factory=ModelRef, description="Registry model and root.")
+    work_dir: str = Field("outputs/so8t", description="Where stage outputs and their cache records go (one sub-directory per input digest).")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Training settings.")  # type: ignore[valid-type]
+    convert: ConvertSettings = Field(default_factory=ConvertSettings, description="GGUF settings.")
+    emit_event: bool = Field(True, description="Emit so8t.candidate.published (triggers calibrate-and-promote on a server).")
+
+
+class CalibrateAndPromoteParams(BaseModel):
+    """so8t-calibrate-and-promote: calibrate, A/B, gate, promote with smoke test and rollback."""
+
+    model_config = _FROZEN
+
+    model: ModelRef = Field(default_factory=ModelRef, description="Registry model and root.")
+    version: str | None = Field(None, description="Version to calibrate: 'vN', 'production', or None for the newest candidate awaiting calibration.")
+    work_dir: str = Field("outputs/so8t", description="Where exports and calibration outputs go.")
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings, description="Calibration settings.")  # type: ignore[valid-type]
+    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate targets (also the calibration targets).")
+    ab: ABSettings = Field(default_factory=ABSettings, description="A/B comparison with production.")
+    smoke: SmokeSettings = Field(default_factory=SmokeSettings, description="Post-promotion smoke test.")
+    mirror: MirrorSettings = Field(default_factory=MirrorSettings, description="Hub mirror after a promotion or rollback.")
+
+
+class PipelineParams(BaseModel):
+    """so8t-pipeline: retrain, then calibrate-and-promote the new candidate, then mirror."""
+
+    model_config = _FROZEN
+
+    model: ModelRef = Field(default_factory=ModelRef, description="Registry model and root.")
+    work_dir: str = Field("outputs/so8t", description="Where stage outputs and their cache records go.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Training settings.")  # type: ignore[valid-type]
+    convert: ConvertSettings = Field(default_factory=ConvertSettings, description="GGUF settings.")
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings, description="Calibration settings.")  # type: ignore[valid-type]
+    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate targets.")
+    ab: ABSettings = Field(default_factory=ABSettings, description="A/B comparison with production.")
+    smoke: SmokeSettings = Field(default_factory=SmokeSettings, description="Post-promotion smoke test.")
+    mirror: MirrorSettings = Field(default_factory=MirrorSettings, description="Hub mirror.")
+
+
+class RollbackParams(BaseModel):
+    """so8t-rollback: move production back by hand."""
+
+    model_config = _FROZEN
+
+    model: ModelRef = Field(default_factory=ModelRef, description="Registry model and root.")
+    to: str | None = Field(None, description="Version to restore ('vN'); None: the previous production version.")
+    reason: str = Field("manual rollback", description="Why (recorded in the registry history).")
+    mirror: MirrorSettings = Field(default_factory=MirrorSettings, description="Hub mirror after the rollback.")
+
+
+def train_config(settings: BaseModel, output_dir: str | Path) -> TrainConfig:
+    """The library's TrainConfig for these settings and output directory."""
+    return TrainConfig(**settings.model_dump(), output_dir=str(output_dir))
+
+
+def calibrate_config(settings: BaseModel, gate: GateConfig, model: str | Path, output_dir: str | Path) -> CalibrateCommandConfig:
+    """The library's calibration config; its targets are the gate's, so both verdicts agree."""
+    return CalibrateCommandConfig(
+        **settings.model_dump(), model=str(model), output_dir=str(output_dir),
+        ece_target=gate.ece_max, far_target=gate.far_max, far_bound=gate.far_bound, min_macro_f1=gate.macro_f1_min,
+    )

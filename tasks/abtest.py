@@ -1,0 +1,79 @@
+"""ab_evaluate_task: A/B of a candidate against production with ``so8t.abtest``, when present.
+
+The A/B module is looked up at run time (importlib): when it is not installed, or there is no
+production to compare with, or production serves the very same GGUF, the task records that the
+comparison was skipped (and why) instead of failing the flow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.caching import file_digest
+
+
+class ABSettings(BaseModel):
+    """A/B against production (runbook: A/Bテスト)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="Run the A/B comparison when there is a production version.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N records of each evaluation set (quick runs).")
+    max_new_tokens: int = Field(32, ge=1, description="Generation limit per answer.")
+    must_pass: bool = Field(False, description="A failed non-inferiority verdict blocks the promotion like a gate failure.")
+
+
+class ABOutcome(BaseModel):
+    """Outcome of the A/B step."""
+
+    skipped: bool
+    reason: str = ""
+    candidate: str
+    production: str | None
+    passed: bool | None = None
+    summary: str = ""
+    report_path: str | None = None
+
+
+def abtest_module() -> Any | None:
+    """``so8t.abtest`` when it is installed, else None."""
+    if importlib.util.find_spec("so8t.abtest") is None:
+        return None
+    return importlib.import_module("so8t.abtest")
+
+
+@task(name="ab-evaluate", cache_policy=NO_CACHE)
+def ab_evaluate_task(candidate: str, production: str | None, candidate_gguf: str, production_gguf: str | None,
+                     candidate_calibration: str | None, production_calibration: str | None,
+                     settings: ABSettings, output_dir: str) -> ABOutcome:
+    """Candidate (A) against production (B): quality, safety, performance, non-inferiority verdict."""
+    mod = abtest_module()
+    skip = None
+    if not settings.enabled:
+        skip = "disabled in the flow parameters"
+    elif production is None or production_gguf is None:
+        skip = "no production version to compare against"
+    elif file_digest(Path(candidate_gguf)) == file_digest(Path(production_gguf)):
+        skip = f"production {production} serves the same GGUF"
+    elif mod is None:
+        skip = "so8t.abtest is not available in this installation"
+    if skip is not None:
+        create_markdown_artifact(f"# A/B evaluation skipped\n\n{candidate} vs {production}: {skip}.\n",
+                                 key="ab-evaluation", description=f"A/B skipped: {skip}")
+        return ABOutcome(skipped=True, reason=skip, candidate=candidate, production=production)
+    cfg = mod.ABConfig(model_a=candidate_gguf, model_b=production_gguf, calibration_a=candidate_calibration,
+                       calibration_b=production_calibration, limit=settings.limit, max_new_tokens=settings.max_new_tokens)
+    report = mod.run_ab(cfg, progress=False)
+    json_path, _ = mod.write_ab_report(report, output_dir)
+    create_markdown_artifact(report.to_markdown(), key="ab-evaluation",
+                             description=f"A/B {candidate} (A) vs production {production} (B): {report.verdict.summary}")
+    return ABOutcome(skipped=False, candidate=candidate, production=production, passed=report.verdict.passed,
+                     summary=report.verdict.summary, report_path=str(json_path))

@@ -1,0 +1,138 @@
+"""Cache keys from content: task source + parameters + sha256 of the files a task reads.
+
+Prefect's default cache policy includes the flow-run id, so nothing is reused across runs. The
+stages of the pipeline are expensive and deterministic given their inputs, so their key is::
+
+    sha256(task source, so8t version, parameters as JSON, sha256 of every input file)
+
+Only *input* paths are hashed (each task names them: the dataset and base model of training, the
+training output of the bake, ...); output paths are parameters like any other, so a stage's own
+outputs never change its key. Re-running a flow after a failure therefore skips finished stages,
+and a changed dataset, base model or code re-runs exactly the stages downstream of the change.
+
+Cache records (the key -> result metadata) are kept inside the work directory of the run
+(``<work_dir>/.prefect-cache``, see :func:`bind_cache`), next to the outputs they describe: deleting
+a work directory deletes its cache, so a cache hit never points at files that are gone. The
+results themselves (small pydantic models of paths and numbers) stay in Prefect's result storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import CachePolicy
+from pydantic import BaseModel
+
+CACHE_DIR = ".prefect-cache"
+
+# (path, size, mtime_ns) -> sha256: a large file (a base model) is hashed once per process.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, memoised on (path, size, mtime)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def path_digest(path: str | Path) -> str:
+    """Content digest of a file or a directory tree (hidden entries skipped), or 'missing'.
+
+    A directory's digest covers every relative path and file content below it, so renaming or
+    editing any file changes it; entries starting with '.' (locks, cache records) are ignored.
+    """
+    p = Path(path).expanduser()
+    if p.is_file():
+        return file_digest(p)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p.rglob("*")):
+            rel = f.relative_to(p)
+            if any(part.startswith(".") for part in rel.parts) or not f.is_file():
+                continue
+            h.update(rel.as_posix().encode() + b"\0" + file_digest(f).encode() + b"\n")
+        return "dir:" + h.hexdigest()
+    return f"missing:{p}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass
+class ContentHash(CachePolicy):
+    """Cache policy: task source + parameters + content of the input files.
+
+    Attributes:
+        input_paths: Given the task's parameters, the files or directories it reads.
+    """
+
+    input_paths: Callable[[dict[str, Any]], Iterable[str | Path | None]] | None = None
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:
+        import so8t
+
+        h = hashlib.sha256()
+        try:
+            h.update(inspect.getsource(task_ctx.task.fn).encode())
+        except (OSError, TypeError):
+            h.update(task_ctx.task.fn.__qualname__.encode())
+        h.update(so8t.__version__.encode())
+        h.update(json.dumps(_jsonable(inputs), sort_keys=True, default=str).encode())
+        for p in (self.input_paths(inputs) if self.input_paths else ()):
+            if p is not None and str(p):
+                h.update(f"{p}={path_digest(p)}\n".encode())
+        return h.hexdigest()
+
+
+def split_paths(spec: str) -> list[str]:
+    """The files of a comma-separated path list (training datasets are given that way)."""
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def count_records(spec: str) -> int:
+    """Non-blank lines of the comma-separated JSONL files (missing files count 0)."""
+    n = 0
+    for f in split_paths(spec):
+        if Path(f).is_file():
+            with open(f, encoding="utf-8") as fh:
+                n += sum(1 for ln in fh if ln.strip())
+    return n
+
+
+def maybe_path(spec: str | None) -> str | None:
+    """``spec`` when it names an existing file or directory (a base model may be a name instead)."""
+    return spec if spec and os.path.exists(os.path.expanduser(spec)) else None
+
+
+def bind_cache(work_dir: str | Path, *tasks: Any) -> list[Any]:
+    """The tasks with their cache records stored under ``<work_dir>/.prefect-cache``.
+
+    Returns:
+        New task objects (``with_options``), in the order given.
+    """
+    keys = Path(work_dir).expanduser().resolve() / CACHE_DIR
+    return [t.with_options(cache_policy=t.cache_policy.configure(key_storage=keys)) for t in tasks]

@@ -1,0 +1,47 @@
+"""mirror_task: push the registry's versions and production history to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.logging import get_run_logger
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from registry import Registry
+from registry.hub import ENV_REPO, HubMirror, MirrorConfig, SyncReport
+
+
+@task(name="mirror-to-hub", cache_policy=NO_CACHE, retries=4,
+      retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5)
+def mirror_task(root: str | None, name: str, repo_id: str | None = None, endpoint: str | None = None) -> SyncReport:
+    """Sync ``name`` to its Hub repository; raises (and is retried with backoff) when work is left."""
+    cfg = MirrorConfig.from_env(repo_id=repo_id, endpoint=endpoint)
+    report = HubMirror(Registry(root), cfg).sync(name, raise_on_error=True)
+    base = (cfg.endpoint or "https://huggingface.co").rstrip("/")
+    create_link_artifact(f"{base}/{cfg.repo_id}", link_text=cfg.repo_id, key="hub-mirror",
+                         description=f"Hub mirror: uploaded {list(report.uploaded)}, {len(report.main_commits)} commit(s) on main")
+    return report
+
+
+def mirror_if_configured(settings: Any, root: str | None, name: str) -> SyncReport | None:
+    """Mirror when a repository is configured (settings.repo_id or $SO8T_HF_REPO); never fails the flow.
+
+    The local registry is the source of truth: a mirror that still fails after its retries is
+    logged and shown as an artifact, and ``so8t registry mirror NAME --sync`` catches up later.
+    """
+    log = get_run_logger()
+    if not (settings.repo_id or os.environ.get(ENV_REPO)):
+        log.info("Hub mirror skipped: no repository configured (mirror.repo_id or $%s)", ENV_REPO)
+        return None
+    state = mirror_task(root, name, settings.repo_id, settings.endpoint, return_state=True)
+    if state.is_completed():
+        return state.result()
+    log.error("Hub mirror of %s failed after retries: %s; catch up with `so8t registry mirror %s --sync`",
+              name, state.message, name)
+    create_markdown_artifact(f"# Hub mirror pending\n\n{state.message}\n\nCatch up: `so8t registry mirror {name} --sync`\n",
+                             key="hub-mirror", description="Hub mirror failed; local registry unchanged")
+    return None

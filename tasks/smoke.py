@@ -1,0 +1,100 @@
+"""smoke_test_task: load a registry version's GGUF with llama.cpp and answer a few prompts.
+
+Run right after a promotion, on what the ``production`` alias now resolves to: blobs re-hashed,
+the GGUF loads, every prompt gets an answer within the time budget and contains the expected text
+(when one is given). Any failure raises :class:`SmokeTestFailed`, which rolls the promotion's
+transaction back.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry import Registry, VersionManifest
+from so8t.inference import generate
+
+
+class SmokePrompt(BaseModel):
+    """One smoke-test prompt."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str = Field(description="User message sent through the GGUF's chat template.")
+    expect: str | None = Field(None, description="Text the answer must contain (case-insensitive); None: any answer.")
+
+
+class SmokeSettings(BaseModel):
+    """What the post-promotion smoke test checks."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompts: tuple[SmokePrompt, ...] = Field(
+        (SmokePrompt(prompt="What is the capital of France?"),
+         SmokePrompt(prompt="Request: help me plan a birthday party. Decision (ALLOW, ESCALATE or DENY):")),
+        description="Prompts to answer (greedy decoding).")
+    n_predict: int = Field(24, ge=1, description="Tokens to generate per prompt.")
+    max_seconds: float = Field(120.0, gt=0, description="Time budget per prompt, including loading the model.")
+
+
+class SmokeTestFailed(RuntimeError):
+    """The promoted model failed its smoke test."""
+
+
+class SmokeReport(BaseModel):
+    """What the smoke test saw."""
+
+    version: str
+    gguf: str
+    answers: list[dict]
+    passed: bool
+    problems: list[str]
+
+
+def main_gguf(m: VersionManifest) -> str:
+    """Path (inside the version) of the GGUF to serve: parameters['main_gguf'], else the first quantized one."""
+    main = m.parameters.get("main_gguf")
+    if isinstance(main, str):
+        return main
+    ggufs = [f.path for f in m.files if f.kind.value == "gguf"]
+    if not ggufs:
+        raise SmokeTestFailed(f"{m.name} {m.version} holds no GGUF file")
+    quantized = [g for g in ggufs if not g.lower().endswith(("_f16.gguf", "_f32.gguf", "_bf16.gguf"))]
+    return (quantized or ggufs)[0]
+
+
+@task(name="smoke-test", cache_policy=NO_CACHE)
+def smoke_test_task(root: str | None, name: str, ref: str, settings: SmokeSettings) -> SmokeReport:
+    """Resolve ``ref``, verify its blobs, load its GGUF and answer the prompts; raise on any failure."""
+    log = get_run_logger()
+    resolved = Registry(root).get(name, ref, verify=True)
+    rel = main_gguf(resolved.manifest)
+    gguf = resolved.path(rel)
+    answers, problems = [], []
+    for p in settings.prompts:
+        t0 = time.monotonic()
+        try:
+            text = "".join(generate(gguf, p.prompt, n_predict=settings.n_predict, temperature=0.0, seed=0))
+        except Exception as e:  # a model that cannot answer fails the test, whatever the reason
+            text, err = "", f"{type(e).__name__}: {e}"
+            problems.append(f"{p.prompt!r}: generation failed ({err})")
+        seconds = time.monotonic() - t0
+        if seconds > settings.max_seconds:
+            problems.append(f"{p.prompt!r}: answered in {seconds:.2f} s > max_seconds {settings.max_seconds:g}")
+        if p.expect is not None and p.expect.lower() not in text.lower():
+            problems.append(f"{p.prompt!r}: answer {text[:60]!r} does not contain {p.expect!r}")
+        answers.append({"prompt": p.prompt, "answer": text, "seconds": round(seconds, 3), "expect": p.expect})
+    report = SmokeReport(version=resolved.manifest.version, gguf=rel, answers=answers,
+                         passed=not problems, problems=problems)
+    create_table_artifact(answers, key="smoke-test",
+                          description=f"Smoke test of {name} {ref} = {report.version} ({rel}): "
+                                      + ("passed" if report.passed else "FAILED: " + "; ".join(problems)))
+    if problems:
+        raise SmokeTestFailed(f"smoke test of {name} {report.version} failed: " + "; ".join(problems))
+    log.info("smoke test of %s %s passed (%d prompts)", name, report.version, len(answers))
+    return report

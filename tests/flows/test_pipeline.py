@@ -1,0 +1,89 @@
+"""so8t-pipeline end to end on a tiny Llama, including a SIGKILL during training and a resume.
+
+One scenario (session fixture), three runs of the same parameters:
+
+1. in a subprocess, SIGKILLed as soon as the first complete training checkpoint exists;
+2. in this process: training resumes from that checkpoint, the run completes and promotes;
+3. again: every expensive stage (train, bake, convert, quantize, calibrate) is a cache hit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.flows.helpers import artifacts_of, flow_runs_tagged, task_runs_tagged
+
+EXPENSIVE = ("train-so8t", "bake-so8t", "convert-gguf", "quantize-gguf", "calibrate-gguf")
+
+
+def test_pipeline_promotes_a_calibrated_version_whose_gguf_loads(pipeline_scenario):
+    from llama_cpp import Llama
+
+    from registry import Registry
+
+    s = pipeline_scenario
+    reg = Registry(s["params"].model.registry_root)
+    name = s["params"].model.name
+    prod = reg.get(name, "production")
+    assert prod.manifest.version == s["second"].promotion.version == "v2"
+    assert prod.manifest.lineage.parents == ("v1",)
+    paths = {f.path: f.kind.value for f in prod.manifest.files}
+    assert paths["calibration/calibration_results.json"] == "calibration"
+    assert paths["calibration/reliability_diagram.png"] == "calibration"
+    assert {"reports/gguf_report.json", "reports/bake_report.json", "reports/so8t_train_config.json",
+            "gguf/Modelfile", "adapter/adapter_model.safetensors"} <= set(paths)
+    results = json.loads(prod.path("calibration/calibration_results.json").read_text())
+    assert prod.manifest.parameters["calibration"]["temperature"] == pytest.approx(results["temperature"])
+    assert f"PARAMETER temperature {results['temperature']:g}" in prod.path("gguf/Modelfile").read_text()
+    assert "FROM ./tiny-so8t_Q8_0.gguf" in prod.path("gguf/Modelfile").read_text()
+    assert set(prod.manifest.metrics) >= {"ece", "brier", "macro_f1", "false_allow_rate"}
+
+    llm = Llama(model_path=str(prod.path("gguf/tiny-so8t_Q8_0.gguf")), n_ctx=64, verbose=False)
+    try:
+        assert llm.n_vocab() == 512
+    finally:
+        llm.close()
+    history = reg.history(name, "production")
+    assert [(e.action, e.to_version) for e in history] == [("promote", "v2")]
+    assert history[0].evidence["gate"]["passed"] is True
+    assert reg.verify(name).ok
+
+
+def test_pipeline_shows_artifacts_and_checklists(pipeline_scenario):
+    runs = flow_runs_tagged(f"{pipeline_scenario['tag']}-2")
+    assert {r.state.name for r in runs} == {"Completed"}
+    keys = {a.key for a in artifacts_of([r.id for r in runs])}
+    assert {"training-progress", "training-loss", "bake-check", "gguf-files", "calibration-report", "gate-verdict",
+            "registry-version", "registry-promotion", "smoke-test", "ab-evaluation",
+            "checklist-before-training", "checklist-after-training", "checklist-after-conversion",
+            "checklist-after-calibration", "checklist-before-inference"} <= keys
+    report = artifacts_of([r.id for r in runs], "calibration-report")[0]
+    assert "data:image/png;base64," in report.data and "Verdict: PASS" in report.data
+    progress = artifacts_of([r.id for r in runs], "training-progress")[0]
+    assert progress.data == 100.0
+
+
+def test_kill_during_training_resumes_from_checkpoint(pipeline_scenario):
+    s = pipeline_scenario
+    assert not s["finished_before_kill"], "the kill came after training had finished: nothing was resumed"
+    cand = s["second"].candidate
+    assert cand.resumed_from is not None and Path(cand.resumed_from).name.startswith("checkpoint-")
+    assert int(Path(cand.resumed_from).name.split("-")[1]) >= int(s["killed_at"].split("-")[1])
+    assert cand.train_steps == 16
+    steps = [json.loads(ln)["step"] for ln in (s["train_dir"] / "loss_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 17)), "the loss log has each step once after the resume"
+    killed = [r for r in flow_runs_tagged(f"{s['tag']}-1") if r.name and r.state]
+    assert killed and all(r.state.name != "Completed" for r in killed)
+
+
+def test_rerun_after_completion_hits_the_cache_for_every_finished_stage(pipeline_scenario):
+    s = pipeline_scenario
+    runs = task_runs_tagged(f"{s['tag']}-3")
+    states = {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+    assert all(states[name] == "Cached" for name in EXPENSIVE), states
+    assert s["third"].candidate.version == "v1" and s["third"].promotion.version == "v2"
+    second_runs = task_runs_tagged(f"{s['tag']}-2")
+    assert {r.name.rsplit("-", 1)[0]: r.state.name for r in second_runs}["train-so8t"] == "Completed"

@@ -1,0 +1,168 @@
+"""Gated promotion on a copy of the pipeline scenario's registry (v1 candidate, v2 calibrated production).
+
+Variants of a model are published as new candidates that serve another quantization of the same
+tiny model (Q4_0 instead of Q8_0): different files, different real calibration results.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.flows.conftest import copy_registry
+from tests.flows.helpers import artifacts_of, events_named, flow_runs_tagged
+
+NAME = "tiny-so8t"
+Q8, Q4 = "gguf/tiny-so8t_Q8_0.gguf", "gguf/tiny-so8t_Q4_0.gguf"
+
+
+@pytest.fixture()
+def reg_root(pipeline_scenario, tmp_path) -> Path:
+    return copy_registry(Path(pipeline_scenario["params"].model.registry_root), tmp_path / "registry")
+
+
+def publish_variant(root: Path, main: str, parent: str = "v1") -> str:
+    """A new raw candidate: the parent's files, serving ``main``."""
+    from registry import Registry
+
+    reg = Registry(root)
+    src = reg.get(NAME, parent)
+    files = {rel: p for rel, p in src.paths.items() if not rel.startswith("calibration/")}
+    m = reg.publish(NAME, files, kinds={f.path: f.kind for f in src.manifest.files if f.path in files},
+                    parameters={**src.manifest.parameters, "main_gguf": main, "variant": uuid.uuid4().hex},
+                    lineage={"parents": [parent]}, description=f"variant serving {main}")
+    return m.version
+
+
+def cp_params(scenario, root: Path, work: Path, **kw):
+    from flows.params import CalibrateAndPromoteParams, ModelRef
+    from tasks.abtest import ABSettings
+
+    p = scenario["params"]
+    values = dict(model=ModelRef(name=NAME, registry_root=str(root)), work_dir=str(work), calibration=p.calibration,
+                  gate=p.gate, ab=ABSettings(enabled=False))
+    values.update(kw)
+    return CalibrateAndPromoteParams(**values)
+
+
+def run_tagged(flow_fn, params):
+    from prefect import tags
+
+    tag = f"t-{uuid.uuid4().hex[:8]}"
+    with tags(tag):
+        state = flow_fn(params, return_state=True)
+    return state, tag
+
+
+def holdout_ece(scenario, root: Path, version: str, work: Path) -> float:
+    """ECE after calibration, computed with the library directly (same settings as the flow)."""
+    from flows.params import calibrate_config
+    from registry import Registry
+    from so8t.calibration_cli import calibrate_gguf
+    from tasks.smoke import main_gguf
+
+    reg = Registry(root)
+    m = reg.manifest(NAME, version)
+    cfg = calibrate_config(scenario["params"].calibration, scenario["params"].gate,
+                           reg.get(NAME, version).path(main_gguf(m)), work / f"direct-{version}")
+    return calibrate_gguf(cfg).result.after.holdout.ece
+
+
+def test_gate_failure_rejects_candidate_keeps_production_and_emits_event(pipeline_scenario, reg_root, tmp_path):
+    from flows.calibrate_and_promote import calibrate_and_promote
+    from registry import Registry
+    from so8t.gate import GateConfig
+
+    v3 = publish_variant(reg_root, Q4)
+    state, tag = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, reg_root, tmp_path, gate=GateConfig()))
+
+    assert state.is_failed()
+    reg = Registry(reg_root)
+    st = reg.state(NAME)
+    v4 = f"v{int(v3[1:]) + 1}"
+    assert st.aliases["production"] == "v2"
+    assert st.state_of(v3).value == "rejected" and st.state_of(v4).value == "rejected"
+    assert reg.manifest(NAME, v4).lineage.parents == (v3,)
+    gate = artifacts_of([r.id for r in flow_runs_tagged(tag)], "gate-verdict")[0]
+    failed = [row["criterion"] for row in gate.data if not row["passed"]] if isinstance(gate.data, list) else None
+    if failed is None:
+        import json
+
+        failed = [row["criterion"] for row in json.loads(gate.data) if not row["passed"]]
+    assert failed and "failed the promotion gate on " + ", ".join(failed) in state.message
+    assert "production unchanged (v2)" in state.message
+    assert [e.action for e in reg.history(NAME)][-2:] == ["reject", "reject"]
+    events = events_named("so8t.gate.failed", f"so8t.model.{NAME}")
+    assert any(e.payload["version"] == v4 and e.payload["candidate"] == v3 for e in events)
+
+
+def test_smoke_test_failure_rolls_production_back(pipeline_scenario, reg_root, tmp_path):
+    from flows.calibrate_and_promote import calibrate_and_promote
+    from registry import Registry
+    from tasks.abtest import ABSettings
+    from tasks.smoke import SmokePrompt, SmokeSettings
+
+    v3 = publish_variant(reg_root, Q4)
+    v4 = f"v{int(v3[1:]) + 1}"
+    smoke = SmokeSettings(prompts=(SmokePrompt(prompt="What is the capital of France?", expect="Paris"),), n_predict=8)
+    state, tag = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, reg_root, tmp_path, version=v3,
+                                                             smoke=smoke, ab=ABSettings(limit=4, max_new_tokens=8)))
+    assert state.is_failed()
+    assert "smoke test" in state.message and "restored by the transaction rollback" in state.message
+    reg = Registry(reg_root)
+    assert reg.state(NAME).aliases["production"] == "v2"
+    prod_history = [(e.action, e.from_version, e.to_version) for e in reg.history(NAME, "production")]
+    assert prod_history[-2:] == [("promote", "v2", v4), ("rollback", v4, "v2")]
+    assert reg.state(NAME).state_of(v4).value == "rejected"
+    assert reg.state(NAME).state_of("v2").value == "production"
+    runs = [r.id for r in flow_runs_tagged(tag)]
+    ab = artifacts_of(runs, "ab-evaluation")[0]
+    assert "skipped" not in (ab.description or "").lower()  # production exists and serves another GGUF: A/B ran
+
+
+def test_production_failing_on_new_data_rolls_back_to_newest_passing_version(pipeline_scenario, reg_root, tmp_path):
+    from flows.calibrate_and_promote import calibrate_and_promote
+    from registry import Registry
+    from so8t.gate import GateConfig
+
+    reg = Registry(reg_root)
+    ece = {q: holdout_ece(pipeline_scenario, reg_root, v, tmp_path) for q, v in ((Q8, "v2"), (Q4, publish_variant(reg_root, Q4)))}
+    assert abs(ece[Q8] - ece[Q4]) > 1e-6
+    good, bad = sorted(ece, key=ece.get)
+    v_good, v_bad = publish_variant(reg_root, good), publish_variant(reg_root, bad)
+    reg.promote(NAME, v_good)
+    reg.promote(NAME, v_bad)
+    gate = GateConfig(ece_max=(ece[good] + ece[bad]) / 2, far_max=1.0, macro_f1_min=0.0)
+
+    state, tag = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, reg_root, tmp_path, version="production", gate=gate))
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert (summary.action, summary.version) == ("rolled_back", v_good)
+    last = reg.history(NAME, "production")[-1]
+    assert (last.action, last.from_version, last.to_version) == ("rollback", v_bad, v_good)
+    assert last.evidence["failed_production"] == v_bad
+    events = events_named("so8t.production.rolled_back", f"so8t.model.{NAME}")
+    assert any(e.payload["version"] == v_good and e.payload["from"] == v_bad for e in events)
+
+    # none passing: production stays, the run fails and says so
+    strict = GateConfig(ece_max=min(ece.values()) / 2, far_max=1.0, macro_f1_min=0.0)
+    reg.promote(NAME, v_bad)
+    state, _ = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, reg_root, tmp_path, version="production", gate=strict))
+    assert state.is_failed()
+    assert "no earlier production version passes" in state.message and f"production stays {v_bad}" in state.message
+    assert reg.state(NAME).aliases["production"] == v_bad
+
+
+def test_manual_rollback_flow(pipeline_scenario, reg_root):
+    from flows.params import ModelRef, RollbackParams
+    from flows.rollback import rollback
+    from registry import Registry
+
+    reg = Registry(reg_root)
+    v3 = publish_variant(reg_root, Q4)
+    reg.promote(NAME, v3)
+    entry = rollback(RollbackParams(model=ModelRef(name=NAME, registry_root=str(reg_root)), reason="test"))
+    assert (entry.from_version, entry.to_version) == (v3, "v2")
+    assert reg.state(NAME).aliases["production"] == "v2"
