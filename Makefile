@@ -28,7 +28,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian's chromium for the UI test"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >logs/apt-chromium.log 2>&1 \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk) >logs/apt-chromium.log 2>&1 \
 	      || { echo "chromium install failed: see logs/apt-chromium.log"; exit 1; }; \
 	  else echo "chromium is missing and this is not root: install Debian's chromium for the UI test"; exit 1; fi; }
 

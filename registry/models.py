@@ -7,6 +7,7 @@ version references, file paths) because every schema and every API call checks t
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 from enum import Enum
@@ -251,6 +252,14 @@ class VersionManifest(_Frozen):
     @classmethod
     def _name_ok(cls, v: str) -> str:
         return check_model_name(v)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_finite(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, x in v.items() if not math.isfinite(x))
+        if bad:
+            raise ValueError(f"metrics {bad} are not finite numbers: JSON cannot store NaN or infinity; leave them out")
+        return v
 
     @field_validator("version")
     @classmethod

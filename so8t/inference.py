@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 #: The runbook's Modelfile parameters (temperature comes from calibration when given).
 MODELFILE_DEFAULTS = {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "num_ctx": 4096}
+#: A calibrated temperature is used for sampling only inside this range: the calibration fits the
+#: decision logits, and a value at its fitting bound (e.g. 20 for an untrained model) would make
+#: generation noise.
+SAMPLING_TEMPERATURE_RANGE = (0.1, 2.0)
 
 
 @dataclass(frozen=True)
@@ -348,15 +352,23 @@ def build_modelfile(gguf: str | Path, *, calibration: str | Path | None = None, 
         raise ModelError(f"{info.path.name} has no chat template in its metadata: the Modelfile needs one to write TEMPLATE")
     tr = translate_template(info.chat_template, info.bos_token, info.eos_token, info.add_bos)
     params = dict(MODELFILE_DEFAULTS)
+    notes = []
     if calibration is not None:
-        params["temperature"] = _calibrated_temperature(calibration, info.path)
+        t = _calibrated_temperature(calibration, info.path)
+        lo, hi = SAMPLING_TEMPERATURE_RANGE
+        if lo <= t <= hi:
+            params["temperature"] = t
+        else:
+            logger.warning("calibrated temperature %g is outside the sampling range %g..%g: keeping %g", t, lo, hi, params["temperature"])
+            notes.append(f"# calibrated temperature {t:g} is outside the sampling range {lo:g}..{hi:g}: "
+                         f"PARAMETER temperature keeps {params['temperature']:g}")
     src = str(info.path)
     if modelfile_dir is not None:
         base = Path(modelfile_dir).expanduser().resolve()
         if info.path.is_relative_to(base):  # Ollama resolves FROM relative to the Modelfile
             src = "./" + info.path.relative_to(base).as_posix()
     lines = [f"# Ollama Modelfile for {info.path.name} (written by so8t modelfile; chat template: {tr.family})",
-             f"FROM {src}", "", f'TEMPLATE """{tr.template}"""', ""]
+             *notes, f"FROM {src}", "", f'TEMPLATE """{tr.template}"""', ""]
     if tr.default_system:
         lines += [f'SYSTEM """{tr.default_system}"""', ""]
     lines += [f"PARAMETER {k} {v:g}" if isinstance(v, float) else f"PARAMETER {k} {v}" for k, v in params.items()]

@@ -103,6 +103,15 @@ def test_modelfile_default_temperature_and_bad_calibration(tiny_ggufs, tmp_path,
     assert rc == 2 and re.search(r"top-level 'temperature' is None", err[-1]) and not out.exists()
 
 
+def test_calibrated_temperature_outside_sampling_range_keeps_default(tiny_ggufs, tmp_path, capsys):
+    calib = tmp_path / "calibration_results.json"
+    calib.write_text(json.dumps({"temperature": 20.0}))  # an untrained model's fit at its bound
+    assert main(["modelfile", "--model", str(tiny_ggufs["llama"]), "--calibration", str(calib), "--output", "-"]) == 0
+    text = capsys.readouterr().out
+    assert parse_modelfile(text)["params"]["temperature"] == ["0.7"]
+    assert "calibrated temperature 20 is outside the sampling range" in text
+
+
 def test_unknown_template_family_is_refused():
     llama2 = ("{% for m in messages %}{% if m['role'] == 'system' %}{% set sys = m['content'] %}"
               "{% elif m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}"

@@ -79,3 +79,17 @@ def test_manifest_is_frozen_sorted_and_strict() -> None:
 ])
 def test_infer_kind(path: str, kind: ArtifactKind) -> None:
     assert infer_kind(path) == kind
+
+
+def test_non_finite_metrics_are_refused_at_publish(tmp_path):
+    import pytest
+
+    from registry import Registry
+
+    reg = Registry(root=tmp_path / "reg")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("x")
+    with pytest.raises(Exception, match=r"not finite"):
+        reg.publish("m", src, metrics={"ece": float("nan")})
+    assert "m" not in reg.list_models() or not reg.list_versions("m")  # nothing half-published
