@@ -23,7 +23,6 @@ the mode, the scorer version and the llama-cpp-python version, so re-calibrating
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -35,8 +34,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from so8t.atomic import atomic_write_bytes
-from so8t.base_models import cache_root, sha256_file
+from so8t.score_cache import cache_key, load_cached, save_cached
+from so8t.base_models import sha256_file
 from so8t.decision import DECISION_SYSTEM, DECISION_USER_TEMPLATE, LABELS, decision_messages
 from so8t.errors import DataError, ModelError
 
@@ -310,65 +309,6 @@ def resolve_mode(label_token_ids: Sequence[Sequence[int]], mode: ScoringMode,
     return mode
 
 
-# ----------------------------------------------------------------------------- cache
-def _cache_key(model_sha: str, records_sha: str, chat_template: str | None, label_texts: Sequence[str],
-               mode: ScoringMode) -> str:
-    import llama_cpp
-
-    payload = {
-        "model_sha256": model_sha,
-        "records_sha256": records_sha,
-        "chat_template_override": chat_template,
-        "decision_system": DECISION_SYSTEM,
-        "decision_user_template": DECISION_USER_TEMPLATE,
-        "labels": list(LABELS),
-        "label_texts": list(label_texts),
-        "mode": mode,
-        "scorer_version": SCORER_VERSION,
-        "llama_cpp_version": llama_cpp.__version__,
-        "n_batch": N_BATCH,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def score_cache_dir() -> Path:
-    """``cache_root()/scores``."""
-    return cache_root() / "scores"
-
-
-def _save_cached(scores: Scores) -> None:
-    d = score_cache_dir()
-    buf = io.BytesIO()
-    np.savez(buf, z=scores.z, y=scores.y)
-    npz = buf.getvalue()
-    meta = scores.info() | {"npz_sha256": hashlib.sha256(npz).hexdigest()}
-    atomic_write_bytes(d / f"{scores.cache_key}.npz", npz)
-    atomic_write_bytes(d / f"{scores.cache_key}.json", (json.dumps(meta, indent=2) + "\n").encode())  # commit marker
-    logger.info("cached scores: %s", d / f"{scores.cache_key}.json")
-
-
-def _load_cached(key: str, n: int) -> tuple[np.ndarray, dict[str, Any]] | None:
-    d = score_cache_dir()
-    meta_path, npz_path = d / f"{key}.json", d / f"{key}.npz"
-    if not meta_path.is_file() or not npz_path.is_file():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        raw = npz_path.read_bytes()
-        if hashlib.sha256(raw).hexdigest() != meta["npz_sha256"]:
-            logger.warning("score cache %s is corrupt (checksum mismatch): re-scoring", npz_path)
-            return None
-        with np.load(io.BytesIO(raw)) as arrays:
-            z = arrays["z"].astype(np.float64)
-    except (OSError, ValueError, KeyError) as e:
-        logger.warning("score cache %s unreadable (%s): re-scoring", meta_path, e)
-        return None
-    if z.shape != (n, len(LABELS)):
-        logger.warning("score cache %s has shape %s, expected (%d, 3): re-scoring", npz_path, z.shape, n)
-        return None
-    return z, meta
-
-
 # ----------------------------------------------------------------------------- scoring
 def _score_sample(llm, ids: list[int], n_prefix: int, label_ids: list[list[int]], mode: ResolvedMode) -> np.ndarray:
     """Scores of one prompt; the KV cache holds the shared prefix (``n_prefix`` tokens)."""
@@ -447,9 +387,9 @@ def score_gguf(
     t0 = time.monotonic()
     model_sha = sha256_file(path)
     rec_sha = records_digest(texts, labels)
-    key = _cache_key(model_sha, rec_sha, chat_template, label_texts, mode)
+    key = cache_key(model_sha, rec_sha, chat_template, label_texts, mode, n_batch=N_BATCH, scorer_version=SCORER_VERSION)
     if use_cache:
-        hit = _load_cached(key, len(texts))
+        hit = load_cached(key, len(texts))
         if hit is not None:
             z, meta = hit
             logger.info("scores read from cache %s (%d samples, mode %s)", key, len(texts), meta["mode"])
@@ -498,7 +438,7 @@ def score_gguf(
     )
     logger.info("scored %d samples in %.1f s", len(ids), scores.seconds)
     if use_cache:
-        _save_cached(scores)
+        save_cached(scores.cache_key, scores.z, scores.y, scores.info())
     return scores
 
 
