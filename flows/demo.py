@@ -54,6 +54,30 @@ def _newest(reg: Registry, name: str) -> str:
     return reg.list_versions(name)[-1].version
 
 
+def run_base_ab(output_dir: Path, candidate_gguf: Path, calibration: Path | None, quant: str) -> Path:
+    """A/B of the candidate against the base model (same quantization) on the default sets.
+
+    The base SmolLM2 is converted once (reused on later runs by its provenance check); the
+    candidate's decisions use its calibration when there is one, the base's its argmax.
+
+    Returns:
+        The markdown report's path.
+    """
+    from so8t.abtest import ABConfig, run_ab, write_ab_report
+    from so8t.base_models import prepare_embedded
+    from so8t.gguf import convert_to_gguf
+
+    base = convert_to_gguf(prepare_embedded("smollm2"), output_dir / "base_gguf", [quant], name="smollm2-base", fidelity=False)
+    cfg = ABConfig(model_a=str(candidate_gguf), model_b=str(base.path(quant)),
+                   calibration_a=str(calibration) if calibration and calibration.is_file() else None)
+    report = run_ab(cfg, progress=True)
+    _, md = write_ab_report(report, output_dir / "ab")
+    print()
+    print(report.to_markdown())
+    print(f"A/B vs the base model ({report.seconds['total']:.0f} s): {report.verdict.summary}")
+    return md
+
+
 def run_demo(output_dir: Path, max_steps: int = 12) -> DemoOutcome:
     """Run the pipeline flow (ephemeral Prefect) and print how to use the result."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -88,7 +112,9 @@ def run_demo(output_dir: Path, max_steps: int = 12) -> DemoOutcome:
         verdict=verdict, gguf=str(release / str(main)), modelfile=str(release / "gguf" / "Modelfile"),
         registry_root=str(reg.root), seconds=time.monotonic() - t0, message=state.message or "",
     )
+    ab_md = run_base_ab(output_dir, Path(out.gguf), calib, params.convert.quants[0])
     print_summary(out, doc)
+    print(f"  A/B report:   {ab_md}  (candidate vs the base SmolLM2, default evaluation sets)")
     return out
 
 
