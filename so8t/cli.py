@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -46,21 +45,40 @@ def config_values(args: argparse.Namespace, cls: type[BaseModel]) -> dict[str, A
     return {name: getattr(args, name) for name in cls.model_fields}
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be swapped, e.g. by pytest)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(command: str, verbose: bool = False) -> Path:
-    """Console logging plus a file ``logs/so8t-<command>-<time>.log`` (``$SO8T_LOG_DIR``)."""
+    """Console logging plus a file ``logs/so8t-<command>-<time>.log`` (``$SO8T_LOG_DIR``).
+
+    Calling it again (several commands in one process) replaces the handlers it added before.
+    """
     log_dir = Path(os.environ.get("SO8T_LOG_DIR", "logs"))
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / f"so8t-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_so8t_cli", False)]:
+        root.removeHandler(old)
+        old.close()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     fh = logging.FileHandler(path, encoding="utf-8")
     fh.setFormatter(fmt)
-    sh = logging.StreamHandler(sys.stderr)
+    sh = _StderrHandler()
     sh.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     sh.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.addHandler(fh)
-    root.addHandler(sh)
+    for h in (fh, sh):
+        h._so8t_cli = True  # type: ignore[attr-defined]
+        root.addHandler(h)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return path
@@ -68,9 +86,8 @@ def setup_logging(command: str, verbose: bool = False) -> Path:
 
 #: Modules that add their own subcommands: each has ``register(subparsers)`` which adds a parser
 #: and sets ``handler=fn(args) -> int`` as its default.
-STAGE_COMMANDS: tuple[str, ...] = tuple(
-    m for m in ("so8t.bake_cli", "so8t.gguf_cli", "so8t.inference_cli", "so8t.calibration_cli", "so8t.abtest_cli")
-    if importlib.util.find_spec(m) is not None
+STAGE_COMMANDS: tuple[str, ...] = (
+    "so8t.bake_cli", "so8t.gguf_cli", "so8t.inference_cli", "so8t.calibration_cli", "so8t.abtest_cli",
 )
 
 

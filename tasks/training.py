@@ -16,6 +16,7 @@ Retries:
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -153,8 +154,8 @@ class _ProgressWatcher:
         desc = f"step {step}/{self.total}" + (f", CE {log[-1]['ce_loss']:.3f}" if log else "")
         try:
             update_progress_artifact(self.artifact_id, pct, description=desc)
-        except Exception:  # progress is cosmetic: never fail training for it
-            pass
+        except Exception as e:  # progress is cosmetic: never fail training for it, but say so
+            logging.getLogger(__name__).warning("training progress artifact not updated: %s", e)
 
 
 @task(
@@ -180,9 +181,10 @@ def train_task(cfg: TrainConfig) -> TrainResult:
     total = total_steps(count_records(cfg.dataset), effective)
     artifact = create_progress_artifact(0.0, key="training-progress", description=f"step 0/{total}")
     try:
-        with _ProgressWatcher(run_cfg, artifact, total) as watcher:
+        watcher = _ProgressWatcher(run_cfg, artifact, total)
+        with watcher:
             train(run_cfg)
-            watcher.update(done=True)
+        watcher.update(done=True)  # after the watcher thread has stopped: nothing can overwrite 100 %
     except Exception as e:
         if not _is_cuda_oom(e):
             raise

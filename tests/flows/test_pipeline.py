@@ -37,7 +37,13 @@ def test_pipeline_promotes_a_calibrated_version_whose_gguf_loads(pipeline_scenar
             "gguf/Modelfile", "adapter/adapter_model.safetensors"} <= set(paths)
     results = json.loads(prod.path("calibration/calibration_results.json").read_text())
     assert prod.manifest.parameters["calibration"]["temperature"] == pytest.approx(results["temperature"])
-    assert f"PARAMETER temperature {results['temperature']:g}" in prod.path("gguf/Modelfile").read_text()
+    from so8t.inference import MODELFILE_DEFAULTS, SAMPLING_TEMPERATURE_RANGE
+
+    t = results["temperature"]
+    in_range = SAMPLING_TEMPERATURE_RANGE[0] <= t <= SAMPLING_TEMPERATURE_RANGE[1]
+    modelfile = prod.path("gguf/Modelfile").read_text()
+    assert f"PARAMETER temperature {(t if in_range else MODELFILE_DEFAULTS['temperature']):g}" in modelfile
+    assert in_range or f"calibrated temperature {t:g} is outside the sampling range" in modelfile
     assert "FROM ./tiny-so8t_Q8_0.gguf" in prod.path("gguf/Modelfile").read_text()
     assert set(prod.manifest.metrics) >= {"ece", "brier", "macro_f1", "false_allow_rate"}
 
