@@ -245,6 +245,23 @@ def test_model_against_itself_shows_no_difference(smollm2):
     print(f"self-comparison: {time.monotonic() - t0:.1f} s, throughput ratio {r.performance.throughput_ratio.text()}")
 
 
+def test_tiny_random_model_against_itself_shows_no_difference(tiny_llama, tmp_path_factory):
+    """The same self-comparison on a tiny Llama built from a config (random weights) and converted here."""
+    from so8t.abtest import ABConfig, run_ab
+    from so8t.gguf import convert_to_gguf
+
+    gguf = convert_to_gguf(tiny_llama, tmp_path_factory.mktemp("tiny_ab"), ["Q8_0"], name="tinyab", fidelity=False).path("Q8_0")
+    r = run_ab(ABConfig(model_a=str(gguf), model_b=str(gguf), limit=6, max_new_tokens=8, n_bootstrap=200, skip_memory=True),
+               progress=False)
+    assert all(it.output_a == it.output_b for it in r.items)
+    for iv in (r.quality.overall.bleu_diff, r.quality.overall.rouge_l_diff, r.safety.far_diff, r.safety.fdr_diff,
+               r.safety.macro_f1_diff):
+        assert iv.low <= 0.0 <= iv.high and not iv.significant
+    assert r.safety.mcnemar.p_value == 1.0
+    lo, hi = THROUGHPUT_SELF_RATIO
+    assert lo <= r.performance.throughput_ratio.estimate <= hi
+
+
 def test_cli_writes_reports_whose_scores_match_the_libraries(smollm2, smollm2_q8, tmp_path, capsys):
     from so8t.abtest import read_ab_report
 
