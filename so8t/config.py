@@ -42,7 +42,10 @@ class TrainConfig(BaseModel):
     )
     load_in_4bit: bool = Field(False, description="Load the base in 4-bit NF4 (bitsandbytes; CUDA or CPU): QLoRA.")
     seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
-    pet_lambda: float = Field(0.1, ge=0, description="Peak PET weight (three-phase schedule 0.1x/0.4x/1.0x); 0 disables PET.")
+    pet_lambda: float = Field(
+        0.1, ge=0,
+        description="Peak PET weight (three-phase schedule 0.1x/0.4x/1.0x); 0 disables PET. 0.1 chosen by experiment (BENCHMARKS.md).",
+    )
     so8t_layers: str = Field("all", description="Layers that get an SO(8) gate: 'all', 'none', or comma-separated indices like '0,15,29'.")
     so8t_rotation: Literal["expm", "cayley"] = Field("expm", description="Map from skew generator to rotation: matrix exponential or Cayley.")
     logging_steps: int = Field(1, ge=1, description="Log losses every this many optimizer steps.")
