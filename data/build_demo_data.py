@@ -26,7 +26,6 @@ All text in this file was written for this project; the data is released under C
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
@@ -1100,30 +1099,11 @@ def summary_markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if files on disk differ")
-    ap.add_argument("--stats", action="store_true", help="print the counts table only")
-    args = ap.parse_args(argv)
-    if args.stats:
-        print(summary_markdown())
-        return 0
-    files = build_files()
-    if args.check:
-        stale = [n for n, b in files.items() if not (DATA_DIR / n).is_file() or (DATA_DIR / n).read_bytes() != b]
-        for n in stale:
-            print(f"out of date: data/{n}", file=sys.stderr)
-        if stale:
-            print("run: python data/build_demo_data.py", file=sys.stderr)
-            return 1
-        print(f"ok: {len(files)} files up to date")
-        return 0
-    for n, b in files.items():
-        (DATA_DIR / n).write_bytes(b)
-        n_rec = b.count(b"\n")
-        print(f"wrote data/{n} ({n_rec} records)")
-    print()
-    print(summary_markdown())
-    return 0
+    sys.path.insert(0, str(DATA_DIR))  # generator_cli.py sits beside this script
+    from generator_cli import run
+
+    return run(argv, script="build_demo_data.py", description=__doc__.split("\n\n")[0], data_dir=DATA_DIR,
+               build_files=build_files, summary_markdown=summary_markdown)
 
 
 if __name__ == "__main__":

@@ -288,6 +288,7 @@ def test_generator_is_deterministic(gen):
 def test_generator_check_fails_on_stale_files(tmp_path):
     copy = tmp_path / "build_demo_data.py"
     copy.write_bytes(GENERATOR.read_bytes())
+    (tmp_path / "generator_cli.py").write_bytes((DATA / "generator_cli.py").read_bytes())
     for name in ("safety_train.jsonl", "safety_val.jsonl", "instructions_train.jsonl",
                  "instructions_val.jsonl", "text_sample.jsonl"):
         (tmp_path / name).write_bytes((DATA / name).read_bytes())
