@@ -34,6 +34,21 @@ def make_tmp(tmp_dir: Path, prefix: str = "tmp-") -> tuple[int, Path]:
     return fd, Path(name)
 
 
+def _durable_tmp(tmp_dir: Path, data: bytes, mode: int) -> Path:
+    """A fsynced temporary file in ``tmp_dir`` holding ``data`` with permission bits ``mode``."""
+    fd, tmp = make_tmp(tmp_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
 def write_atomic(path: Path, data: bytes, *, tmp_dir: Path, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically (readers see old or new, never a mix).
 
@@ -43,13 +58,8 @@ def write_atomic(path: Path, data: bytes, *, tmp_dir: Path, mode: int = 0o644) -
         tmp_dir: Directory for the temporary file; must be on the same file system as ``path``.
         mode: Permission bits of the new file.
     """
-    fd, tmp = make_tmp(tmp_dir)
+    tmp = _durable_tmp(tmp_dir, data, mode)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -65,17 +75,11 @@ def create_exclusive(path: Path, data: bytes, *, tmp_dir: Path, mode: int = 0o44
     Returns:
         True if this call created the file, False if ``path`` already existed.
     """
-    fd, tmp = make_tmp(tmp_dir)
+    tmp = _durable_tmp(tmp_dir, data, mode)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
