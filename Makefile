@@ -33,7 +33,7 @@ browser:
 	  else echo "chromium is missing and this is not root: install Debian's chromium for the UI test"; exit 1; fi; }
 
 demo: setup
-	$(VENV)/bin/so8t demo
+	$(PY) -m flows.demo
 
 test: setup browser
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from registry import NotFoundError, Registry
+from so8t.inference import SAMPLING_TEMPERATURE_RANGE
 
 DEMO_NAME = "so8t-smollm2"
 
@@ -136,7 +137,24 @@ def print_summary(out: DemoOutcome, calibration: dict) -> None:
         print("                 the rejected model is exported above for inspection)")
     # The calibrated temperature is the decision classifier's; as a sampling temperature it only
     # makes sense in a sane range (a fit that hit its upper bound, e.g. 20, would give noise).
-    temp = f" --temp {t:.3g}" if t and 0 < t <= 2 else ""
+    lo, hi = SAMPLING_TEMPERATURE_RANGE
+    temp = f" --temp {t:.3g}" if t and lo <= t <= hi else ""
     print(f"  llama.cpp:    so8t run -m {out.gguf} -p \"What is the capital of France?\" -n 64{temp}")
     print(f"  Ollama:       ollama create {out.name} -f {out.modelfile} && ollama run {out.name} \"What is the capital of France?\"")
     print("  Prefect UI:   prefect server start --host 127.0.0.1  (then see docs/orchestration.md to deploy)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.demo`` (what ``make demo`` runs)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--output_dir", default="outputs/demo", help="Where the demo writes (default: outputs/demo).")
+    ap.add_argument("--max_steps", type=int, default=12, help="Training steps of the short demo run (default: 12).")
+    args = ap.parse_args(argv)
+    run_demo(Path(args.output_dir), max_steps=args.max_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

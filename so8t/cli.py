@@ -1,6 +1,7 @@
 """The ``so8t`` command line.
 
-Subcommands: ``train``, ``base prepare|list``, ``demo``, ``registry ...``. Flags of a stage are
+Subcommands: ``train``, ``base prepare|list``, ``registry ...`` and the stage commands.
+(The demo is the orchestration layer's: ``python -m flows.demo``, run by ``make demo``.) Flags of a stage are
 generated from its pydantic config, so ``--help`` shows every field's description. A user error
 prints one line ``so8t: error: ...`` and exits 2; a log file goes under ``logs/``.
 """
@@ -110,14 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_prep.add_argument("--full_verify", action="store_true", help="Re-hash cached files instead of trusting unchanged size and mtime.")
     base_sub.add_parser("list", help="List embedded models and where they are cached.")
 
-    p_demo = sub.add_parser("demo", help="Run the pipeline on the embedded SmolLM2 and the bundled data.")
-    p_demo.add_argument("--output_dir", default="outputs/demo", help="Where the demo writes (default: outputs/demo).")
-    p_demo.add_argument("--max_steps", type=int, default=12, help="Training steps of the short demo run (default: 12).")
 
     sub.add_parser("registry", help="The artifact registry (so8t registry --help).", add_help=False)
     p_train.set_defaults(handler=_cmd_train)
     p_base.set_defaults(handler=_cmd_base)
-    p_demo.set_defaults(handler=_cmd_demo)
     for module in STAGE_COMMANDS:
         importlib.import_module(module).register(sub)
     return parser
@@ -144,13 +141,6 @@ def _cmd_base(args: argparse.Namespace) -> int:
         d = cache_root() / "base_models" / name
         state = "prepared" if verify_prepared(d) else "not prepared"
         print(f"{name}\t{m.hf_name}\t{state}\t{d}")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from so8t.demo import run_demo
-
-    run_demo(Path(args.output_dir), max_steps=args.max_steps)
     return 0
 
 
