@@ -24,7 +24,7 @@ from flows.params import CalibrateAndPromoteParams, calibrate_config
 from registry import Registry, VersionManifest
 from so8t.gate import GateCriterion, GateDecision
 from tasks.abtest import ABOutcome, ab_evaluate_task
-from tasks.caching import file_digest
+from tasks.caching import bind_cache, file_digest
 from tasks.calibration import CalibrationRun, calibrate_task, gate_task
 from tasks.checklists import after_calibration_items, before_inference_items, checklist_task
 from tasks.events import GATE_FAILED, PRODUCTION_ROLLED_BACK, emit_model_event
@@ -60,7 +60,9 @@ def calibrate_version(p: CalibrateAndPromoteParams, version: str, title: str) ->
     staged = export_task(root, name, version, str(work / "exports" / name / version))
     gguf = staged.files[main_gguf(Registry(root).manifest(name, version))]
     out = work / "calibration" / name / version / file_digest(Path(p.calibration.val_data))[:12]
-    run = calibrate_task(calibrate_config(p.calibration, p.gate, gguf, out), title=title)
+    # cache records beside the outputs they describe: a deleted work_dir can never yield a stale hit
+    (calibrate,) = bind_cache(out.parent, calibrate_task)
+    run = calibrate(calibrate_config(p.calibration, p.gate, gguf, out), title=title)
     h = run.result.after.holdout
     far = h.false_allow_rate if p.gate.far_bound == "point" else h.false_allow_upper95
     checklist_task("after-calibration", f"較正後 (after calibration) {version}",
