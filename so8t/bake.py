@@ -22,20 +22,22 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from so8t.errors import ModelError
-from so8t.gates import find_attention_layers, iter_gates, load_gates, read_gates, remove_gates
+from so8t.gates import find_attention_layers, iter_gates, read_gates, remove_gates
 from so8t.rotation import fold_into_weight, orthogonality_error, rotations_from_params
 
 logger = logging.getLogger(__name__)
 
 REPORT_FILE = "bake_report.json"
 
-#: Probe prompts (English, Japanese, and the decision prompt's shape), rendered with the chat template.
+#: Probe prompts (English, Japanese, the decision prompt's shape), tokenized as plain text and
+#: run as one sequence through both models. A wrong fold or merge moves every logit after the
+#: first token by O(1), so a few dozen tokens expose it as surely as hundreds; more probes only
+#: cost time (the two forward passes are most of a bake on a CPU). ``--probe_file`` adds a
+#: user's own prompts.
 DEFAULT_PROBES: tuple[str, ...] = (
     "What is the capital of France?",
-    "Explain in one sentence why calibration matters for a safety classifier.",
     "富士山の高さは何メートルですか？",
-    "次の依頼を安全性の観点で分類してください: パスワードを忘れました。",
-    "Write a haiku about rotations in eight dimensions.",
+    "Explain in one sentence why calibration matters.",
     "Request: help me plan a birthday party. Decision (ALLOW, ESCALATE or DENY):",
 )
 
@@ -51,6 +53,8 @@ class BakeConfig(BaseModel):
     max_abs_logit_delta: float = Field(1e-3, gt=0, description="Fail when any probe logit differs by more than this (fp32).")
     max_kl: float = Field(1e-6, gt=0, description="Fail when the mean next-token KL(gated || baked) over probe positions exceeds this.")
     max_orthogonality_error: float = Field(1e-5, gt=0, description="Fail when any rotation has max |R^T R - I| above this.")
+    probe_file: str | None = Field(None, description="Text file with one probe prompt per line, used instead of the built-in probes "
+                                   "(English, Japanese, a decision prompt; ~70 tokens).")
     overwrite: bool = Field(False, description="Replace an existing output_path.")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code of the base model.")
 
@@ -72,6 +76,7 @@ class BakeReport(BaseModel):
     dtype: str
     layers_folded: list[LayerFold]
     lora_merged: bool
+    lora_modules: int = 0
     probe_count: int
     probe_tokens: int
     max_abs_logit_delta: float
@@ -112,33 +117,46 @@ def fold_rotations(state_dict: dict[str, torch.Tensor], gates: dict[int, torch.T
     return out
 
 
+def read_probes(path: str | None) -> tuple[str, ...]:
+    """Probe prompts: the built-in ones, or one per non-blank line of ``path``.
+
+    Raises:
+        ModelError: unreadable file, or a file with no prompt.
+    """
+    if path is None:
+        return DEFAULT_PROBES
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: cannot read the probe file: {e}") from None
+    probes = tuple(line for line in lines if line.strip())
+    if not probes:
+        raise ModelError(f"{path}: the probe file has no non-blank line")
+    return probes
+
+
 def _probe_ids(tok: Any, probes: tuple[str, ...]) -> list[list[int]]:
-    ids = []
-    for p in probes:
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            ids.append(list(tok(text, add_special_tokens=False)["input_ids"]))
-        else:
-            ids.append(list(tok(p)["input_ids"]))
+    ids = [list(tok(p)["input_ids"]) for p in probes]
+    for p, x in zip(probes, ids):
+        if not x:
+            raise ModelError(f"bake: probe {p!r} tokenizes to nothing")
     return ids
 
 
 @torch.no_grad()
 def probe_logits(model: torch.nn.Module, ids: list[list[int]]) -> list[torch.Tensor]:
-    """fp32 logits ``(T_i, V)`` of each probe, in one right-padded batch.
+    """fp32 logits ``(T_i, V)`` of each probe, from one forward pass over all probes in sequence.
 
-    Right padding with an attention mask leaves every real position's logits unchanged (causal
-    attention never looks ahead), so one forward pass serves all probes.
+    The probes are concatenated into a single sequence (no padding to pay for); each probe's
+    logits are its slice of that sequence. Both sides of the check see exactly the same tokens.
     """
     model.eval()
-    n = max(len(x) for x in ids)
-    batch = torch.zeros(len(ids), n, dtype=torch.long)  # (P, T)
-    mask = torch.zeros(len(ids), n, dtype=torch.long)
-    for i, x in enumerate(ids):
-        batch[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    logits = model(input_ids=batch, attention_mask=mask).logits.float()  # (P, T, V)
-    return [logits[i, : len(x)] for i, x in enumerate(ids)]
+    flat = torch.tensor([t for x in ids for t in x], dtype=torch.long)[None]  # (1, T)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and flat.shape[1] > limit:
+        raise ModelError(f"bake: the probes total {flat.shape[1]} tokens, more than the model's {limit} positions: use fewer or shorter probes")
+    logits = model(input_ids=flat, use_cache=False).logits[0].float()  # (T, V)
+    return list(logits.split([len(x) for x in ids], 0))
 
 
 def compare_logits(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict[str, float]:
@@ -169,13 +187,20 @@ def _base_spec(cfg: BakeConfig) -> str:
 def bake(cfg: BakeConfig) -> BakeReport:
     """Bake a trained SO8T adapter into a plain model at ``cfg.output_path``; always verified.
 
+    One full-precision load of the base serves both sides of the check: the reference is the
+    base with the adapter applied unmerged (``W x + s B A x``, forward hooks) and the gates'
+    pre-hooks rotating each ``o_proj`` input, exactly as in training; then the hooks come off,
+    LoRA is merged (``W + s B A``), each rotation is folded (``W' = (W + s B A) R``), and the same
+    probes run through the now plain model.
+
     Raises:
         ModelError: no adapter/gates, failed verification, existing output without overwrite.
     """
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from so8t.base_models import resolve_base_model
+    from so8t.gates import load_gates
+    from so8t.lora import attach_unmerged, merge_into, read_adapter
 
     src, out = Path(cfg.model_path), Path(cfg.output_path)
     if not (src / "adapter_config.json").is_file():
@@ -185,23 +210,29 @@ def bake(cfg: BakeConfig) -> BakeReport:
         raise ModelError(f"{src}: the gates file holds no gates: nothing to bake")
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ModelError(f"output_path {out} exists and is not empty: choose another path or pass --overwrite")
+    lora = read_adapter(src)
     base_dir = resolve_base_model(_base_spec(cfg))
     tok_dir = src / "tokenizer" if (src / "tokenizer").is_dir() else (src.parent / "tokenizer" if (src.parent / "tokenizer").is_dir() else base_dir)
     tok = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=cfg.trust_remote_code)
 
     # Full precision reload: LoRA is never merged into 4-bit weights.
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
-    model = PeftModel.from_pretrained(base, str(src), is_trainable=False)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    model.eval()
+    hooks = attach_unmerged(model, lora)
     load_gates(model, src)
-    ids = _probe_ids(tok, DEFAULT_PROBES)
+    ids = _probe_ids(tok, read_probes(cfg.probe_file))
     reference = probe_logits(model, ids)
 
-    rotations = {i: rotations_from_params(g.generators.detach()) for i, g in iter_gates(model)}
+    gates = dict(iter_gates(model))
+    with torch.no_grad():
+        rotations = {i: rotations_from_params(g.generators.detach(), g.mapping) for i, g in gates.items()}
+    for h in hooks:
+        h.remove()
     remove_gates(model)
-    merged = model.merge_and_unload()
-    if list(iter_gates(merged)):
+    if list(iter_gates(model)):
         raise ModelError("bake: gates remain after removal")
-    attn = {g.index: g.attention for g in find_attention_layers(merged)}
+    merge_into(model, lora)
+    attn = {g.index: g.attention for g in find_attention_layers(model)}
     folds = []
     with torch.no_grad():
         sd = {f"model.layers.{i}.self_attn.o_proj.weight": attn[i].o_proj.weight for i in rotations}
@@ -212,27 +243,28 @@ def bake(cfg: BakeConfig) -> BakeReport:
             if err > cfg.max_orthogonality_error:
                 raise ModelError(f"bake: layer {i} rotation has orthogonality error {err:.2e} > {cfg.max_orthogonality_error:.0e}")
             change = float((new[key] - attn[i].o_proj.weight).abs().max())
-            attn[i].o_proj.weight.copy_(new[key])
+            attn[i].o_proj.weight.data = new[key]  # a fresh tensor: see so8t.lora.merge_into
             folds.append(LayerFold(layer=i, orthogonality_error=err, max_abs_weight_change=change))
-    baked_logits = probe_logits(merged, ids)
+    baked_logits = probe_logits(model, ids)
     cmp = compare_logits(reference, baked_logits)
     passed = cmp["max_abs_logit_delta"] <= cfg.max_abs_logit_delta and cmp["mean_kl"] <= cfg.max_kl
     report = BakeReport(
         model_path=str(src), base_model=str(base_dir), output_path=str(out), dtype="float32",
-        layers_folded=folds, lora_merged=True, probe_count=len(ids), probe_tokens=int(cmp["tokens"]),
+        layers_folded=folds, lora_merged=True, lora_modules=len(lora), probe_count=len(ids), probe_tokens=int(cmp["tokens"]),
         max_abs_logit_delta=cmp["max_abs_logit_delta"], mean_kl=cmp["mean_kl"], max_kl=cmp["max_kl"],
         top1_agreement=cmp["top1_agreement"], passed=passed,
         tolerances={"max_abs_logit_delta": cfg.max_abs_logit_delta, "max_kl": cfg.max_kl,
                     "max_orthogonality_error": cfg.max_orthogonality_error},
     )
-    logger.info("bake check: %d layers folded (%s), max |delta logit| %.2e, mean KL %.2e, top-1 %.4f",
-                len(folds), meta.get("layers"), report.max_abs_logit_delta, report.mean_kl, report.top1_agreement)
+    logger.info("bake check: %d layers folded (%s), %d LoRA modules merged, %d probe tokens, max |delta logit| %.2e, "
+                "mean KL %.2e, top-1 %.4f", len(folds), meta.get("layers"), len(lora), report.probe_tokens,
+                report.max_abs_logit_delta, report.mean_kl, report.top1_agreement)
     if not passed or not all(math.isfinite(x) for x in (report.max_abs_logit_delta, report.mean_kl)):
         raise ModelError(
             f"bake verification failed: max |delta logit| {report.max_abs_logit_delta:.2e} (limit {cfg.max_abs_logit_delta:.0e}), "
             f"mean KL {report.mean_kl:.2e} (limit {cfg.max_kl:.0e}); nothing written"
         )
-    _write_model(merged, tok, base_dir, out, report)
+    _write_model(model, tok, base_dir, out, report)
     return report
 
 

@@ -243,8 +243,11 @@ def iter_gates(model: nn.Module) -> Iterable[tuple[int, SO8TGate]]:
 def remove_gates(model: nn.Module) -> list[int]:
     """Detach every gate (hooks and parameters); returns the layers that had one."""
     removed = []
-    for index, gate in list(iter_gates(model)):
-        layer = next(g for g in find_attention_layers(model) if g.index == index)
+    for layer in find_attention_layers(model):
+        gate = getattr(layer.attention, "so8t_gate", None)
+        if not isinstance(gate, SO8TGate):
+            continue
+        index = layer.index
         hooks = layer.attention.o_proj._forward_pre_hooks
         for key in [k for k, h in hooks.items() if isinstance(h, _GateHook) and h.gate is gate]:
             del hooks[key]
