@@ -31,7 +31,7 @@ def demo_params(output_dir: Path, max_steps: int = 12):
         model=ModelRef(name=DEMO_NAME, registry_root=str(output_dir / "registry")),
         work_dir=str(output_dir / "work"),
         train=TrainSettings(batch_size=4, gradient_accumulation_steps=1, max_steps=max_steps,
-                            save_steps=max(1, max_steps // 2), max_length=256, learning_rate=2e-4, pet_lambda=0.1),
+                            save_steps=max(1, max_steps // 2), max_length=384, learning_rate=2e-4, pet_lambda=0.1),
         convert=ConvertSettings(quants=("Q8_0",)),
     )
 

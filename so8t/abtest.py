@@ -35,6 +35,7 @@ from so8t.abperf import GreedyGenerator, measure_peak_rss, resolve_threads, summ
 from so8t.abresults import (Check, ModelInfo, PerfComparison, QualityItem, QualityReport, SafetyComparison,
                             Verdict)
 from so8t.abstats import bootstrap_indices, detect_lang
+from so8t.decision import DecisionPrompt
 from so8t.errors import ConfigError, DataError, So8tError
 
 __all__ = ["ABConfig", "ABReport", "Calibration", "EvalSets", "load_calibration", "load_eval_sets", "run_ab",
@@ -59,6 +60,9 @@ class ABConfig(BaseModel):
     calibration_a: str | None = Field(None, description="calibration_results.json of A (temperature, tau_deny, "
                                                         "tau_escalate); none: argmax decisions.")
     calibration_b: str | None = Field(None, description="calibration_results.json of B; none: argmax decisions.")
+    decision_prompt: str | None = Field(
+        None, description="JSON file {system, user_template}: the decision prompt both models are scored on "
+        "(default: decision_prompt.json beside model A, where so8t convert puts it, else the built-in prompt).")
     quality_data: str = Field(DEFAULT_QUALITY_DATA, description="JSONL of {\"instruction\", \"output\"} pairs; "
                                                                 "output is the reference answer.")
     safety_data: str = Field(DEFAULT_SAFETY_DATA, description="JSONL of {\"text\", \"label\"} safety prompts "
@@ -156,8 +160,9 @@ def load_eval_sets(cfg: ABConfig) -> EvalSets:
                     safety_texts=tuple(texts), safety_labels=tuple(labels))
 
 
-def _check_inputs(cfg: ABConfig) -> tuple[EvalSets, Calibration | None, Calibration | None]:
+def _check_inputs(cfg: ABConfig) -> tuple[EvalSets, Calibration | None, Calibration | None, DecisionPrompt]:
     """Validate every input, gathering all problems into one error."""
+    from so8t.decision import DEFAULT_DECISION_PROMPT, resolve_prompt
     from so8t.scoring import check_gguf
 
     problems: list[So8tError] = []
@@ -177,11 +182,16 @@ def _check_inputs(cfg: ABConfig) -> tuple[EvalSets, Calibration | None, Calibrat
         sets = load_eval_sets(cfg)
     except So8tError as e:
         problems.append(e)
+    prompt = DEFAULT_DECISION_PROMPT
+    try:
+        prompt = resolve_prompt(cfg.decision_prompt, cfg.model_a)
+    except So8tError as e:
+        problems.append(e)
     if len(problems) == 1:
         raise problems[0]
     if problems:
         raise ConfigError("; ".join(str(e) for e in problems))
-    return sets, cals[0], cals[1]
+    return sets, cals[0], cals[1], prompt
 
 
 # ----------------------------------------------------------------------------- verdict
@@ -237,7 +247,7 @@ def run_ab(cfg: ABConfig, progress: bool | None = None) -> ABReport:
     from so8t.scoring import score_gguf
 
     t_start = time.monotonic()
-    sets, cal_a, cal_b = _check_inputs(cfg)
+    sets, cal_a, cal_b, prompt = _check_inputs(cfg)
     threads = resolve_threads(cfg.n_threads)
     instructions, refs, langs = list(sets.instructions), list(sets.references), list(sets.langs)
     logger.info("A/B: %s vs %s on %d quality items (%s) and %d safety prompts, %d thread(s)",
@@ -250,7 +260,7 @@ def run_ab(cfg: ABConfig, progress: bool | None = None) -> ABReport:
         gb.check_fits(instructions, cfg.max_new_tokens)
         t0 = time.monotonic()
         sc = [score_gguf(m, list(sets.safety_texts), list(sets.safety_labels), n_ctx=cfg.n_ctx, n_threads=threads,
-                         use_cache=not cfg.no_cache, progress=progress) for m in (cfg.model_a, cfg.model_b)]
+                         use_cache=not cfg.no_cache, progress=progress, prompt=prompt) for m in (cfg.model_a, cfg.model_b)]
         t_safety = time.monotonic() - t0
         t0 = time.monotonic()
         gens: dict[str, list] = {"a": [], "b": []}

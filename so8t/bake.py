@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from so8t.decision import PROMPT_FILE, load_decision_prompt
 from so8t.errors import ModelError
 from so8t.gates import find_attention_layers, iter_gates, read_gates, remove_gates
 from so8t.rotation import fold_into_weight, orthogonality_error, rotations_from_params
@@ -211,6 +212,10 @@ def bake(cfg: BakeConfig) -> BakeReport:
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ModelError(f"output_path {out} exists and is not empty: choose another path or pass --overwrite")
     lora = read_adapter(src)
+    # The decision prompt the run trained on travels with the model (convert and calibrate read it).
+    prompt_file = next((d / PROMPT_FILE for d in (src, src.parent) if (d / PROMPT_FILE).is_file()), None)
+    if prompt_file is not None:
+        load_decision_prompt(prompt_file)  # a broken file fails here, before anything is written
     base_dir = resolve_base_model(_base_spec(cfg))
     tok_dir = src / "tokenizer" if (src / "tokenizer").is_dir() else (src.parent / "tokenizer" if (src.parent / "tokenizer").is_dir() else base_dir)
     tok = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=cfg.trust_remote_code)
@@ -264,11 +269,12 @@ def bake(cfg: BakeConfig) -> BakeReport:
             f"bake verification failed: max |delta logit| {report.max_abs_logit_delta:.2e} (limit {cfg.max_abs_logit_delta:.0e}), "
             f"mean KL {report.mean_kl:.2e} (limit {cfg.max_kl:.0e}); nothing written"
         )
-    _write_model(model, tok, base_dir, out, report)
+    _write_model(model, tok, base_dir, out, report, prompt_file)
     return report
 
 
-def _write_model(model: torch.nn.Module, tok: Any, base_dir: Path, out: Path, report: BakeReport) -> None:
+def _write_model(model: torch.nn.Module, tok: Any, base_dir: Path, out: Path, report: BakeReport,
+                 prompt_file: Path | None = None) -> None:
     """save_pretrained into a temporary sibling, then rename into place (no half-written output)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -283,6 +289,8 @@ def _write_model(model: torch.nn.Module, tok: Any, base_dir: Path, out: Path, re
         if "quantization_config" in cfg:
             raise ModelError("bake: the baked config carries a quantization_config: refusing to write it")
         (tmp / REPORT_FILE).write_text(report.model_dump_json(indent=2) + "\n")
+        if prompt_file is not None:
+            shutil.copy(prompt_file, tmp / PROMPT_FILE)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -31,7 +31,7 @@ from pydantic import ConfigDict, Field
 
 from so8t.base_models import sha256_file
 from so8t.calibration import CalibrationConfig, CalibrationResult, split_stratified
-from so8t.decision import LABELS
+from so8t.decision import LABELS, resolve_prompt
 from so8t.errors import ConfigError, DataError
 from so8t.metrics import softmax
 from so8t.reliability import plot_reliability
@@ -63,6 +63,9 @@ class CalibrateCommandConfig(CalibrationConfig):
     )
     n_ctx: int = Field(2048, ge=16, description="llama.cpp context size; every prompt must fit.")
     n_threads: int = Field(0, ge=0, description="CPU threads for llama.cpp, prompt batches included (0: half the logical cores).")
+    decision_prompt: str | None = Field(
+        None, description="JSON file {system, user_template} with the decision prompt the model was trained on "
+        "(default: decision_prompt.json beside the model file, where so8t convert puts it, else the built-in prompt).")
     no_cache: bool = Field(False, description="Re-score even if cached scores exist (and do not write the cache).")
     fail_on_gate: bool = Field(False, description="Exit 1 when the calibrated model fails the gate (default: exit 0).")
 
@@ -133,8 +136,9 @@ def calibrate_gguf(cfg: CalibrateCommandConfig) -> CalibrationOutcome:
     if missing:
         raise DataError(f"{data}: labels {missing} have no example (counts {counts}): calibration needs every label "
                         "in the validation data; add examples of the missing labels")
+    prompt = resolve_prompt(cfg.decision_prompt, model)
     scores = score_gguf(model, texts, labels, mode=cfg.scoring_mode, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
-                        use_cache=not cfg.no_cache, data_sha256=sha256_file(data))
+                        use_cache=not cfg.no_cache, data_sha256=sha256_file(data), prompt=prompt)
     num = cfg.calibration()
     result = calibrate(scores.z, scores.y, num)
     result = result.model_copy(update=dict(

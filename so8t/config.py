@@ -22,6 +22,10 @@ class TrainConfig(BaseModel):
     base_model: str = Field(description="Base model: 'smollm2' (the embedded SmolLM2-135M-Instruct) or a local Hugging Face model directory.")
     dataset: str = Field(description="Training data, JSONL (several files: comma-separated): {instruction, output[, thinking]}, {text} or {text, label} records.")
     output_dir: str = Field(description="Where checkpoints, the final adapter, gates, config and loss log go.")
+    decision_prompt: str | None = Field(
+        None, description="JSON file {system, user_template} with the decision prompt for {text, label} records "
+        "(default: the built-in policy prompt of so8t/decision.py); recorded as decision_prompt.json in output_dir, "
+        "where bake, convert and calibrate pick it up.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")

@@ -23,7 +23,7 @@ from typing import Any, Literal, Union
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from so8t.decision import LABELS, decision_messages
+from so8t.decision import LABELS, DecisionPrompt, decision_messages
 from so8t.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -114,13 +114,16 @@ def read_jsonl(path: str | Path) -> list[Record]:
     return records
 
 
-def record_messages(record: Record) -> tuple[list[dict[str, str]], str] | None:
-    """Prompt messages and assistant answer for chat records; ``None`` for plain text."""
+def record_messages(record: Record, prompt: DecisionPrompt | None = None) -> tuple[list[dict[str, str]], str] | None:
+    """Prompt messages and assistant answer for chat records; ``None`` for plain text.
+
+    Labelled records are rendered with ``prompt`` (default: the built-in decision prompt).
+    """
     if isinstance(record, InstructionRecord):
         answer = record.output if record.thinking is None else f"<think>{record.thinking}</think>{record.output}"
         return [{"role": "user", "content": record.instruction}], answer
     if isinstance(record, LabelledRecord):
-        return decision_messages(record.text), record.label
+        return decision_messages(record.text, prompt), record.label
     return None
 
 
@@ -147,7 +150,8 @@ def _token_ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_record(record: Record, tokenizer: Any, max_length: int) -> tuple[dict[str, list[int]], bool]:
+def encode_record(record: Record, tokenizer: Any, max_length: int,
+                  prompt: DecisionPrompt | None = None) -> tuple[dict[str, list[int]], bool]:
     """Tokenise one record into ``input_ids``/``labels``/``attention_mask``.
 
     The prompt part is rendered with ``add_generation_prompt=True``; the answer part is the rest of
@@ -161,7 +165,7 @@ def encode_record(record: Record, tokenizer: Any, max_length: int) -> tuple[dict
         DataError: chat records with a tokenizer that has no chat template.
     """
     eos = tokenizer.eos_token_id
-    chat = record_messages(record)
+    chat = record_messages(record, prompt)
     if chat is None:
         prompt_ids: list[int] = []
         bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
@@ -202,12 +206,13 @@ class EncodedDataset(torch.utils.data.Dataset):
         return self.examples[i]
 
 
-def encode_dataset(records: list[Record], tokenizer: Any, max_length: int) -> tuple[EncodedDataset, EncodeStats]:
+def encode_dataset(records: list[Record], tokenizer: Any, max_length: int,
+                   prompt: DecisionPrompt | None = None) -> tuple[EncodedDataset, EncodeStats]:
     """Encode every record; report truncation instead of hiding it."""
     stats = EncodeStats()
     out = []
     for r in records:
-        ex, truncated = encode_record(r, tokenizer, max_length)
+        ex, truncated = encode_record(r, tokenizer, max_length, prompt)
         stats.examples += 1
         stats.truncated += int(truncated)
         stats.tokens += len(ex["input_ids"])

@@ -21,13 +21,13 @@ import numpy as np
 
 from so8t.atomic import atomic_write_bytes
 from so8t.base_models import cache_root
-from so8t.decision import DECISION_SYSTEM, DECISION_USER_TEMPLATE, LABELS
+from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, DecisionPrompt
 
 logger = logging.getLogger(__name__)
 
 
 def cache_key(model_sha: str, records_sha: str, chat_template: str | None, label_texts: Sequence[str],
-              mode: str, *, n_batch: int, scorer_version: int) -> str:
+              mode: str, *, n_batch: int, scorer_version: int, prompt: DecisionPrompt = DEFAULT_DECISION_PROMPT) -> str:
     """The cache key of one scoring job (32 hex characters)."""
     import llama_cpp
 
@@ -35,8 +35,8 @@ def cache_key(model_sha: str, records_sha: str, chat_template: str | None, label
         "model_sha256": model_sha,
         "records_sha256": records_sha,
         "chat_template_override": chat_template,
-        "decision_system": DECISION_SYSTEM,
-        "decision_user_template": DECISION_USER_TEMPLATE,
+        "decision_system": prompt.system,
+        "decision_user_template": prompt.user_template,
         "labels": list(LABELS),
         "label_texts": list(label_texts),
         "mode": mode,

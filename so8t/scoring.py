@@ -36,7 +36,7 @@ import numpy as np
 
 from so8t.score_cache import cache_key, load_cached, save_cached
 from so8t.base_models import sha256_file
-from so8t.decision import DECISION_SYSTEM, DECISION_USER_TEMPLATE, LABELS, decision_messages
+from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, DecisionPrompt
 from so8t.errors import DataError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class Scores:
     llama_cpp_version: str = ""
     model_path: str = ""
     label_texts: tuple[str, str, str] = LABELS
+    prompt: DecisionPrompt = DEFAULT_DECISION_PROMPT
     extra: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
@@ -112,8 +113,9 @@ class Scores:
             "llama_cpp_version": self.llama_cpp_version,
             "model_path": self.model_path,
             "chat_template": self.chat_template,
-            "decision_system": DECISION_SYSTEM,
-            "decision_user_template": DECISION_USER_TEMPLATE,
+            "decision_system": self.prompt.system,
+            "decision_user_template": self.prompt.user_template,
+            "decision_prompt_sha256": self.prompt.sha256(),
             "prompt_example": self.prompt_example,
         }
 
@@ -229,7 +231,7 @@ def _token_text(llm, token: int) -> str:
 class _Prompter:
     """Renders and tokenizes decision prompts for one loaded model."""
 
-    def __init__(self, llm, chat_template: str | None):
+    def __init__(self, llm, chat_template: str | None, prompt: DecisionPrompt = DEFAULT_DECISION_PROMPT):
         meta = llm.metadata or {}
         template = chat_template or meta.get("tokenizer.chat_template")
         if not template:
@@ -237,13 +239,14 @@ class _Prompter:
                              "rendered with the model's chat template (training uses the same); convert the model "
                              "with its tokenizer_config.json so the template is embedded")
         self.llm = llm
+        self.prompt = prompt
         self.template = template
         self.bos = llm.token_bos()
         self.bos_text = _token_text(llm, self.bos)
         self.eos_text = _token_text(llm, llm.token_eos())
 
     def render(self, text: str) -> str:
-        return render_chat(self.template, decision_messages(text), self.bos_text, self.eos_text)
+        return render_chat(self.template, self.prompt.messages(text), self.bos_text, self.eos_text)
 
     def tokenize(self, prompt: str) -> list[int]:
         ids = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
@@ -343,6 +346,7 @@ def score_gguf(
     use_cache: bool = True,
     data_sha256: str | None = None,
     progress: bool | None = None,
+    prompt: DecisionPrompt | None = None,
 ) -> Scores:
     """Score every text with a GGUF model on the decision prompt.
 
@@ -359,6 +363,7 @@ def score_gguf(
         use_cache: Read and write the score cache (``cache_root()/scores``).
         data_sha256: Hash reported for the data (the file's sha256); default: the records' digest.
         progress: Show a tqdm bar (None: only on a terminal).
+        prompt: The decision prompt the model was trained on (default: the built-in one).
 
     Returns:
         :class:`Scores`; bit-identical across runs for the same inputs.
@@ -387,7 +392,9 @@ def score_gguf(
     t0 = time.monotonic()
     model_sha = sha256_file(path)
     rec_sha = records_digest(texts, labels)
-    key = cache_key(model_sha, rec_sha, chat_template, label_texts, mode, n_batch=N_BATCH, scorer_version=SCORER_VERSION)
+    prompt = prompt or DEFAULT_DECISION_PROMPT
+    key = cache_key(model_sha, rec_sha, chat_template, label_texts, mode, n_batch=N_BATCH, scorer_version=SCORER_VERSION,
+                    prompt=prompt)
     if use_cache:
         hit = load_cached(key, len(texts))
         if hit is not None:
@@ -399,12 +406,12 @@ def score_gguf(
                 model_sha256=model_sha, data_sha256=data_sha256 or rec_sha, records_sha256=rec_sha, cache_key=key,
                 from_cache=True, n_prefix_tokens=int(meta["n_prefix_tokens"]), seconds=float(meta["seconds"]),
                 scorer_version=int(meta["scorer_version"]), llama_cpp_version=meta["llama_cpp_version"],
-                model_path=str(path), label_texts=tuple(label_texts),
+                model_path=str(path), label_texts=tuple(label_texts), prompt=prompt,
             )
 
     llm = _load_model(path, n_ctx, n_threads)
     try:
-        prompter = _Prompter(llm, chat_template)
+        prompter = _Prompter(llm, chat_template, prompt)
         prompts = [prompter.render(t) for t in texts]
         ids = [prompter.tokenize(p) for p in prompts]
         lab_ids = [prompter.label_ids(prompts[0], ids[0], lab) for lab in label_texts]
@@ -434,7 +441,7 @@ def score_gguf(
         prompt_example=prompts[0], model_sha256=model_sha, data_sha256=data_sha256 or rec_sha,
         records_sha256=rec_sha, cache_key=key, from_cache=False, n_prefix_tokens=n_prefix,
         seconds=time.monotonic() - t0, llama_cpp_version=llama_cpp.__version__, model_path=str(path),
-        label_texts=tuple(label_texts),
+        label_texts=tuple(label_texts), prompt=prompt,
     )
     logger.info("scored %d samples in %.1f s", len(ids), scores.seconds)
     if use_cache:

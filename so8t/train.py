@@ -30,6 +30,7 @@ from torch import nn
 
 from so8t.config import TrainConfig
 from so8t.data import PadCollator, encode_dataset, read_jsonl
+from so8t.decision import PROMPT_FILE, load_decision_prompt, write_decision_prompt
 from so8t.errors import ConfigError, ModelError
 from so8t.gates import attach_gates, find_attention_layers, load_gates, save_gates
 from so8t.pet import pet_energy, pet_schedule
@@ -258,19 +259,24 @@ def train(cfg: TrainConfig) -> Path:
     from so8t.base_models import resolve_base_model
 
     records = [r for part in cfg.dataset.split(",") if part.strip() for r in read_jsonl(part.strip())]
+    prompt = load_decision_prompt(cfg.decision_prompt)
     check_output_dir(cfg)
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
+    out = Path(cfg.output_dir)
+    if resume is not None and (out / PROMPT_FILE).is_file() and load_decision_prompt(out / PROMPT_FILE) != prompt:
+        raise ConfigError(f"{out / PROMPT_FILE}: the run being resumed was trained on another decision prompt than "
+                          f"{cfg.decision_prompt or 'the built-in one'}: resume with the same --decision_prompt")
     model_dir = resolve_base_model(cfg.base_model)
     set_seed(cfg.seed)
     base, tok = load_base(model_dir, cfg)
     model, layers = build_so8t_model(base, cfg)
-    dataset, stats = encode_dataset(records, tok, cfg.max_length)
+    dataset, stats = encode_dataset(records, tok, cfg.max_length, prompt)
     logger.info("data: %s", stats.summary(cfg.max_length))
     if stats.loss_tokens == 0:
         raise ConfigError(f"max_length {cfg.max_length} leaves no answer token in {cfg.dataset}: raise --max_length")
 
-    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    write_decision_prompt(prompt, out)  # before any checkpoint: bake and calibration read it from here
     SO8TTrainer, LossLogCallback = _make_trainer_class()
     cuda = _device_is_cuda()
     args = TrainingArguments(
@@ -315,6 +321,7 @@ def train(cfg: TrainConfig) -> Path:
             "config": cfg.model_dump(),
             "base_model_dir": str(model_dir),
             "gated_layers": layers,
+            "decision_prompt_sha256": prompt.sha256(),
             "lora_target_modules": sorted(model.peft_config["default"].target_modules),
             "global_step": trainer.state.global_step,
             "resumed_from": str(resume) if resume else None,

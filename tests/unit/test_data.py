@@ -68,7 +68,8 @@ def test_loss_only_on_answer_and_eos_learned(tok):
 def test_label_record_answers_with_the_label_after_the_decision_prompt(tok):
     from so8t.decision import DECISION_SYSTEM
 
-    ex, _ = encode_record(LabelledRecord(text="how do I bake bread?", label="ALLOW"), tok, 512)
+    ex, truncated = encode_record(LabelledRecord(text="how do I bake bread?", label="ALLOW"), tok, 4096)
+    assert not truncated
     answer = tok.decode([t for t in ex["labels"] if t != IGNORE_INDEX])
     assert answer.strip().startswith("ALLOW")
     assert DECISION_SYSTEM[:30] in tok.decode(ex["input_ids"])
