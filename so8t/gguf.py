@@ -84,10 +84,12 @@ class Fidelity(BaseModel):
     probes_sha256: str = Field(description="Hash of the probe token ids (fidelity is re-measured when they change).")
     positions: int = Field(description="Positions compared (all positions of all probes).")
     mean_kl: float = Field(description="Mean KL(HF || GGUF) of the next-token distribution, nats.")
+    median_kl: float | None = Field(None, description="Median per-position KL, nats (one sensitive position can dominate the mean).")
     max_kl: float = Field(description="Largest per-position KL, nats.")
     top1_agreement: float = Field(description="Fraction of positions whose argmax token agrees.")
     max_abs_delta_logit: float = Field(description="Largest |logit_HF - logit_GGUF| over positions and vocabulary.")
     per_probe_mean_kl: dict[str, float] = Field(default_factory=dict, description="Mean KL per probe (plain-i, chat-i).")
+    per_probe_max_kl: dict[str, float] = Field(default_factory=dict, description="Largest per-position KL per probe.")
     tokenizer_match: bool = Field(description="llama.cpp's own tokenizer gives the HF ids for every probe (logits were compared on HF ids).")
     tokenizer_mismatches: list[str] = Field(default_factory=list, description="Probes where the tokenizers disagree.")
 
@@ -363,7 +365,8 @@ def _verify(cfg: ConvertConfig, plan: ConversionPlan, records: list[dict], out_d
     todo: list[dict] = []
     if cfg.fidelity:
         probes = probe_set(Path(plan.model_dir), cfg.probes)
-        todo = [r for r in records if not r.get("fidelity") or r["fidelity"].get("probes_sha256") != probes.sha256]
+        todo = [r for r in records if not r.get("fidelity") or r["fidelity"].get("probes_sha256") != probes.sha256
+                or r["fidelity"].get("median_kl") is None]  # measured before the median was recorded
         if todo:
             measured = measure_fidelity(Path(plan.model_dir), [out_dir / r["file"] for r in todo], probes, threads=cfg.threads)
             for r in todo:

@@ -3,8 +3,13 @@
 Both models see the *same token ids* (tokenized by the HF tokenizer), so tokenizer differences
 cannot masquerade as numerical error; whether llama.cpp's own tokenizer gives the same ids is
 reported separately. At every position of every probe the next-token distributions are compared:
-KL(HF || GGUF) (mean and max), top-1 agreement and the largest |delta logit|. HF runs in fp32 on
-CPU; llama.cpp runs with ``logits_all=True``.
+KL(HF || GGUF) (mean, median and max), top-1 agreement and the largest |delta logit|. HF runs in
+fp32 on CPU; llama.cpp runs with ``logits_all=True``.
+
+:func:`corpus_fidelity` measures the same KL over a text corpus, per group of texts (e.g. per
+language), in two ways: llama-perplexity's ``--kl-divergence`` windows (the token stream cut into
+chunks of ``n_ctx`` tokens, BOS put first when the tokenizer adds one, only the second half of
+each chunk scored) and every position of every paragraph from its start (the probe definition).
 """
 
 from __future__ import annotations
@@ -177,10 +182,121 @@ def measure_fidelity(model_dir: Path, ggufs: list[Path], probes: ProbeSet, threa
             llm.close()
         kl = np.concatenate(kls)
         results[path.name] = Fidelity(
-            probes_sha256=probes.sha256, positions=int(kl.size), mean_kl=float(kl.mean()), max_kl=float(kl.max()),
-            top1_agreement=float(np.concatenate(agree).mean()), max_abs_delta_logit=delta,
-            per_probe_mean_kl=per_probe, tokenizer_match=not mismatches, tokenizer_mismatches=mismatches,
+            probes_sha256=probes.sha256, positions=int(kl.size), mean_kl=float(kl.mean()), median_kl=float(np.median(kl)),
+            max_kl=float(kl.max()), top1_agreement=float(np.concatenate(agree).mean()), max_abs_delta_logit=delta,
+            per_probe_mean_kl=per_probe, per_probe_max_kl={p.label: float(k.max()) for p, k in zip(probes.probes, kls)},
+            tokenizer_match=not mismatches, tokenizer_mismatches=mismatches,
         )
         logger.info("fidelity %s: KL mean %.2e max %.2e, top-1 %.3f, max |dlogit| %.3f%s", path.name, kl.mean(), kl.max(),
                     results[path.name].top1_agreement, delta, "" if not mismatches else f" (tokenizers differ on {len(mismatches)} probe(s))")
     return results
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def kl_summary(kl: np.ndarray, agree: np.ndarray) -> dict:
+    """Statistics of per-position KLs as llama-perplexity reports them.
+
+    Returns:
+        ``{"positions", "mean_kl", "stderr_kl", "median_kl", "p90_kl", "p99_kl", "max_kl", "top1_agreement"}``;
+        the standard error is llama-perplexity's sqrt(var / (n - 1)); percentiles interpolate linearly.
+    """
+    kl = np.asarray(kl, dtype=np.float64)
+    n = int(kl.size)
+    if n == 0:
+        return {"positions": 0}
+    return {
+        "positions": n, "mean_kl": float(kl.mean()), "stderr_kl": float(kl.std() / np.sqrt(n - 1)) if n > 1 else 0.0,
+        "median_kl": float(np.median(kl)), "p90_kl": float(np.percentile(kl, 90)), "p99_kl": float(np.percentile(kl, 99)),
+        "max_kl": float(kl.max()), "top1_agreement": float(np.asarray(agree).mean()),
+    }
+
+
+def perplexity_chunks(ids: list[int], n_ctx: int, bos_id: int | None) -> list[list[int]]:
+    """llama-perplexity's chunks: ``len(ids) // n_ctx`` windows of ``n_ctx`` tokens (the remainder is
+    dropped), the first token of each replaced by BOS when ``bos_id`` is given. In each chunk the
+    next-token distributions at positions ``n_ctx // 2 .. n_ctx - 2`` are scored (:func:`scored_positions`).
+    """
+    if n_ctx < 4:
+        raise ValueError(f"n_ctx {n_ctx} is too small: use at least 4 tokens per chunk")
+    chunks = [list(ids[i * n_ctx:(i + 1) * n_ctx]) for i in range(len(ids) // n_ctx)]
+    if bos_id is not None:
+        for c in chunks:
+            c[0] = bos_id
+    return chunks
+
+
+def scored_positions(n_ctx: int) -> slice:
+    """Positions llama-perplexity scores in a chunk: the second half, without the last (it has no next token)."""
+    return slice(n_ctx // 2, n_ctx - 1)
+
+
+def corpus_fidelity(model_dir: Path, ggufs: list[Path], groups: dict[str, list[str]], *, n_ctx: int = 256,
+                    threads: int = 0) -> dict:
+    """KL(HF fp32 || GGUF) over text groups, e.g. ``{"en": [...], "ja": [...]}``.
+
+    For every group, two samples (same HF token ids fed to both models):
+
+    * ``"chunked"``: llama-perplexity ``--kl-divergence``: the group's texts joined by blank lines,
+      tokenized once, cut into chunks of ``n_ctx`` tokens (:func:`perplexity_chunks`), second half
+      of each chunk scored (:func:`scored_positions`); groups shorter than ``n_ctx`` give 0 positions;
+    * ``"paragraphs"``: every position of every text evaluated on its own from its start (with BOS
+      when the tokenizer adds one): the definition of the probe fidelity.
+
+    Returns:
+        ``{gguf file name: {group: {"chunked": kl_summary, "paragraphs": kl_summary}}}`` plus
+        ``"_tokens": {group: {"chunked": tokens in whole chunks, "paragraphs": tokens}}``.
+
+    Raises:
+        ModelError: a GGUF cannot be loaded.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    probe = tok("a")["input_ids"]
+    bos_id = tok.bos_token_id if tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id] else None
+    units: list[tuple[str, str, list[int], slice]] = []  # (group, sample, ids, scored positions)
+    tokens: dict[str, dict[str, int]] = {}
+    for group, texts in groups.items():
+        stream = tok("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+        chunks = perplexity_chunks(stream, n_ctx, bos_id)
+        paragraphs = [ids for ids in (tok(t)["input_ids"] for t in texts) if ids]
+        units += [(group, "chunked", c, scored_positions(n_ctx)) for c in chunks]
+        units += [(group, "paragraphs", ids, slice(0, len(ids))) for ids in paragraphs]
+        tokens[group] = {"chunked": n_ctx * len(chunks), "paragraphs": sum(map(len, paragraphs))}
+    if not units:
+        raise ModelError("corpus fidelity: every text tokenized to nothing; pass non-empty texts")
+    longest = max(len(u[2]) for u in units)
+    logger.info("corpus fidelity: %d windows/paragraphs in %d group(s), %d GGUF file(s)", len(units), len(groups), len(ggufs))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    llms = []
+    try:
+        for path in ggufs:
+            llms.append(open_llama(path, longest + 8, threads, logits_all=True))
+        kls: dict[tuple[str, str, str], list[np.ndarray]] = {}
+        agree: dict[tuple[str, str, str], list[np.ndarray]] = {}
+        for group, sample, ids, pos in units:
+            with torch.no_grad():
+                ref = model(torch.tensor([ids])).logits[0].double().numpy()[pos]
+            for path, llm in zip(ggufs, llms):
+                llm.reset()
+                llm.eval(list(ids))
+                gg = np.array(llm.scores[: len(ids)], dtype=np.float64)[pos]
+                cmp = compare_logits(ref, gg)
+                kls.setdefault((path.name, group, sample), []).append(cmp["kl"])
+                agree.setdefault((path.name, group, sample), []).append(cmp["agree"])
+    finally:
+        for llm in llms:
+            llm.close()
+        del model
+    empty = np.zeros(0)
+    out: dict = {"_tokens": tokens}
+    for path in ggufs:
+        out[path.name] = {
+            g: {s: kl_summary(np.concatenate(kls.get((path.name, g, s), [empty])), np.concatenate(agree.get((path.name, g, s), [empty])))
+                for s in ("chunked", "paragraphs")}
+            for g in groups
+        }
+    return out

@@ -123,17 +123,24 @@ _PROGRESS_RE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 _FALLBACK_RE = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback")
 
 
-def quantize_gguf(src: str | Path, dst: str | Path, quant: str, *, threads: int = 0, verbose: bool = False) -> int | None:
+def quantize_gguf(src: str | Path, dst: str | Path, quant: str, *, threads: int = 0, verbose: bool = False,
+                  output_tensor_type: str | None = None, token_embedding_type: str | None = None) -> int | None:
     """Quantize ``src`` (F16 GGUF) to ``dst`` through llama.cpp's C API; atomic (temp + rename).
 
     llama.cpp's per-tensor log goes to a callback: shown with ``verbose``, otherwise summarised as
     progress lines.
 
+    ``output_tensor_type`` / ``token_embedding_type`` are llama-quantize's ``--output-tensor-type`` /
+    ``--token-embedding-type``: a ggml tensor type name (``F16``, ``Q8_0``, ...) for ``output.weight``
+    / ``token_embd.weight``; None keeps llama.cpp's choice for the file type. On tied-embedding models
+    (no ``output.weight``) ``token_embd`` follows ``output_tensor_type``. Not exposed by ``so8t convert``:
+    used by ``benchmarks/bench_gguf.py`` for the tied-embedding ablation (docs/gguf.md).
+
     Returns:
         The fallback count llama.cpp itself logged (0 when it logged none), or None if unknown.
 
     Raises:
-        ConfigError: unknown quant name.
+        ConfigError: unknown quant name or tensor type.
         ModelError: llama.cpp failed (non-zero return).
     """
     import sys
@@ -163,6 +170,10 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str, *, threads: int 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads
+    if output_tensor_type is not None:
+        params.output_tensor_type = _ggml_type(output_tensor_type)
+    if token_embedding_type is not None:
+        params.token_embedding_type = _ggml_type(token_embedding_type)
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     try:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
@@ -176,6 +187,20 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str, *, threads: int 
         _restore_llama_log()
     m = _FALLBACK_RE.search("".join(seen))
     return int(m.group(1)) if m else 0
+
+
+def _ggml_type(name: str) -> int:
+    """ggml tensor type number by name ('F16' -> 1).
+
+    Raises:
+        ConfigError: unknown name; the message lists the valid ones.
+    """
+    from gguf import GGMLQuantizationType
+
+    try:
+        return int(GGMLQuantizationType[normalize_quant(name)])
+    except KeyError:
+        raise ConfigError(f"unknown ggml tensor type {name!r}: use one of {', '.join(_ggml_type_names())}") from None
 
 
 def _restore_llama_log() -> None:

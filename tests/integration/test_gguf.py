@@ -50,6 +50,9 @@ def test_tiny_models_convert_quantize_and_report(converted):
     assert q8["mean_kl"] < 1e-3 and q8["top1_agreement"] >= 0.9, q8
     assert q4["mean_kl"] < 2e-2, q4
     assert f16["positions"] > 100
+    for fid in (f16, q8, q4):  # robust statistics next to the mean, per probe too
+        assert 0 <= fid["median_kl"] <= fid["max_kl"] and set(fid["per_probe_max_kl"]) == set(fid["per_probe_mean_kl"]), fid
+        assert max(fid["per_probe_max_kl"].values()) == fid["max_kl"]
     for quant, rec in files.items():
         path = out / rec["file"]
         hist, two_d = _types(path)
@@ -61,6 +64,64 @@ def test_tiny_models_convert_quantize_and_report(converted):
         assert rec["fallback_tensors"] == fallbacks and rec["fallback_count"] == len(fallbacks) == 0, rec
     assert set(_types(out / files["Q4_K_M"]["file"])[1].values()) <= {"Q4_K", "Q6_K"}  # by-design K mix only
     assert files["Q4_K_M"]["llama_cpp_fallbacks"] == 0
+
+
+def test_perplexity_chunks_and_kl_summary_follow_llama_perplexity():
+    from so8t.gguf_fidelity import kl_summary, perplexity_chunks, scored_positions
+
+    assert perplexity_chunks(list(range(10)), 4, bos_id=None) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # remainder dropped
+    assert perplexity_chunks(list(range(10)), 4, bos_id=99) == [[99, 1, 2, 3], [99, 5, 6, 7]]  # BOS replaces the first
+    assert scored_positions(4) == slice(2, 3)
+    assert len(range(512)[scored_positions(512)]) == 512 - 1 - 512 // 2  # llama-perplexity's count per chunk
+    s = kl_summary([0.0, 1.0, 2.0, 3.0, 94.0], [True, True, False, True, True])
+    assert s["positions"] == 5 and s["mean_kl"] == 20.0 and s["median_kl"] == 2.0 and s["max_kl"] == 94.0
+    assert s["stderr_kl"] == pytest.approx((1370 / 4) ** 0.5) and s["top1_agreement"] == 0.8  # sqrt(pop. var / (n - 1))
+    assert kl_summary([], []) == {"positions": 0}
+
+
+def test_corpus_fidelity_per_group_on_the_same_ids(converted):
+    from transformers import AutoTokenizer
+
+    from so8t.gguf_fidelity import corpus_fidelity
+
+    fixture, model, out, _ = converted
+    name, n_ctx = NAMES[fixture], 32
+    groups = {"a": ["the gate rotates the hidden state before the projection", "calibration needs labelled data",
+                    "quantization keeps the model small and the answers close to the original ones"],
+              "b": ["temperature scaling"]}  # shorter than n_ctx: no chunk, paragraphs only
+    files = [out / f"{name}_f16.gguf", out / f"{name}_Q8_0.gguf"]
+    res = corpus_fidelity(model, files, groups, n_ctx=n_ctx, threads=1)
+    tok = AutoTokenizer.from_pretrained(str(model))
+    for g, texts in groups.items():
+        stream = len(tok("\n\n".join(texts), add_special_tokens=False)["input_ids"])
+        assert res["_tokens"][g] == {"chunked": n_ctx * (stream // n_ctx), "paragraphs": sum(len(tok(t)["input_ids"]) for t in texts)}
+        for f in files:
+            r = res[f.name][g]
+            assert r["chunked"]["positions"] == (stream // n_ctx) * (n_ctx - 1 - n_ctx // 2)
+            assert r["paragraphs"]["positions"] == res["_tokens"][g]["paragraphs"]
+    assert res["_tokens"]["a"]["chunked"] >= 2 * n_ctx and res["_tokens"]["b"]["chunked"] == 0
+    f16, q8 = res[files[0].name]["a"], res[files[1].name]["a"]
+    for sample in ("chunked", "paragraphs"):  # any misaligned position or id would show as a large F16 KL
+        assert f16[sample]["max_kl"] < 1e-5 and f16[sample]["top1_agreement"] >= 0.95, f16
+        assert f16[sample]["mean_kl"] < q8[sample]["mean_kl"] < 1e-3, (f16, q8)
+
+
+def test_quantize_output_and_token_embedding_types(converted, tmp_path):
+    from so8t.errors import ConfigError
+    from so8t.gguf_quant import quantize_gguf
+
+    fixture, _, out, _ = converted
+    f16 = out / f"{NAMES[fixture]}_f16.gguf"
+    dst = tmp_path / "q8_f16_ends.gguf"
+    quantize_gguf(f16, dst, "Q8_0", threads=1, output_tensor_type="f16", token_embedding_type="F16")
+    _, two_d = _types(dst)
+    assert two_d.pop("output.weight") == "F16" and two_d.pop("token_embd.weight") == "F16"
+    assert set(two_d.values()) == {"Q8_0"}
+    default = dict(_types(out / f"{NAMES[fixture]}_Q8_0.gguf")[1])
+    assert default["output.weight"] == default["token_embd.weight"] == "Q8_0"  # llama.cpp's choice for Q8_0
+    with pytest.raises(ConfigError, match="unknown ggml tensor type 'Q9'"):
+        quantize_gguf(f16, tmp_path / "bad.gguf", "Q8_0", output_tensor_type="Q9")
+    assert not list(tmp_path.glob("*bad*"))
 
 
 def test_every_file_loads_and_generates(converted):
