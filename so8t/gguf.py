@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from so8t.base_models import sha256_file
+from so8t.decision import PROMPT_FILE, load_decision_prompt
 from so8t.errors import ConfigError, ModelError
 from so8t.gguf_quant import (
     K_TYPES,
@@ -180,11 +184,23 @@ def _check_inputs(cfg: ConvertConfig) -> tuple[Path, Path, str, tuple[str, ...]]
     out_dir = Path(cfg.out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"out_dir {cfg.out_dir!r} is a file: pass a directory for the GGUF files")
+    _check_writable(out_dir)
     name = cfg.name or model_dir.resolve().name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ConfigError(f"name {name!r} is not a safe file stem: use letters, digits, '.', '_' or '-' (pass --name)")
     _check_llama_cpp_name_rules(model_dir, name)
     return model_dir.resolve(), out_dir.resolve(), name, quants
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fail before any work when ``out_dir`` cannot be created or written (no side effects)."""
+    probe = out_dir.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"out_dir {out_dir}: {probe} is a file, so the directory cannot be created: pass another out_dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"out_dir {out_dir}: {probe} is not writable: pass a directory you can write to")
 
 
 def _check_llama_cpp_name_rules(model_dir: Path, name: str) -> None:
@@ -286,14 +302,35 @@ def run_conversion(cfg: ConvertConfig) -> ConversionResult:
 
     Raises:
         ModelError: bad model directory, converter or quantizer failure, F16 fidelity gate failed.
-        ConfigError: bad quant names, name or out_dir.
+        ConfigError: bad quant names, name or out_dir (also one that cannot be written).
+        DataError: a broken decision_prompt.json in the model directory.
     """
-    from filelock import FileLock
-
-    _check_inputs(cfg)  # before anything is written
+    model_dir, _, _, _ = _check_inputs(cfg)  # before anything is written
+    prompt_file = model_dir / PROMPT_FILE
+    if prompt_file.is_file():
+        load_decision_prompt(prompt_file)  # the training run's decision prompt travels with the GGUFs
     converter = ensure_converter(cfg.llama_cpp_dir)
     out_dir = Path(cfg.out_dir).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()  # e.g. a read-only file system, which access() does not see
+    except OSError as e:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise ConfigError(f"out_dir {out_dir}: cannot write there ({e.strerror or e}): pass a directory you can write to") from None
+    try:
+        return _run_locked(cfg, converter, out_dir, prompt_file if prompt_file.is_file() else None)
+    except BaseException:
+        # A failed first conversion leaves no directory behind (only its lock file could be in it).
+        if created and {p.name for p in out_dir.iterdir()} <= {".so8t-convert.lock"}:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _run_locked(cfg: ConvertConfig, converter: ConverterSource, out_dir: Path, prompt_file: Path | None) -> ConversionResult:
+    from filelock import FileLock
+
     with FileLock(str(out_dir / ".so8t-convert.lock")):
         for stale in out_dir.glob(f".*{PARTIAL_TAG}*"):
             stale.unlink(missing_ok=True)
@@ -324,6 +361,8 @@ def run_conversion(cfg: ConvertConfig) -> ConversionResult:
         }
         report_path = out_dir / REPORT
         atomic_write_text(report_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        if prompt_file is not None:
+            atomic_write_text(out_dir / PROMPT_FILE, prompt_file.read_text(encoding="utf-8"))
     for r in reports:
         fid = r.fidelity
         extra = f", KL mean {fid.mean_kl:.2e} max {fid.max_kl:.2e}, top-1 {fid.top1_agreement:.3f}" if fid else ""

@@ -191,18 +191,59 @@ def test_failed_conversion_leaves_no_gguf(tiny_llama, tmp_path, capsys):
     ("no_config", r"not a Hugging Face model directory \(no config\.json\)"),
     ("bad_quant", r"unknown quantization type 'Q9_Z': llama\.cpp knows .*Q4_K_M.*Q5_K_M"),
     ("phi3_name", r"name 'phi3' contains 'phi3'.*<\|endoftext\|>.*--name"),
+    ("unsupported_arch", r"converter failed on .*Model FooForCausalLM is not supported"),
+    ("out_under_a_file", r"out_dir .*/afile/out: .*/afile is a file, so the directory cannot be created"),
+    ("out_read_only_fs", r"out_dir /sys/so8t-test-out: cannot write there"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(case, pattern, request, tmp_path, capsys):
+    def unsupported():
+        import shutil
+
+        d = tmp_path / "foo-model"
+        shutil.copytree(request.getfixturevalue("tiny_llama"), d)
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["FooForCausalLM"]}))
+        return d
+
+    if case == "out_read_only_fs" and not Path("/sys").is_dir():
+        pytest.skip("no read-only /sys on this machine")
     model = {"missing": lambda: tmp_path / "nope", "no_config": lambda: tmp_path,
              "bad_quant": lambda: request.getfixturevalue("tiny_llama"),
-             "phi3_name": lambda: request.getfixturevalue("tiny_phi3")}[case]()
+             "phi3_name": lambda: request.getfixturevalue("tiny_phi3"),
+             "unsupported_arch": unsupported,
+             "out_under_a_file": lambda: request.getfixturevalue("tiny_llama"),
+             "out_read_only_fs": lambda: request.getfixturevalue("tiny_llama")}[case]()
     out = tmp_path / "out"
+    if case == "out_under_a_file":
+        (tmp_path / "afile").write_text("not a directory")
+        out = tmp_path / "afile" / "out"
+    elif case == "out_read_only_fs":
+        out = Path("/sys/so8t-test-out")
     argv = ["convert", str(model), str(out), "Q9_Z" if case == "bad_quant" else "Q8_0"]
     rc = main(argv + (["--name", "phi3"] if case == "phi3_name" else []))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("so8t: error: "), err
     assert re.search(pattern, err[-1]), err[-1]
     assert not out.exists()
+
+
+def test_the_decision_prompt_travels_next_to_the_gguf_files(tiny_llama, tmp_path):
+    import shutil
+
+    from so8t.decision import PROMPT_FILE, DecisionPrompt, write_decision_prompt
+    from so8t.errors import DataError
+
+    model = tmp_path / "baked"
+    shutil.copytree(tiny_llama, model)
+    prompt = DecisionPrompt(system="Policy.", user_template="Request: {text}")
+    write_decision_prompt(prompt, model)
+    res = convert_to_gguf(model, tmp_path / "out", ["Q8_0"], name="withprompt", fidelity=False)
+    assert json.loads((tmp_path / "out" / PROMPT_FILE).read_text()) == prompt.model_dump()
+    assert res.path("Q8_0").is_file()
+    (model / PROMPT_FILE).write_text('{"system": "x"}')  # broken: refused before anything is written
+    with pytest.raises(DataError, match=r"decision_prompt.json: field 'user_template': is required"):
+        convert_to_gguf(model, tmp_path / "out2", ["Q8_0"], name="withprompt", fidelity=False)
+    assert not (tmp_path / "out2").exists()
 
 
 @pytest.mark.slow
