@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="Interleaved repetitions of each contender (median taken).")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both contenders.")
     ap.add_argument("--check_tokens", type=int, default=512, help="Tokens of data/text_sample.jsonl for the independent check (multiple of 4).")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                    help="Where the bake's merge, fold and verification run (the baseline is a plain load + save).")
     ap.add_argument("--json", help="Also write the result as JSON to this path.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,7 +119,8 @@ def main() -> None:
         reports = []
 
         def baking() -> None:
-            reports.append(bake(BakeConfig(model_path=str(adapter), output_path=str(work / "baked"), overwrite=True)))
+            reports.append(bake(BakeConfig(model_path=str(adapter), output_path=str(work / "baked"), overwrite=True,
+                                              device=args.device)))
 
         plain_t, bake_t = [], []
         for _ in range(args.repeats):
@@ -128,7 +131,7 @@ def main() -> None:
         med = statistics.median
         result = {
             "model": "SmolLM2-135M-Instruct, LoRA r16 all-linear, gates std 0.1 on 30 layers",
-            "threads": args.threads, "repeats": args.repeats, "loadavg": os.getloadavg(),
+            "threads": args.threads, "repeats": args.repeats, "device": report.device, "loadavg": os.getloadavg(),
             "bake_check": {"max_abs_logit_delta": report.max_abs_logit_delta, "mean_kl": report.mean_kl,
                            "max_kl": report.max_kl, "top1_agreement": report.top1_agreement,
                            "probe_tokens": report.probe_tokens, "lora_modules": report.lora_modules},

@@ -16,7 +16,7 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +54,9 @@ class BakeConfig(BaseModel):
     max_abs_logit_delta: float = Field(1e-3, gt=0, description="Fail when any probe logit differs by more than this (fp32).")
     max_kl: float = Field(1e-6, gt=0, description="Fail when the mean next-token KL(gated || baked) over probe positions exceeds this.")
     max_orthogonality_error: float = Field(1e-5, gt=0, description="Fail when any rotation has max |R^T R - I| above this.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the merge, fold and verification run (auto: cuda when available; fp32 either way, "
+                            "TF32 off).")
     probe_file: str | None = Field(None, description="Text file with one probe prompt per line, used instead of the built-in probes "
                                    "(English, Japanese, a decision prompt; ~70 tokens).")
     overwrite: bool = Field(False, description="Replace an existing output_path.")
@@ -75,6 +78,7 @@ class BakeReport(BaseModel):
     base_model: str
     output_path: str
     dtype: str
+    device: str = "cpu"
     layers_folded: list[LayerFold]
     lora_merged: bool
     lora_modules: int = 0
@@ -156,7 +160,8 @@ def probe_logits(model: torch.nn.Module, ids: list[list[int]]) -> list[torch.Ten
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(limit, int) and flat.shape[1] > limit:
         raise ModelError(f"bake: the probes total {flat.shape[1]} tokens, more than the model's {limit} positions: use fewer or shorter probes")
-    logits = model(input_ids=flat, use_cache=False).logits[0].float()  # (T, V)
+    device = next(model.parameters()).device
+    logits = model(input_ids=flat.to(device), use_cache=False).logits[0].float().cpu()  # (T, V)
     return list(logits.split([len(x) for x in ids], 0))
 
 
@@ -173,6 +178,17 @@ def compare_logits(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict[str
     allkl = torch.cat(kls)
     return {"max_abs_logit_delta": max(deltas), "mean_kl": float(allkl.mean()), "max_kl": float(allkl.max()),
             "top1_agreement": agree / n, "tokens": n}
+
+
+def _bake_device(spec: str) -> torch.device:
+    """The bake's device; fp32 matmuls without TF32, so the check means the same on a GPU."""
+    if spec == "cuda" or (spec == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ModelError("bake --device cuda: no CUDA device is available (use --device cpu or auto)")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def _base_spec(cfg: BakeConfig) -> str:
@@ -222,7 +238,8 @@ def bake(cfg: BakeConfig) -> BakeReport:
 
     # Full precision reload: LoRA is never merged into 4-bit weights.
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
-    model.eval()
+    device = _bake_device(cfg.device)
+    model.to(device).eval()
     hooks = attach_unmerged(model, lora)
     load_gates(model, src)
     ids = _probe_ids(tok, read_probes(cfg.probe_file))
@@ -241,7 +258,7 @@ def bake(cfg: BakeConfig) -> BakeReport:
     folds = []
     with torch.no_grad():
         sd = {f"model.layers.{i}.self_attn.o_proj.weight": attn[i].o_proj.weight for i in rotations}
-        new = fold_rotations(sd, rotations)
+        new = fold_rotations(sd, {i: r.to(device) for i, r in rotations.items()})
         for i, rot in sorted(rotations.items()):
             key = f"model.layers.{i}.self_attn.o_proj.weight"
             err = orthogonality_error(rot)
@@ -254,7 +271,7 @@ def bake(cfg: BakeConfig) -> BakeReport:
     cmp = compare_logits(reference, baked_logits)
     passed = cmp["max_abs_logit_delta"] <= cfg.max_abs_logit_delta and cmp["mean_kl"] <= cfg.max_kl
     report = BakeReport(
-        model_path=str(src), base_model=str(base_dir), output_path=str(out), dtype="float32",
+        model_path=str(src), base_model=str(base_dir), output_path=str(out), dtype="float32", device=device.type,
         layers_folded=folds, lora_merged=True, lora_modules=len(lora), probe_count=len(ids), probe_tokens=int(cmp["tokens"]),
         max_abs_logit_delta=cmp["max_abs_logit_delta"], mean_kl=cmp["mean_kl"], max_kl=cmp["max_kl"],
         top1_agreement=cmp["top1_agreement"], passed=passed,

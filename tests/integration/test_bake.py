@@ -104,3 +104,14 @@ def test_failed_verification_writes_nothing(tiny_llama, tiny_dataset, tmp_path):
         bake(BakeConfig(model_path=str(run), output_path=str(out), max_abs_logit_delta=1e-12, max_kl=1e-20))
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".baked")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_bake_on_cuda_without_a_gpu_is_a_clear_error(tiny_llama, tiny_dataset, tmp_path, capsys):
+    run = _trained(tiny_llama, tiny_dataset, tmp_path / "run")
+    out = tmp_path / "baked"
+    rc = main(["bake", "--model_path", str(run), "--output_path", str(out), "--device", "cuda"])
+    assert rc == 2 and "no CUDA device is available" in capsys.readouterr().err
+    assert not out.exists()
+    report = bake(BakeConfig(model_path=str(run), output_path=str(out)))  # auto: the CPU here
+    assert report.device == "cpu"
