@@ -1,15 +1,22 @@
 """Prefect overhead: so8t-pipeline on a tiny model vs the same stages called directly, same run.
 
-    python benchmarks/bench_prefect_overhead.py [--repeats 2] [--write]
+    python benchmarks/bench_prefect_overhead.py [--repeats 4] [--steps 24] [--threads 1] [--write]
 
 Both variants do all the work from scratch every repetition (fresh work directory, registry and
-score cache; the llama.cpp converter source is shared): train -> bake -> convert -> quantize ->
-publish candidate -> calibrate -> publish calibrated -> gate -> promote -> smoke test. The direct
-variant is the plain-Python twin of the flows (library and registry calls only). Variants
+score cache; the llama.cpp converter source is shared): plan -> train -> bake -> convert -> quantize
+-> publish candidate -> export -> calibrate -> A/B decision -> publish calibrated -> gate -> smoke
+test -> promote -> smoke test. ``direct`` is the plain-Python twin of ``flows/pipeline.py``: the
+same library stages and the same helper functions the tasks call, with the same parameters; only
+what Prefect adds is left out (runs, cache keys, results, artifacts, events, logs). Variants
 alternate (direct, prefect, direct, ...) so that load from other jobs on the machine hits both.
-Prefect runs in ephemeral mode; its one-time server start is measured separately (a trivial flow
-first) and reported, not counted per run. ``--write`` replaces the ``## Orchestration`` section of
-BENCHMARKS.md.
+
+CPU time is the verdict (the machine is shared): this process (all threads) and its finished
+subprocesses, plus the ephemeral API server for the Prefect variant, each run counted until the
+process and the server are idle again (:func:`settle`). ``--threads`` (default 1) fixes the CPU
+threads of torch and llama.cpp in both variants (:func:`limit_threads`). Prefect runs in ephemeral
+mode; its one-time server start is measured separately (a trivial flow first) and reported, never
+counted in a run. ``--write`` replaces the measured part of the ``## Orchestration`` section of
+BENCHMARKS.md (between its ``bench_prefect_overhead`` markers; the reading below them is kept).
 """
 
 from __future__ import annotations
@@ -59,49 +66,132 @@ def params(model: Path, train: Path, val: Path, root: Path, steps: int = 24):
 
 
 def direct(p) -> str:
-    """The stages as plain library calls (what the flows orchestrate)."""
+    """The pipeline flow's work without Prefect: the same library stages, parameters and helpers.
+
+    A faithful twin of ``flows/pipeline.py`` (``so8t-retrain`` then ``so8t-calibrate-and-promote``),
+    step by step, calling the same plain functions the tasks call: run plan (content digests of data
+    and base model), the runbook checklists' checks, training with resume/remedy planning, bake, F16
+    conversion, quantization + Modelfile, idempotent publish (content hashes compared with the
+    existing versions), git revision, resolve, production lookup, export, calibration, the A/B
+    decision (skipped: no production yet), calibrated Modelfile, second idempotent publish, gate,
+    smoke test before the first promotion, promotion, smoke test of production, the before-inference
+    checks. Left out is only what Prefect adds: task/flow runs, cache keys, results, artifacts
+    (incl. the calibration report's inlined diagram), events and run logs.
+    """
+    import time as _time
+
+    from flows.calibrate_and_promote import evidence
     from flows.params import calibrate_config, train_config
     from registry import Registry
-    from so8t.bake import BakeConfig, bake
-    from so8t.calibration_cli import run_calibration
+    from so8t.bake import bake
+    from so8t.calibration_cli import DIAGRAM_FILE, RESULTS_FILE, run_calibration
     from so8t.gate import evaluate_gate
-    from so8t.gguf import ConvertConfig, run_conversion
-    from so8t.inference import generate, write_modelfile
     from so8t.train import train
+    from tasks.abtest import ABOutcome, ab_skip_reason, run_ab_comparison
+    from tasks.caching import file_digest
+    from tasks.calibration import CalibrationRun
+    from tasks.checklists import (after_calibration_items, after_conversion_items, after_training_items,
+                                  before_inference_items, before_training_items)
+    from tasks.gguf import convert_f16, quantize_gguf
+    from tasks.registry import production_version, publish_version, resolve_version
+    from tasks.release import (bake_config, calibrated_files, calibration_metrics, candidate_files, candidate_metrics,
+                               code_revision, convert_config, export_version, lineage_of, plan_run,
+                               write_calibrated_modelfile)
+    from tasks.smoke import main_gguf, raise_if_failed, run_smoke_test
+    from tasks.training import plan_training, training_result
 
-    work = Path(p.work_dir)
-    cfg = train_config(p.train, work / "train")
-    train(cfg)
-    bake(BakeConfig(model_path=cfg.output_dir, output_path=str(work / "baked")))
-    conv = ConvertConfig(model_dir=str(work / "baked"), out_dir=str(work / "gguf"), quants=p.convert.quants, name=NAME)
-    run_conversion(conv.model_copy(update={"quants": ()}))
-    res = run_conversion(conv)
-    gguf = res.path(p.convert.quants[0])
-    write_modelfile(gguf, work / "gguf" / "Modelfile")
-    reg = Registry(p.model.registry_root)
-    files = {f"gguf/{gguf.name}": gguf, "gguf/Modelfile": work / "gguf" / "Modelfile",
-             "reports/gguf_report.json": res.report_path, "reports/bake_report.json": work / "baked" / "bake_report.json"}
-    cand = reg.publish(NAME, files, parameters={"main_gguf": f"gguf/{gguf.name}"})
-    staged = reg.export(NAME, cand.version, work / "export", link=True)
-    cal = run_calibration(calibrate_config(p.calibration, p.gate, staged / f"gguf/{gguf.name}", work / "calibration"))
-    write_modelfile(staged / f"gguf/{gguf.name}", staged / "gguf" / "Modelfile.cal", calibration=work / "calibration" / "calibration_results.json")
-    files.update({"gguf/Modelfile": staged / "gguf" / "Modelfile.cal",
-                  "calibration/calibration_results.json": work / "calibration" / "calibration_results.json",
-                  "calibration/reliability_diagram.png": work / "calibration" / "reliability_diagram.png"})
-    release = reg.publish(NAME, files, parameters={"main_gguf": f"gguf/{gguf.name}"}, lineage={"parents": [cand.version]})
-    decision = evaluate_gate(cal.after.holdout, p.gate)
-    assert decision.passed
-    reg.promote(NAME, release.version)
-    served = reg.get(NAME, "production")
-    for prompt in ("What is the capital of France?", "Request: help me plan a birthday party. Decision (ALLOW, ESCALATE or DENY):"):
-        "".join(generate(served.path(f"gguf/{gguf.name}"), prompt, n_predict=24, temperature=0.0, seed=0))
+    name, root = p.model.name, p.model.registry_root
+    # --- so8t-retrain
+    plan = plan_run(name, p.work_dir, p.train, p.convert)
+    cfg = train_config(p.train, plan.train_dir)
+    before_training_items(cfg)
+    t0 = _time.monotonic()
+    tplan = plan_training(cfg)
+    train(tplan.run_cfg)
+    trained, _ = training_result(cfg, tplan, _time.monotonic() - t0)
+    after_training_items(trained.output_dir)
+    bake(bake_config(plan, trained))
+    conv_cfg = convert_config(plan, p.convert)
+    convert_f16(conv_cfg)
+    ggufs = quantize_gguf(conv_cfg)
+    after_conversion_items(plan.baked_dir, ggufs.report_path, conv_cfg.quants)
+    files, kinds = candidate_files(plan, trained, ggufs, p.convert.publish_f16)
+    main = f"gguf/{ggufs.path(conv_cfg.quants[0]).name}"
+    reg = Registry(root)
+    cand, _ = publish_version(
+        reg, name, files, kinds=kinds, metrics=candidate_metrics(trained, ggufs, conv_cfg.quants[0]),
+        parameters={"main_gguf": main, "train": cfg.model_dump(mode="json"), "convert": p.convert.model_dump(mode="json"),
+                    "run_dir": plan.run_dir},
+        lineage={"base_model": plan.base_model, "dataset_hashes": plan.dataset_hashes, "code_revision": code_revision()},
+        description=f"candidate: SO8T on {plan.base_model}, {trained.global_step} steps, {conv_cfg.quants[0]}")
+    # --- so8t-calibrate-and-promote
+    info = resolve_version(root, name, cand.version)
+    candidate, production = info.manifest.version, production_version(root, name)
+    work = Path(p.work_dir).expanduser().resolve()
+    staged = export_version(root, name, candidate, str(work / "exports" / name / candidate))
+    gguf = staged.files[main_gguf(Registry(root).manifest(name, candidate))]
+    out = work / "calibration" / name / candidate / file_digest(Path(p.calibration.val_data))[:12]
+    result = run_calibration(calibrate_config(p.calibration, p.gate, gguf, out))
+    run = CalibrationRun(results_path=str(out / RESULTS_FILE), diagram_path=str(out / DIAGRAM_FILE), result=result)
+    h = result.after.holdout
+    after_calibration_items(run.results_path, h.ece, p.gate.ece_max,
+                            h.false_allow_rate if p.gate.far_bound == "point" else h.false_allow_upper95, p.gate.far_max)
+    prod = export_version(root, name, production, str(work / "exports" / name / production)) if production else None
+    prod_gguf = prod.files[main_gguf(reg.manifest(name, production))] if prod else None
+    skip = ab_skip_reason(p.ab, production, gguf, prod_gguf)
+    ab = ABOutcome(skipped=True, reason=skip, candidate=candidate, production=production) if skip else None
+    if skip is None:
+        report, path = run_ab_comparison(gguf, prod_gguf, run.results_path, prod.files.get("calibration/calibration_results.json"),
+                                         p.ab, str(out / f"ab-vs-{production}"))
+        ab = ABOutcome(skipped=False, candidate=candidate, production=production, passed=report.verdict.passed,
+                       summary=report.verdict.summary, report_path=path)
+    modelfile = write_calibrated_modelfile(gguf, str(Path(gguf).parent / f"Modelfile.calibrated-{out.name}"), run.results_path)
+    cfiles, ckinds = calibrated_files(staged, run.results_path, run.diagram_path, modelfile)
+    val = Path(p.calibration.val_data)
+    release, _ = publish_version(
+        reg, name, cfiles, kinds=ckinds, metrics=calibration_metrics(h),
+        parameters={**info.manifest.parameters, "gate": p.gate.model_dump(mode="json"), "calibration": {
+            "temperature": result.temperature, "tau_deny": result.tau_deny, "tau_escalate": result.tau_escalate,
+            "val_data": str(val)}},
+        lineage=lineage_of(info.manifest, {val.name: file_digest(val)}),
+        description=f"{candidate} calibrated on {val.name}: T={result.temperature:.3g}")
+    decision = evaluate_gate(h, p.gate)
+    assert decision.passed, decision.summary
+    if production is None:
+        raise_if_failed(run_smoke_test(root, name, release.version, p.smoke), name)
+    reg.state(name).aliases.get("production")  # what the promote task records for its rollback hook
+    reg.promote(name, release.version, evidence=evidence(run, decision, candidate=candidate, ab=ab.model_dump()),
+                reason=f"gate passed: {decision.summary}")
+    raise_if_failed(run_smoke_test(root, name, "production", p.smoke), name)
+    served = Registry(root).get(name, "production")
+    before_inference_items(served.path(main_gguf(served.manifest)), served.path("gguf/Modelfile").read_text(),
+                           result.temperature)
     return release.version
 
 
-def under_prefect(p) -> str:
+def under_prefect(p, tag: str | None = None) -> str:
+    from prefect import tags
+
     from flows.pipeline import pipeline
 
-    return pipeline(p).promotion.version
+    if tag is None:
+        return pipeline(p).promotion.version
+    with tags(tag):
+        return pipeline(p).promotion.version
+
+
+def limit_threads(n: int) -> None:
+    """Every library in this process (and the converter subprocesses) uses ``n`` CPU threads.
+
+    torch reads OMP_NUM_THREADS (set before it is imported); the library sizes llama.cpp's thread
+    pools from ``os.cpu_count()`` (fidelity checks, smoke-test generation), so that is what it is
+    told. On a shared machine, idle worker threads of a pool spin-wait while their peers are
+    descheduled: with the default 2 threads the same run's CPU time swung from 11 s to 42 s.
+    """
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
+        os.environ[var] = str(n)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.cpu_count = lambda: n  # type: ignore[assignment]
 
 
 def _live_children_cpu() -> float:
@@ -123,12 +213,39 @@ def _live_children_cpu() -> float:
     return total
 
 
-def cpu_now() -> float:
-    """CPU seconds used so far by this process, its finished children and its live descendants."""
+def own_cpu() -> float:
+    """CPU seconds used so far by this process (all threads) and its finished children (converters)."""
     import resource
 
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime + _live_children_cpu()
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def settle(min_s: float = 3.0, max_s: float = 30.0, quiet_cpu_s: float = 0.05) -> None:
+    """Wait until this process and the API server are idle again (1 s windows under ``quiet_cpu_s``).
+
+    Prefect sends events and logs from background threads and the server ingests them after the
+    flow has returned: that CPU belongs to the run that caused it, not to the next measurement.
+    """
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_s:
+        a = own_cpu() + _live_children_cpu()
+        time.sleep(1.0)
+        if own_cpu() + _live_children_cpu() - a < quiet_cpu_s and time.monotonic() - t0 >= min_s:
+            return
+
+
+def count_runs(tag: str) -> dict[str, int]:
+    """Flow runs, task runs and artifacts the API recorded for the runs tagged ``tag``."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterTags,
+                                                TaskRunFilter, TaskRunFilterTags)
+
+    with get_client(sync_client=True) as c:
+        flows = c.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])))
+        tasks = c.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[tag])))
+        arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[f.id for f in flows])))
+    return {"flow_runs": len(flows), "task_runs": len(tasks), "artifacts": len(arts)}
 
 
 def fresh(base: Path, tag: str) -> Path:
@@ -141,23 +258,36 @@ def fresh(base: Path, tag: str) -> Path:
     return d
 
 
+BEGIN, END = "<!-- bench_prefect_overhead: begin -->", "<!-- bench_prefect_overhead: end -->"
+
+
 def write_section(text: str, path: Path = REPO / "BENCHMARKS.md") -> None:
+    """Put ``text`` between the markers of the Orchestration section (the rest of it is kept).
+
+    Without the markers the whole ``## Orchestration`` section is replaced (or appended).
+    """
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "## Orchestration\n\n" + text.strip() + "\n"
-    if re.search(r"^## Orchestration\n", doc, flags=re.M):
-        doc = re.sub(r"^## Orchestration\n.*?(?=^## |\Z)", section + "\n", doc, flags=re.M | re.S)
+    block = f"{BEGIN}\n{text.strip()}\n{END}"
+    if BEGIN in doc and END in doc:
+        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+    elif re.search(r"^## Orchestration\n", doc, flags=re.M):
+        doc = re.sub(r"^## Orchestration\n.*?(?=^## |\Z)", lambda _: f"## Orchestration\n\n{block}\n\n", doc, flags=re.M | re.S)
     else:
-        doc = doc.rstrip() + "\n\n" + section
+        doc = doc.rstrip() + f"\n\n## Orchestration\n\n{block}\n"
     path.write_text(doc.rstrip() + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3, help="measured repetitions of each variant")
+    ap.add_argument("--repeats", type=int, default=4, help="measured repetitions of each variant")
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured repetitions first (imports, llama.cpp load)")
     ap.add_argument("--steps", type=int, default=24, help="training steps of the tiny model")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads of torch and llama.cpp in both variants (0: the libraries' defaults)")
     ap.add_argument("--write", action="store_true", help="write the result into BENCHMARKS.md")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        limit_threads(args.threads)
     os.environ["SO8T_CACHE_SRC"] = str(Path(os.environ.get("SO8T_CACHE", Path.home() / ".cache" / "so8t")))
     base = Path(tempfile.mkdtemp(prefix="so8t-bench-prefect-"))
     os.environ.setdefault("PREFECT_HOME", str(base / "prefect-home"))
@@ -169,76 +299,85 @@ def main(argv: list[str] | None = None) -> int:
     def warmup() -> int:
         return 1
 
-    t0 = time.perf_counter()
+    s0, t0 = _live_children_cpu(), time.perf_counter()
     warmup()
     startup = time.perf_counter() - t0
+    settle()
+    startup_cpu = _live_children_cpu() - s0
     times: dict[str, list[float]] = {"direct": [], "prefect": []}
     cpu: dict[str, list[float]] = {"direct": [], "prefect": []}
-    load = []
+    server: dict[str, list[float]] = {"direct": [], "prefect": []}
+    load, counts = [], {}
     for i in range(args.warmup + args.repeats):
-        for variant, fn in (("direct", direct), ("prefect", under_prefect)):
+        for variant in ("direct", "prefect"):
             d = fresh(base, f"{variant}{i}")
             p = params(model, train, val, d, args.steps)
+            tag = f"bench-{d.name}"
             load.append(os.getloadavg()[0])
-            c0, t0 = cpu_now(), time.perf_counter()
-            version = fn(p)
-            dt, dc = time.perf_counter() - t0, cpu_now() - c0
+            c0, s0, t0 = own_cpu(), _live_children_cpu(), time.perf_counter()
+            version = direct(p) if variant == "direct" else under_prefect(p, tag)
+            dt = time.perf_counter() - t0
+            settle()
+            dc, ds = own_cpu() - c0, _live_children_cpu() - s0
+            if variant == "prefect":
+                dc += ds  # the API server works for the Prefect run only; idle during a direct run (not counted)
             if i >= args.warmup:
                 times[variant].append(dt)
                 cpu[variant].append(dc)
+                server[variant].append(ds)
+            if variant == "prefect" and i == args.warmup + args.repeats - 1:
+                counts = count_runs(tag)
             print(f"{variant:8s} {'warm-up' if i < args.warmup else 'run'} {i + 1}: {dt:.1f} s wall, {dc:.1f} s CPU "
-                  f"(promoted {version})", flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    best = {k: min(v) for k, v in times.items()}
-    cmed = {k: statistics.median(v) for k, v in cpu.items()}
-    ratio = med["prefect"] / med["direct"]
-    cratio = cmed["prefect"] / cmed["direct"]
-    over = [b - a for a, b in zip(times["direct"], times["prefect"])]
-    runs = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(times["direct"], times["prefect"]))
-    text = f"""
-`python benchmarks/bench_prefect_overhead.py --repeats {args.repeats} --steps {args.steps}`: so8t-pipeline on a tiny Llama (2 layers,
-hidden 256; {args.steps} training steps, bake, F16 + Q8_0 GGUF with fidelity checks, calibration on 60 samples, publish,
-gate, promote, smoke test) under Prefect (ephemeral mode, in-process) vs the same stages called directly
-(library and registry calls only), alternating in one process, every repetition from scratch (fresh
-work directory, registry and score cache) after {args.warmup} unmeasured warm-up repetition(s) of each. Machine: {platform.machine()} {os.cpu_count()}-core dev VM shared with other jobs
-(load average {min(load):.1f}-{max(load):.1f} during the runs). Wall times on this shared machine swing
-by up to 10x between identical runs (other engineers' jobs), so the verdict uses CPU time: the
-seconds of CPU this process, the ephemeral Prefect server and the converter subprocesses spent, which
-load from other jobs barely changes; the wall-time rows are shown for completeness.
-
-| measurement | Prefect | direct | ratio |
-|---|---|---|---|
-| pipeline CPU time (process + server + subprocesses), median of {args.repeats} | {cmed['prefect']:.1f} s | {cmed['direct']:.1f} s | **{cratio:.3f}** (target <= 1.15: {'met' if cratio <= 1.15 else 'missed'}) |
-| pipeline wall time, best of {args.repeats} | {best['prefect']:.1f} s | {best['direct']:.1f} s | {best['prefect'] / best['direct']:.3f} |
-| pipeline wall time, median of {args.repeats} | {med['prefect']:.1f} s | {med['direct']:.1f} s | {ratio:.3f} |
-| wall time per run (direct/Prefect, s) | | | {runs} |
-| CPU time per run (direct/Prefect, s) | | | {", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(cpu["direct"], cpu["prefect"]))} |
-| overhead per run (Prefect - direct), median | {statistics.median(over):+.1f} s | | |
-| one-time ephemeral server start (first flow of the process) | {startup:.1f} s | - | - |
-
-The Prefect variant additionally does what the flows add: content-hash cache keys (sha256 of the input
-files of each stage), ~20 artifacts (tables, calibration report with the diagram inlined, checklists,
-registry links, a training progress artifact updated every 2 s), task/flow state round trips to the
-API for 3 flow runs and ~25 task runs, idempotency checks before publishing, exports and the A/B and
-checklist steps.
-
-Reading: the overhead is a fixed cost per run, not a proportion of the work: 3 flow runs (pipeline
-and its two sub-flows; about 1 s each for creation, state round trips and result persistence on the
-ephemeral SQLite server), ~35 task runs (~30 ms each), ~20 artifacts, plus work the direct twin
-skips (the smoke test before a first promotion, the registry export for calibration, the
-checklists, idempotency hashing before each publish, content-hash cache keys). The tiny pipeline
-has only 6-10 s of stage work, so the <= 1.15 target is **missed** at this size (best quiet pair:
-6.0 s vs 10.1 s wall). The same fixed cost is within 1.15 once the stages do more than ~30-60 s of
-work; on `make demo` (SmolLM2, 10.6 min measured under load 4.4) it is an estimated 1-2% (not
-measured directly: a direct twin of the demo was not timed). Reducing it further would mean fewer
-flow runs (the pipeline calling the two recipes as plain functions instead of sub-flows, losing the
-nested runs in the UI) and fewer, coarser tasks.
-"""
+                  f"(API server {ds:.2f} s{'' if variant == 'prefect' else ', not counted'}; promoted {version})", flush=True)
+    text = report(args, times, cpu, server, load, counts, startup, startup_cpu)
     print(text)
     if args.write:
         write_section(text)
         print("wrote the Orchestration section of BENCHMARKS.md")
     return 0
+
+
+def report(args, times, cpu, server, load, counts, startup, startup_cpu) -> str:
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
+    cratio = cmed["prefect"] / cmed["direct"]
+    paired = statistics.median(b / a for a, b in zip(cpu["direct"], cpu["prefect"]))
+    over = statistics.median(b - a for a, b in zip(cpu["direct"], cpu["prefect"]))
+    threads = f"{args.threads} thread(s) for torch and llama.cpp in both variants" if args.threads > 0 else "the libraries' default thread counts"
+    runs = (f" Per Prefect run the API recorded {counts['flow_runs']} flow runs, {counts['task_runs']} task runs and "
+            f"{counts['artifacts']} artifacts.") if counts else ""
+    verdict = "met" if cratio <= 1.15 else f"missed by {100 * (cratio - 1.15):.1f} points"
+    return f"""
+`python benchmarks/bench_prefect_overhead.py --repeats {args.repeats} --steps {args.steps} --threads {args.threads}`:
+so8t-pipeline on a tiny Llama (2 layers, hidden 256; {args.steps} training steps, bake, F16 + Q8_0 GGUF with
+fidelity checks, calibration on 60 samples, publish, gate, smoke test, promote, smoke test) under Prefect
+(ephemeral mode, in-process) vs its plain-Python twin (`direct()` in the script: the same library stages
+and helper functions with the same parameters: run plan, checklist checks, idempotent publishes, export,
+A/B decision, both smoke tests; left out is only what Prefect adds: runs, cache keys, results, artifacts,
+events, logs).{runs} The variants alternate in one process, every repetition from scratch (fresh
+work directory, registry and score cache), after {args.warmup} unmeasured warm-up repetition(s) of each;
+{threads}. Machine: {platform.machine()} {len(os.sched_getaffinity(0))}-core dev VM shared with other jobs
+(load average {min(load):.1f}-{max(load):.1f} during the runs).
+
+The verdict uses CPU time: this process (all threads) and its converter subprocesses, plus the
+ephemeral API server for the Prefect variant, each run counted until the process and the server are
+idle again (events and logs are sent and ingested after the flow returns). The server's CPU during a
+direct run (its idle background work) is not counted. Wall times on this shared machine swing with
+other engineers' jobs; they are shown for completeness.
+
+| measurement | Prefect | direct | ratio |
+|---|---|---|---|
+| pipeline CPU time, median of {args.repeats} | {cmed['prefect']:.2f} s | {cmed['direct']:.2f} s | **{cratio:.3f}** (target <= 1.15: {verdict}) |
+| pipeline CPU time, median of the {args.repeats} paired ratios | | | {paired:.3f} |
+| CPU time per run (direct/Prefect, s) | | | {", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(cpu["direct"], cpu["prefect"]))} |
+| overhead per run (Prefect - direct CPU), median | {over:+.2f} s | | |
+| of which API server CPU, median | {statistics.median(server['prefect']):.2f} s | ({statistics.median(server['direct']):.2f} s idle, not counted) | |
+| pipeline wall time, best of {args.repeats} | {best['prefect']:.1f} s | {best['direct']:.1f} s | {best['prefect'] / best['direct']:.3f} |
+| pipeline wall time, median of {args.repeats} | {med['prefect']:.1f} s | {med['direct']:.1f} s | {med['prefect'] / med['direct']:.3f} |
+| wall time per run (direct/Prefect, s) | | | {", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(times["direct"], times["prefect"]))} |
+| one-time ephemeral server start (first trivial flow of the process; not in any run above) | {startup:.1f} s wall, {startup_cpu:.1f} s server CPU | - | - |
+"""
 
 
 if __name__ == "__main__":

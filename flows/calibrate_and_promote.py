@@ -23,15 +23,15 @@ from pydantic import BaseModel
 from flows.params import CalibrateAndPromoteParams, calibrate_config
 from registry import Registry, VersionManifest
 from so8t.gate import GateCriterion, GateDecision
-from tasks.abtest import ABOutcome, ab_evaluate_task
+from tasks.abtest import ABOutcome, ab_evaluate_task, ab_skip_reason, skipped_ab
 from tasks.caching import bind_cache, file_digest
 from tasks.calibration import CalibrationRun, calibrate_task, gate_task
-from tasks.checklists import after_calibration_items, before_inference_items, checklist_task
+from tasks.checklists import after_calibration_items, before_inference_items, show_checklist
 from tasks.events import GATE_FAILED, PRODUCTION_ROLLED_BACK, emit_model_event
 from tasks.mirror import mirror_if_configured
-from tasks.registry import (earlier_production_versions, find_candidate_task, production_task, promote_task,
-                            publish_task, reject_task, resolve_task, rollback_task)
-from tasks.release import Staged, calibrated_files, calibration_metrics, export_task, lineage_of, modelfile_task
+from tasks.registry import (earlier_production_versions, find_candidate, production_version, promote_task,
+                            publish_task, reject_task, resolve_version, rollback_task)
+from tasks.release import Staged, calibrated_files, calibration_metrics, export_version, lineage_of, write_calibrated_modelfile
 from tasks.smoke import main_gguf, smoke_test_task
 
 
@@ -57,7 +57,7 @@ class PromotionSummary(BaseModel):
 def calibrate_version(p: CalibrateAndPromoteParams, version: str, title: str) -> tuple[Staged, CalibrationRun]:
     """Export ``version``, calibrate its served GGUF on the validation data, show the checklist."""
     name, root, work = p.model.name, p.model.registry_root, Path(p.work_dir).expanduser().resolve()
-    staged = export_task(root, name, version, str(work / "exports" / name / version))
+    staged = export_version(root, name, version, str(work / "exports" / name / version))
     gguf = staged.files[main_gguf(Registry(root).manifest(name, version))]
     out = work / "calibration" / name / version / file_digest(Path(p.calibration.val_data))[:12]
     # cache records beside the outputs they describe: a deleted work_dir can never yield a stale hit
@@ -65,20 +65,29 @@ def calibrate_version(p: CalibrateAndPromoteParams, version: str, title: str) ->
     run = calibrate(calibrate_config(p.calibration, p.gate, gguf, out), title=title)
     h = run.result.after.holdout
     far = h.false_allow_rate if p.gate.far_bound == "point" else h.false_allow_upper95
-    checklist_task("after-calibration", f"較正後 (after calibration) {version}",
+    show_checklist("after-calibration", f"較正後 (after calibration) {version}",
                    after_calibration_items(run.results_path, h.ece, p.gate.ece_max, far, p.gate.far_max))
     return staged, run
 
 
 def ab_evaluate(p: CalibrateAndPromoteParams, candidate: str, production: str | None, staged: Staged,
                 run: CalibrationRun) -> ABOutcome:
-    """Export production (when there is one) and A/B the candidate's served GGUF against it."""
+    """Export production (when there is one) and A/B the candidate's served GGUF against it.
+
+    The ``ab-evaluate`` task runs only when there is something to compare; a skipped comparison
+    (disabled, no production, same GGUF, no A/B module) is shown as the run's ``ab-evaluation``
+    artifact saying why.
+    """
     name, root, reg = p.model.name, p.model.registry_root, Registry(p.model.registry_root)
-    prod = export_task(root, name, production, str(Path(p.work_dir).expanduser().resolve() / "exports" / name / production)) if production else None
+    prod = export_version(root, name, production, str(Path(p.work_dir).expanduser().resolve() / "exports" / name / production)) if production else None
     cal_b = prod.files.get("calibration/calibration_results.json") if prod else None
-    return ab_evaluate_task(candidate, production, staged.files[main_gguf(reg.manifest(name, candidate))],
-                            prod.files[main_gguf(reg.manifest(name, production))] if prod else None,
-                            run.results_path, cal_b, p.ab, str(Path(run.results_path).parent / f"ab-vs-{production}"))
+    gguf_a = staged.files[main_gguf(reg.manifest(name, candidate))]
+    gguf_b = prod.files[main_gguf(reg.manifest(name, production))] if prod else None
+    skip = ab_skip_reason(p.ab, production, gguf_a, gguf_b)
+    if skip is not None:
+        return skipped_ab(candidate, production, skip)
+    return ab_evaluate_task(candidate, production, gguf_a, gguf_b, run.results_path, cal_b, p.ab,
+                            str(Path(run.results_path).parent / f"ab-vs-{production}"))
 
 
 def with_failed_ab(decision: GateDecision, ab: ABOutcome) -> GateDecision:
@@ -92,7 +101,7 @@ def with_failed_ab(decision: GateDecision, ab: ABOutcome) -> GateDecision:
 def publish_calibrated(p: CalibrateAndPromoteParams, cand: VersionManifest, staged: Staged, run: CalibrationRun) -> VersionManifest:
     """Publish the candidate's files plus its calibration (and a calibrated Modelfile) as a new version."""
     gguf = Path(staged.files[main_gguf(cand)])
-    modelfile = modelfile_task(str(gguf), str(gguf.parent / f"Modelfile.calibrated-{Path(run.results_path).parent.name}"), run.results_path)
+    modelfile = write_calibrated_modelfile(str(gguf), str(gguf.parent / f"Modelfile.calibrated-{Path(run.results_path).parent.name}"), run.results_path)
     files, kinds = calibrated_files(staged, run.results_path, run.diagram_path, modelfile)
     r, val = run.result, Path(p.calibration.val_data)
     return publish_task(
@@ -112,10 +121,10 @@ def evidence(run: CalibrationRun, decision, **extra) -> dict:
 @flow(name="so8t-calibrate-and-promote", description="Calibrate a candidate (or production), gate it, promote with smoke test and rollback.")
 def calibrate_and_promote(params: CalibrateAndPromoteParams = CalibrateAndPromoteParams()) -> PromotionSummary:  # noqa: B008
     name, root = params.model.name, params.model.registry_root
-    info = resolve_task(root, name, params.version or find_candidate_task(root, name))
+    info = resolve_version(root, name, params.version or find_candidate(root, name))
     if info.is_production:
         return recalibrate_production(params, info.manifest.version)
-    candidate, production = info.manifest.version, production_task(root, name)
+    candidate, production = info.manifest.version, production_version(root, name)
 
     staged, run = calibrate_version(params, candidate, f"Calibration of candidate {candidate}")
     ab = ab_evaluate(params, candidate, production, staged, run)
@@ -140,7 +149,7 @@ def calibrate_and_promote(params: CalibrateAndPromoteParams = CalibrateAndPromot
                          reason=f"gate passed: {decision.summary}")
             smoke_test_task(root, name, "production", params.smoke)
     except Exception as e:
-        now = production_task(root, name)
+        now = production_version(root, name)
         if now != release.version:  # restored by the rollback hook, or never promoted
             reject_task(root, name, release.version, reason=f"smoke test failed: {e}", evidence={"error": str(e)})
         raise PromotionFailed(f"{name} {release.version} failed its smoke test ({e}); it is rejected and production "
@@ -148,7 +157,7 @@ def calibrate_and_promote(params: CalibrateAndPromoteParams = CalibrateAndPromot
 
     served = Registry(root).get(name, "production")
     gguf = served.path(main_gguf(served.manifest))
-    checklist_task("before-inference", "推論前 (before inference)", before_inference_items(
+    show_checklist("before-inference", "推論前 (before inference)", before_inference_items(
         gguf, served.path("gguf/Modelfile").read_text(), run.result.temperature))
     mirror_if_configured(params.mirror, root, name)
     return PromotionSummary(name=name, action="promoted", version=release.version, candidate=candidate,

@@ -12,11 +12,11 @@ from pydantic import BaseModel
 from flows.params import RetrainParams, train_config
 from tasks.bake import bake_task
 from tasks.caching import bind_cache
-from tasks.checklists import after_conversion_items, after_training_items, before_training_items, checklist_task
+from tasks.checklists import after_conversion_items, after_training_items, before_training_items, show_checklist
 from tasks.events import CANDIDATE_PUBLISHED, emit_model_event
 from tasks.gguf import convert_task, quantize_task
 from tasks.registry import publish_task
-from tasks.release import bake_config, candidate_files, candidate_metrics, code_revision, convert_config, plan_task
+from tasks.release import bake_config, candidate_files, candidate_metrics, code_revision, convert_config, plan_run
 from tasks.training import train_task
 
 
@@ -34,18 +34,18 @@ class CandidateSummary(BaseModel):
 @flow(name="so8t-retrain", description="Train, bake, convert, quantize and publish a candidate version.")
 def retrain(params: RetrainParams = RetrainParams()) -> CandidateSummary:  # noqa: B008 (Prefect reads the default)
     name, root = params.model.name, params.model.registry_root
-    plan = plan_task(name, params.work_dir, params.train, params.convert)
+    plan = plan_run(name, params.work_dir, params.train, params.convert)
     cfg = train_config(params.train, plan.train_dir)
-    checklist_task("before-training", "学習前 (before training)", before_training_items(cfg))
+    show_checklist("before-training", "学習前 (before training)", before_training_items(cfg))
 
     train, bake, convert, quantize = bind_cache(plan.run_dir, train_task, bake_task, convert_task, quantize_task)
     trained = train(cfg)
-    checklist_task("after-training", "学習後 (after training)", after_training_items(trained.output_dir))
+    show_checklist("after-training", "学習後 (after training)", after_training_items(trained.output_dir))
     bake(bake_config(plan, trained))
     conv_cfg = convert_config(plan, params.convert)
     convert(conv_cfg)
     ggufs = quantize(conv_cfg)
-    checklist_task("after-conversion", "焼き込み・変換後 (after bake and conversion)",
+    show_checklist("after-conversion", "焼き込み・変換後 (after bake and conversion)",
                    after_conversion_items(plan.baked_dir, ggufs.report_path, conv_cfg.quants))
 
     files, kinds = candidate_files(plan, trained, ggufs, params.convert.publish_f16)

@@ -50,30 +50,48 @@ def abtest_module() -> Any | None:
     return importlib.import_module("so8t.abtest")
 
 
+def ab_skip_reason(settings: ABSettings, production: str | None, candidate_gguf: str, production_gguf: str | None) -> str | None:
+    """Why the A/B comparison cannot or need not run (None: it runs)."""
+    if not settings.enabled:
+        return "disabled in the flow parameters"
+    if production is None or production_gguf is None:
+        return "no production version to compare against"
+    if file_digest(Path(candidate_gguf)) == file_digest(Path(production_gguf)):
+        return f"production {production} serves the same GGUF"
+    if abtest_module() is None:
+        return "so8t.abtest is not available in this installation"
+    return None
+
+
+def run_ab_comparison(candidate_gguf: str, production_gguf: str, candidate_calibration: str | None,
+                      production_calibration: str | None, settings: ABSettings, output_dir: str) -> tuple[Any, str]:
+    """Run ``so8t.abtest`` (A: candidate, B: production) and write its report; returns (report, JSON path)."""
+    mod = abtest_module()
+    cfg = mod.ABConfig(model_a=candidate_gguf, model_b=production_gguf, calibration_a=candidate_calibration,
+                       calibration_b=production_calibration, limit=settings.limit, max_new_tokens=settings.max_new_tokens)
+    report = mod.run_ab(cfg, progress=False)
+    json_path, _ = mod.write_ab_report(report, output_dir)
+    return report, str(json_path)
+
+
+def skipped_ab(candidate: str, production: str | None, reason: str) -> ABOutcome:
+    """The outcome of a skipped comparison, shown as the ``ab-evaluation`` artifact of the current run."""
+    create_markdown_artifact(f"# A/B evaluation skipped\n\n{candidate} vs {production}: {reason}.\n",
+                             key="ab-evaluation", description=f"A/B skipped: {reason}")
+    return ABOutcome(skipped=True, reason=reason, candidate=candidate, production=production)
+
+
 @task(name="ab-evaluate", cache_policy=NO_CACHE)
 def ab_evaluate_task(candidate: str, production: str | None, candidate_gguf: str, production_gguf: str | None,
                      candidate_calibration: str | None, production_calibration: str | None,
                      settings: ABSettings, output_dir: str) -> ABOutcome:
     """Candidate (A) against production (B): quality, safety, performance, non-inferiority verdict."""
-    mod = abtest_module()
-    skip = None
-    if not settings.enabled:
-        skip = "disabled in the flow parameters"
-    elif production is None or production_gguf is None:
-        skip = "no production version to compare against"
-    elif file_digest(Path(candidate_gguf)) == file_digest(Path(production_gguf)):
-        skip = f"production {production} serves the same GGUF"
-    elif mod is None:
-        skip = "so8t.abtest is not available in this installation"
+    skip = ab_skip_reason(settings, production, candidate_gguf, production_gguf)
     if skip is not None:
-        create_markdown_artifact(f"# A/B evaluation skipped\n\n{candidate} vs {production}: {skip}.\n",
-                                 key="ab-evaluation", description=f"A/B skipped: {skip}")
-        return ABOutcome(skipped=True, reason=skip, candidate=candidate, production=production)
-    cfg = mod.ABConfig(model_a=candidate_gguf, model_b=production_gguf, calibration_a=candidate_calibration,
-                       calibration_b=production_calibration, limit=settings.limit, max_new_tokens=settings.max_new_tokens)
-    report = mod.run_ab(cfg, progress=False)
-    json_path, _ = mod.write_ab_report(report, output_dir)
+        return skipped_ab(candidate, production, skip)
+    report, json_path = run_ab_comparison(candidate_gguf, production_gguf, candidate_calibration,  # type: ignore[arg-type]
+                                          production_calibration, settings, output_dir)
     create_markdown_artifact(report.to_markdown(), key="ab-evaluation",
                              description=f"A/B {candidate} (A) vs production {production} (B): {report.verdict.summary}")
     return ABOutcome(skipped=False, candidate=candidate, production=production, passed=report.verdict.passed,
-                     summary=report.verdict.summary, report_path=str(json_path))
+                     summary=report.verdict.summary, report_path=json_path)

@@ -18,6 +18,7 @@ results themselves (small pydantic models of paths and numbers) stay in Prefect'
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -32,21 +33,25 @@ from pydantic import BaseModel
 
 CACHE_DIR = ".prefect-cache"
 
-# (path, size, mtime_ns) -> sha256: a large file (a base model) is hashed once per process.
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+# (device, inode, size, mtime_ns, ctime_ns) -> sha256: a file is hashed once per process, however
+# often a run asks (the run plan, each stage's cache key, the idempotency check before publishing,
+# the A/B check), under whatever path (a hard link is the same inode). A file rewritten in place
+# gets a new mtime and ctime (also when a copy restores the old mtime); a replaced one a new inode.
+_DIGESTS: dict[tuple[int, int, int, int, int], str] = {}
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file, memoised on (path, size, mtime)."""
+    """sha256 of a file, memoised on (device, inode, size, mtime_ns, ctime_ns)."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
         h = hashlib.sha256()
         with path.open("rb") as f:
             while block := f.read(1 << 20):
                 h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
+        digest = _DIGESTS[key] = h.hexdigest()
+    return digest
 
 
 def path_digest(path: str | Path) -> str:
@@ -132,7 +137,13 @@ def bind_cache(work_dir: str | Path, *tasks: Any) -> list[Any]:
     """The tasks with their cache records stored under ``<work_dir>/.prefect-cache``.
 
     Returns:
-        New task objects (``with_options``), in the order given.
+        Task objects (``with_options``), in the order given; the same objects again for the same
+        task and directory (a re-run, a served deployment), so they are built once per process.
     """
-    keys = Path(work_dir).expanduser().resolve() / CACHE_DIR
-    return [t.with_options(cache_policy=t.cache_policy.configure(key_storage=keys)) for t in tasks]
+    keys = str(Path(work_dir).expanduser().resolve() / CACHE_DIR)
+    return [_bound(t, keys) for t in tasks]
+
+
+@functools.lru_cache(maxsize=256)
+def _bound(task: Any, keys: str) -> Any:
+    return task.with_options(cache_policy=task.cache_policy.configure(key_storage=Path(keys)))

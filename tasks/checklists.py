@@ -1,7 +1,8 @@
 """The runbook's operational checklists (運用チェックリスト), checked automatically.
 
 Each ``*_items`` function is pure (reads files, returns :class:`CheckItem` rows);
-:func:`checklist_task` shows one checklist as a Markdown artifact (key ``checklist-<stage>``).
+:func:`show_checklist` shows one checklist as a Markdown artifact (key ``checklist-<stage>``) of the
+flow run that checked it.
 A failed item is shown, never silently dropped; the stages themselves raise on hard errors.
 """
 
@@ -11,9 +12,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
@@ -143,12 +142,16 @@ def checklist_markdown(title: str, items: list[CheckItem]) -> str:
     return f"# Runbook checklist: {title}\n\n" + "\n".join(f"- {mark[i.ok]} {i.item} — {i.detail}" for i in items) + "\n"
 
 
-@task(name="runbook-checklist", cache_policy=NO_CACHE)
-def checklist_task(stage: str, title: str, items: list[CheckItem]) -> list[CheckItem]:
-    """Show a checklist as an artifact (``checklist-<stage>``); failed items are logged as warnings."""
+def show_checklist(stage: str, title: str, items: list[CheckItem]) -> list[CheckItem]:
+    """Show a checklist as an artifact (``checklist-<stage>``) of the current flow or task run.
+
+    Failed items are logged as warnings. Not a task of its own: the artifact belongs to the run
+    that checked it, without a task run per checklist.
+    """
     failed = [i for i in items if i.ok is False]
     for i in failed:
         get_run_logger().warning("checklist %s: %s failed (%s)", stage, i.item, i.detail)
     create_markdown_artifact(checklist_markdown(title, items), key=f"checklist-{stage}",
                              description=f"{title}: {len(items) - len(failed)}/{len(items)} ok")
     return items
+

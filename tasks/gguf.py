@@ -31,11 +31,24 @@ def _files_table(result: ConversionResult, key: str, description: str) -> None:
     )
 
 
+def convert_f16(cfg: ConvertConfig) -> ConversionResult:
+    """The F16 GGUF of ``cfg.model_dir`` (converted and verified, or reused by its provenance)."""
+    return run_conversion(cfg.model_copy(update={"quants": ()}))
+
+
+def quantize_gguf(cfg: ConvertConfig) -> ConversionResult:
+    """``cfg.quants`` from the F16 GGUF, and the Ollama Modelfile of the first (the served one)."""
+    result = run_conversion(cfg)
+    main = result.path(cfg.quants[0]) if cfg.quants else Path(result.f16_path)
+    write_modelfile(main, Path(result.out_dir) / "Modelfile")
+    return result
+
+
 @task(name="convert-gguf", retries=1, retry_delay_seconds=5,
       cache_policy=ContentHash(input_paths=_convert_inputs), persist_result=True)
 def convert_task(cfg: ConvertConfig) -> ConversionResult:
     """Convert the baked model to ``{name}_f16.gguf`` (llama.cpp's converter) and verify it."""
-    result = run_conversion(cfg.model_copy(update={"quants": ()}))
+    result = convert_f16(cfg)
     _files_table(result, "gguf-convert", f"F16 GGUF from {cfg.model_dir}")
     return result
 
@@ -44,8 +57,6 @@ def convert_task(cfg: ConvertConfig) -> ConversionResult:
       cache_policy=ContentHash(input_paths=_convert_inputs), persist_result=True)
 def quantize_task(cfg: ConvertConfig) -> ConversionResult:
     """Quantize the verified F16 GGUF to ``cfg.quants`` and write the Ollama Modelfile beside them."""
-    result = run_conversion(cfg)
-    main = result.path(cfg.quants[0]) if cfg.quants else Path(result.f16_path)
-    write_modelfile(main, Path(result.out_dir) / "Modelfile")
+    result = quantize_gguf(cfg)
     _files_table(result, "gguf-files", f"GGUF files in {result.out_dir} (report: {Path(result.report_path).name})")
     return result

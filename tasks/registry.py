@@ -1,6 +1,9 @@
-"""Registry tasks: publish, look up, promote (with a transaction rollback hook), reject, roll back.
+"""Registry tasks: publish, promote (with a transaction rollback hook), reject, roll back; and look-ups.
 
-Each is one :class:`registry.Registry` call plus its Prefect concerns. Side-effecting tasks use
+Each task is one :class:`registry.Registry` call plus its Prefect concerns. Look-ups that change
+nothing (:func:`resolve_version`, :func:`find_candidate`, :func:`production_version`) and the
+idempotent publish itself (:func:`publish_version`) are plain functions, called by the tasks and flows
+and by the benchmark's plain-Python twin. Side-effecting tasks use
 ``NO_CACHE`` (a cached task does not fire its rollback hook, and a registry change must happen
 every time it is asked for); publishing is idempotent on its own: a version whose files and
 parameters equal what is being published is returned instead of a duplicate.
@@ -61,6 +64,23 @@ def find_identical(reg: Registry, name: str, files: dict[str, str], parameters: 
     return None
 
 
+def publish_version(reg: Registry, name: str, files: dict[str, str], *, kinds: dict[str, str] | None = None,
+                    metrics: dict[str, float] | None = None, parameters: dict[str, Any] | None = None,
+                    lineage: dict[str, Any] | None = None, description: str = "",
+                    flow_run_id: str | None = None) -> tuple[VersionManifest, bool]:
+    """Publish ``files`` as the next version unless an identical version exists (idempotent).
+
+    Returns:
+        The manifest and whether it was published now (False: an identical version was found).
+    """
+    parameters = parameters or {}
+    m = find_identical(reg, name, files, parameters)
+    if m is not None:
+        return m, False
+    return reg.publish(name, files, kinds=kinds, metrics=metrics, parameters=parameters, lineage=lineage,
+                       flow_run_id=flow_run_id, description=description), True
+
+
 @task(name="publish-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def publish_task(root: str | None, name: str, files: dict[str, str], *, kinds: dict[str, str] | None = None,
                  metrics: dict[str, float] | None = None, parameters: dict[str, Any] | None = None,
@@ -69,14 +89,12 @@ def publish_task(root: str | None, name: str, files: dict[str, str], *, kinds: d
     """Publish ``files`` ({path in version: source file}) as the next version (idempotent)."""
     log = get_run_logger()
     reg = open_registry(root)
-    parameters = parameters or {}
-    m = find_identical(reg, name, files, parameters)
-    if m is not None:
-        log.info("%s %s already holds exactly these files and parameters: not publishing again", name, m.version)
-    else:
-        m = reg.publish(name, files, kinds=kinds, metrics=metrics, parameters=parameters, lineage=lineage,
-                        flow_run_id=_run_id(), description=description)
+    m, published = publish_version(reg, name, files, kinds=kinds, metrics=metrics, parameters=parameters,
+                                   lineage=lineage, description=description, flow_run_id=_run_id())
+    if published:
         log.info("published %s %s (%d files)", name, m.version, len(m.files))
+    else:
+        log.info("%s %s already holds exactly these files and parameters: not publishing again", name, m.version)
     create_link_artifact(version_link(reg, name, m.version), link_text=f"{name} {m.version}",
                          key="registry-version", description=f"{title}: registry manifest of {name} {m.version}")
     create_markdown_artifact(_manifest_markdown(reg, m, title), key="registry-manifest",
@@ -92,8 +110,7 @@ class VersionInfo(BaseModel):
     is_production: bool
 
 
-@task(name="resolve-version", cache_policy=NO_CACHE)
-def resolve_task(root: str | None, name: str, ref: str) -> VersionInfo:
+def resolve_version(root: str | None, name: str, ref: str) -> VersionInfo:
     """Resolve ``ref`` (``vN``, ``N``, an alias) to a manifest and state."""
     reg = open_registry(root)
     m = reg.manifest(name, ref)
@@ -113,9 +130,8 @@ def newest_uncalibrated_candidate(reg: Registry, name: str) -> str | None:
     return None
 
 
-@task(name="find-candidate", cache_policy=NO_CACHE)
-def find_candidate_task(root: str | None, name: str) -> str:
-    """The newest candidate that still awaits calibration."""
+def find_candidate(root: str | None, name: str) -> str:
+    """The newest candidate that still awaits calibration (NotFoundError when there is none)."""
     version = newest_uncalibrated_candidate(open_registry(root), name)
     if version is None:
         raise NotFoundError(f"model {name!r} has no candidate awaiting calibration: run the retrain flow, "
@@ -123,8 +139,7 @@ def find_candidate_task(root: str | None, name: str) -> str:
     return version
 
 
-@task(name="production-version", cache_policy=NO_CACHE)
-def production_task(root: str | None, name: str) -> str | None:
+def production_version(root: str | None, name: str) -> str | None:
     """The version the production alias points at, or None."""
     try:
         return open_registry(root).state(name).aliases.get(PRODUCTION)
@@ -200,3 +215,4 @@ def rollback_task(root: str | None, name: str, *, to: str | None, reason: str,
         create_link_artifact(version_link(reg, name, entry.to_version or ""), link_text=f"{name} {entry.to_version}",
                              key="registry-rollback", description=f"{alias}: {entry.from_version} -> {entry.to_version}")
     return entry
+

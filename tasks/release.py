@@ -1,6 +1,10 @@
 """Planning a run's directories and assembling registry versions from stage outputs.
 
-- :func:`plan_task`: the run directory ``<work_dir>/<model>-<digest>``, where the digest covers the
+Plain functions (no Prefect in them): the flows and the benchmark's plain-Python twin call the
+same code. They are not tasks of their own: each is milliseconds of work, and a task run costs
+more than that in state round trips (see BENCHMARKS.md, Orchestration).
+
+- :func:`plan_run`: the run directory ``<work_dir>/<model>-<digest>``, where the digest covers the
   settings and the content of the data and base model. Same inputs, same directory: a re-run
   resumes and hits the stage caches there; new data gets a fresh directory, so training never
   resumes another run's checkpoints.
@@ -19,8 +23,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from registry import Registry, VersionManifest
@@ -46,8 +48,7 @@ class RunPlan(BaseModel):
     base_model: str
 
 
-@task(name="plan-run", cache_policy=NO_CACHE)
-def plan_task(model_name: str, work_dir: str, train: BaseModel, convert: BaseModel) -> RunPlan:
+def plan_run(model_name: str, work_dir: str, train: BaseModel, convert: BaseModel) -> RunPlan:
     """Digest the inputs (settings, data and base model content) into a run directory."""
     data = {Path(f).name: path_digest(f) for f in split_paths(train.dataset)}  # type: ignore[attr-defined]
     base = maybe_path(train.base_model)  # type: ignore[attr-defined]
@@ -111,8 +112,7 @@ class Staged(BaseModel):
     files: dict[str, str]
 
 
-@task(name="export-version", cache_policy=NO_CACHE)
-def export_task(root: str | None, name: str, version: str, dest: str) -> Staged:
+def export_version(root: str | None, name: str, version: str, dest: str) -> Staged:
     """Hard-link ``version``'s files into ``dest`` (kept when a complete export of it is there)."""
     reg = Registry(root)
     m = reg.manifest(name, version)
@@ -127,8 +127,7 @@ def export_task(root: str | None, name: str, version: str, dest: str) -> Staged:
     return Staged(version=m.version, dir=str(d), files={f.path: str(d / f.path) for f in m.files})
 
 
-@task(name="write-modelfile", cache_policy=NO_CACHE)
-def modelfile_task(gguf: str, output: str, calibration: str | None) -> str:
+def write_calibrated_modelfile(gguf: str, output: str, calibration: str | None) -> str:
     """Write an Ollama Modelfile for ``gguf`` (temperature from the calibration, when given)."""
     out = Path(output)
     out.unlink(missing_ok=True)  # may be a hard link to a read-only registry blob: never write through it
@@ -170,3 +169,4 @@ def code_revision() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+

@@ -68,10 +68,8 @@ def main_gguf(m: VersionManifest) -> str:
     return (quantized or ggufs)[0]
 
 
-@task(name="smoke-test", cache_policy=NO_CACHE)
-def smoke_test_task(root: str | None, name: str, ref: str, settings: SmokeSettings) -> SmokeReport:
-    """Resolve ``ref``, verify its blobs, load its GGUF and answer the prompts; raise on any failure."""
-    log = get_run_logger()
+def run_smoke_test(root: str | None, name: str, ref: str, settings: SmokeSettings) -> SmokeReport:
+    """Resolve ``ref``, verify its blobs, load its GGUF and answer the prompts (problems listed, not raised)."""
     resolved = Registry(root).get(name, ref, verify=True)
     rel = main_gguf(resolved.manifest)
     gguf = resolved.path(rel)
@@ -89,12 +87,23 @@ def smoke_test_task(root: str | None, name: str, ref: str, settings: SmokeSettin
         if p.expect is not None and p.expect.lower() not in text.lower():
             problems.append(f"{p.prompt!r}: answer {text[:60]!r} does not contain {p.expect!r}")
         answers.append({"prompt": p.prompt, "answer": text, "seconds": round(seconds, 3), "expect": p.expect})
-    report = SmokeReport(version=resolved.manifest.version, gguf=rel, answers=answers,
-                         passed=not problems, problems=problems)
-    create_table_artifact(answers, key="smoke-test",
-                          description=f"Smoke test of {name} {ref} = {report.version} ({rel}): "
-                                      + ("passed" if report.passed else "FAILED: " + "; ".join(problems)))
-    if problems:
-        raise SmokeTestFailed(f"smoke test of {name} {report.version} failed: " + "; ".join(problems))
-    log.info("smoke test of %s %s passed (%d prompts)", name, report.version, len(answers))
+    return SmokeReport(version=resolved.manifest.version, gguf=rel, answers=answers, passed=not problems, problems=problems)
+
+
+def raise_if_failed(report: SmokeReport, name: str) -> SmokeReport:
+    """``report``, or :class:`SmokeTestFailed` naming its problems."""
+    if report.problems:
+        raise SmokeTestFailed(f"smoke test of {name} {report.version} failed: " + "; ".join(report.problems))
+    return report
+
+
+@task(name="smoke-test", cache_policy=NO_CACHE)
+def smoke_test_task(root: str | None, name: str, ref: str, settings: SmokeSettings) -> SmokeReport:
+    """Resolve ``ref``, verify its blobs, load its GGUF and answer the prompts; raise on any failure."""
+    report = run_smoke_test(root, name, ref, settings)
+    create_table_artifact(report.answers, key="smoke-test",
+                          description=f"Smoke test of {name} {ref} = {report.version} ({report.gguf}): "
+                                      + ("passed" if report.passed else "FAILED: " + "; ".join(report.problems)))
+    raise_if_failed(report, name)
+    get_run_logger().info("smoke test of %s %s passed (%d prompts)", name, report.version, len(report.answers))
     return report

@@ -158,6 +158,40 @@ class _ProgressWatcher:
             logging.getLogger(__name__).warning("training progress artifact not updated: %s", e)
 
 
+class TrainingPlan(BaseModel):
+    """How an attempt trains: the recorded OOM remedies applied, resumed when a checkpoint exists."""
+
+    remedies: list[OomRemedy]
+    effective: TrainConfig
+    run_cfg: TrainConfig
+    resume_from: str | None
+    total_steps: int
+
+
+def plan_training(cfg: TrainConfig) -> TrainingPlan:
+    """Apply the remedies recorded in the output directory; resume from its newest checkpoint."""
+    remedies = read_remedies(cfg.output_dir)
+    effective = apply_remedies(cfg, remedies)
+    resume = list_checkpoints(effective.output_dir)
+    run_cfg = effective.model_copy(update={"resume_from_checkpoint": "latest" if resume else None})
+    return TrainingPlan(remedies=remedies, effective=effective, run_cfg=run_cfg,
+                        resume_from=str(resume[-1]) if resume else None,
+                        total_steps=total_steps(count_records(cfg.dataset), effective))
+
+
+def training_result(cfg: TrainConfig, plan: TrainingPlan, seconds: float) -> tuple[TrainResult, list[dict[str, Any]]]:
+    """What a finished training wrote (resolved config, loss log), as a result; and the loss log."""
+    resolved = json.loads((Path(cfg.output_dir) / CONFIG_FILE).read_text())
+    losses = read_loss_log(cfg.output_dir)
+    result = TrainResult(
+        output_dir=str(Path(cfg.output_dir).resolve()), global_step=resolved["global_step"],
+        resumed_from=resolved.get("resumed_from"),
+        first_ce_loss=losses[0]["ce_loss"] if losses else None, last_ce_loss=losses[-1]["ce_loss"] if losses else None,
+        oom_remedies=plan.remedies, effective_config=plan.effective.model_dump(mode="json"), seconds=seconds,
+    )
+    return result, losses
+
+
 @task(
     name="train-so8t",
     retries=3,
@@ -170,20 +204,17 @@ def train_task(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) SO8T; on CUDA OOM record the next runbook remedy and retry."""
     log = get_run_logger()
     t0 = time.monotonic()
-    remedies = read_remedies(cfg.output_dir)
-    effective = apply_remedies(cfg, remedies)
+    plan = plan_training(cfg)
+    remedies, effective = plan.remedies, plan.effective
     if remedies:
         log.warning("training with out-of-memory remedies: %s", "; ".join(r.describe() for r in remedies))
-    resume = list_checkpoints(effective.output_dir)
-    if resume:
-        log.info("resuming from %s", resume[-1])
-    run_cfg = effective.model_copy(update={"resume_from_checkpoint": "latest" if resume else None})
-    total = total_steps(count_records(cfg.dataset), effective)
-    artifact = create_progress_artifact(0.0, key="training-progress", description=f"step 0/{total}")
+    if plan.resume_from:
+        log.info("resuming from %s", plan.resume_from)
+    artifact = create_progress_artifact(0.0, key="training-progress", description=f"step 0/{plan.total_steps}")
     try:
-        watcher = _ProgressWatcher(run_cfg, artifact, total)
+        watcher = _ProgressWatcher(plan.run_cfg, artifact, plan.total_steps)
         with watcher:
-            train(run_cfg)
+            train(plan.run_cfg)
         watcher.update(done=True)  # after the watcher thread has stopped: nothing can overwrite 100 %
     except Exception as e:
         if not _is_cuda_oom(e):
@@ -200,14 +231,7 @@ def train_task(cfg: TrainConfig) -> TrainResult:
         log.warning("CUDA out of memory; next attempt applies runbook remedy %s: %s", remedy.step, remedy.describe())
         raise OutOfMemoryRetry(f"CUDA out of memory; retrying with {remedy.describe()}") from e
 
-    resolved = json.loads((Path(cfg.output_dir) / CONFIG_FILE).read_text())
-    losses = read_loss_log(cfg.output_dir)
-    result = TrainResult(
-        output_dir=str(Path(cfg.output_dir).resolve()), global_step=resolved["global_step"],
-        resumed_from=resolved.get("resumed_from"),
-        first_ce_loss=losses[0]["ce_loss"] if losses else None, last_ce_loss=losses[-1]["ce_loss"] if losses else None,
-        oom_remedies=remedies, effective_config=effective.model_dump(mode="json"), seconds=time.monotonic() - t0,
-    )
+    result, losses = training_result(cfg, plan, time.monotonic() - t0)
     create_table_artifact(
         [{"step": r["step"], "ce_loss": r["ce_loss"], "pet_loss": r.get("pet_loss"), "lr": r.get("learning_rate")}
          for r in losses],
