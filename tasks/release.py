@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from registry import Registry, VersionManifest
 from so8t.bake import BakeConfig
+from so8t.decision import PROMPT_FILE
 from so8t.gguf import ConversionResult, ConvertConfig
 from so8t.inference import write_modelfile
 from tasks.caching import maybe_path, path_digest, split_paths
@@ -79,6 +80,8 @@ def candidate_files(plan: RunPlan, trained: TrainResult, ggufs: ConversionResult
     if publish_f16:
         files[f"gguf/{Path(ggufs.f16_path).name}"] = ggufs.f16_path
     files["gguf/Modelfile"] = str(gdir / "Modelfile")
+    if (gdir / PROMPT_FILE).is_file():  # next to the GGUF: calibration of the exported version reads it there
+        files[f"gguf/{PROMPT_FILE}"] = str(gdir / PROMPT_FILE)
     files["reports/gguf_report.json"] = ggufs.report_path
     files["reports/bake_report.json"] = str(Path(plan.baked_dir) / "bake_report.json")
     for name in ("so8t_train_config.json", "loss_log.jsonl", "so8t_oom_remedies.json"):
@@ -88,6 +91,7 @@ def candidate_files(plan: RunPlan, trained: TrainResult, ggufs: ConversionResult
         files[f"adapter/{name}"] = str(tdir / name)
     kinds = {rel: "adapter" for rel in files if rel.startswith("adapter/")}
     kinds.update({rel: "report" for rel in files if rel.startswith("reports/")})
+    kinds.update({rel: "config" for rel in files if rel.endswith("/" + PROMPT_FILE)})
     return files, kinds
 
 
@@ -142,6 +146,7 @@ def calibrated_files(staged: Staged, results: str, diagram: str, modelfile: str)
     files["calibration/reliability_diagram.png"] = diagram
     kinds = {rel: "adapter" for rel in files if rel.startswith("adapter/")}
     kinds.update({rel: "report" for rel in files if rel.startswith("reports/")})
+    kinds.update({rel: "config" for rel in files if rel.endswith("/" + PROMPT_FILE)})
     kinds.update(CALIBRATION_KINDS)
     return files, kinds
 

@@ -46,6 +46,10 @@ def test_pipeline_promotes_a_calibrated_version_whose_gguf_loads(pipeline_scenar
     assert in_range or f"calibrated temperature {t:g} is outside the sampling range" in modelfile
     assert "FROM ./tiny-so8t_Q8_0.gguf" in prod.path("gguf/Modelfile").read_text()
     assert set(prod.manifest.metrics) >= {"ece", "brier", "macro_f1", "false_allow_rate"}
+    # the decision prompt the model was trained on travels with it and was the one calibrated on
+    assert paths["gguf/decision_prompt.json"] == "config"
+    trained_prompt = json.loads(prod.path("gguf/decision_prompt.json").read_text())
+    assert results["scoring"]["decision_system"] == trained_prompt["system"]
 
     llm = Llama(model_path=str(prod.path("gguf/tiny-so8t_Q8_0.gguf")), n_ctx=64, verbose=False)
     try:
