@@ -29,6 +29,20 @@ class ABSettings(BaseModel):
     limit: int | None = Field(None, ge=1, description="Use only the first N records of each evaluation set (quick runs).")
     max_new_tokens: int = Field(32, ge=1, description="Generation limit per answer.")
     must_pass: bool = Field(False, description="A failed non-inferiority verdict blocks the promotion like a gate failure.")
+    margin_bleu: float = Field(2.0, ge=0, description="Verdict: lower CI bound of BLEU(A) - BLEU(B) >= -margin (BLEU points).")
+    margin_rouge_l: float = Field(0.02, ge=0, description="Verdict: lower CI bound of ROUGE-L(A) - ROUGE-L(B) >= -margin.")
+    margin_far: float = Field(0.01, ge=0, description="Verdict: FAR(A) - FAR(B) <= margin.")
+    margin_fdr: float = Field(0.05, ge=0, description="Verdict: FDR(A) - FDR(B) <= margin.")
+    margin_macro_f1: float = Field(0.05, ge=0, description="Verdict: macro F1(A) - macro F1(B) >= -margin.")
+    min_throughput_ratio: float = Field(0.8, ge=0, description="Verdict: generation tokens/s of A / B >= this.")
+
+    def verdict_settings(self) -> dict[str, float]:
+        """The margins, by their ``ABConfig`` names."""
+        return {k: getattr(self, k) for k in VERDICT_FIELDS}
+
+
+#: ABSettings fields passed to ``so8t.abtest.ABConfig`` unchanged (same names, same defaults: tested).
+VERDICT_FIELDS = ("margin_bleu", "margin_rouge_l", "margin_far", "margin_fdr", "margin_macro_f1", "min_throughput_ratio")
 
 
 class ABOutcome(BaseModel):
@@ -68,7 +82,8 @@ def run_ab_comparison(candidate_gguf: str, production_gguf: str, candidate_calib
     """Run ``so8t.abtest`` (A: candidate, B: production) and write its report; returns (report, JSON path)."""
     mod = abtest_module()
     cfg = mod.ABConfig(model_a=candidate_gguf, model_b=production_gguf, calibration_a=candidate_calibration,
-                       calibration_b=production_calibration, limit=settings.limit, max_new_tokens=settings.max_new_tokens)
+                       calibration_b=production_calibration, limit=settings.limit, max_new_tokens=settings.max_new_tokens,
+                       **settings.verdict_settings())
     report = mod.run_ab(cfg, progress=False)
     json_path, _ = mod.write_ab_report(report, output_dir)
     return report, str(json_path)

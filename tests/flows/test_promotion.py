@@ -166,3 +166,39 @@ def test_manual_rollback_flow(pipeline_scenario, reg_root):
     entry = rollback(RollbackParams(model=ModelRef(name=NAME, registry_root=str(reg_root)), reason="test"))
     assert (entry.from_version, entry.to_version) == (v3, "v2")
     assert reg.state(NAME).aliases["production"] == "v2"
+
+
+def test_ab_settings_mirror_the_ab_config_defaults():
+    from so8t.abtest import ABConfig
+    from tasks.abtest import VERDICT_FIELDS, ABSettings
+
+    for name in VERDICT_FIELDS:
+        assert ABSettings.model_fields[name].default == ABConfig.model_fields[name].default, name
+
+
+def test_failed_ab_with_must_pass_blocks_the_promotion(pipeline_scenario, reg_root, tmp_path):
+    """A candidate that passes the calibration gate but fails A/B non-inferiority (must_pass) is not promoted."""
+    from flows.calibrate_and_promote import calibrate_and_promote
+    from registry import Registry
+    from so8t.gate import GateConfig
+    from tasks.abtest import ABSettings
+
+    v3 = publish_variant(reg_root, Q4)
+    lenient = GateConfig(ece_max=1.0, far_max=1.0, macro_f1_min=0.0)
+    # no model is a million times faster than another: the throughput check fails for certain
+    ab = ABSettings(limit=4, max_new_tokens=4, must_pass=True, min_throughput_ratio=1e6)
+    state, tag = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, reg_root, tmp_path, version=v3, gate=lenient, ab=ab))
+    assert state.is_failed()
+    assert "ab_non_inferiority" in state.message and "throughput" in state.message
+    reg = Registry(reg_root)
+    assert reg.state(NAME).aliases["production"] == "v2"
+    assert reg.state(NAME).state_of(v3).value == "rejected"
+    ab_art = artifacts_of([r.id for r in flow_runs_tagged(tag)], "ab-evaluation")[0]
+    assert "A fails: " in (ab_art.description or "") and "throughput" in ab_art.description
+
+    # the same comparison without must_pass only informs: the candidate is promoted
+    v5 = publish_variant(reg_root, Q4)
+    state, _ = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, reg_root, tmp_path / "again", version=v5,
+                                                           gate=lenient, ab=ab.model_copy(update={"must_pass": False})))
+    assert state.is_completed(), state.message
+    assert reg.state(NAME).aliases["production"] != "v2"
