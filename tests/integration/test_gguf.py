@@ -183,6 +183,12 @@ def test_failed_conversion_leaves_no_gguf(tiny_llama, tmp_path, capsys):
     rc = main(["convert", str(model), str(out), "Q8_0", "--name", "m"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("so8t: error: llama.cpp's converter failed"), err[-1]
+    assert not out.exists()  # a failed first conversion leaves no directory behind
+    out.mkdir()
+    (out / "keep.txt").write_text("someone else's file")
+    rc = main(["convert", str(model), str(out), "Q8_0", "--name", "m"])
+    assert rc == 2
+    assert (out / "keep.txt").is_file()  # an existing directory stays, with what was in it
     assert not [p.name for p in out.iterdir() if "gguf" in p.name]  # neither *.gguf nor hidden partials
 
 
