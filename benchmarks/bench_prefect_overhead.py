@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from flows.prefect_defaults import apply_ephemeral_defaults  # noqa: E402
+
+apply_ephemeral_defaults()  # what `make demo` gets in ephemeral mode (flows/prefect_defaults.py)
 
 NAME = "bench-tiny"
 

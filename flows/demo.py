@@ -83,6 +83,9 @@ def run_demo(output_dir: Path, max_steps: int = 12) -> DemoOutcome:
     """Run the pipeline flow (ephemeral Prefect) and print how to use the result."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "so8t,registry")
+    from flows.prefect_defaults import apply_ephemeral_defaults
+
+    apply_ephemeral_defaults()  # before the ephemeral API server starts (it inherits the environment)
     from flows.pipeline import pipeline
 
     t0 = time.monotonic()

@@ -15,6 +15,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "so8t,registry")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from flows.prefect_defaults import apply_ephemeral_defaults  # noqa: E402
+
+apply_ephemeral_defaults()  # the test harness's server runs with what `make demo` gets
+
 import json  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
