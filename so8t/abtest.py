@@ -35,7 +35,7 @@ from so8t.abperf import GreedyGenerator, measure_peak_rss, resolve_threads, summ
 from so8t.abresults import (Check, ModelInfo, PerfComparison, QualityItem, QualityReport, SafetyComparison,
                             Verdict)
 from so8t.abstats import bootstrap_indices, detect_lang
-from so8t.decision import DecisionPrompt
+from so8t.decision import DEFAULT_DECISION_PROMPT, DecisionPrompt, resolve_prompt
 from so8t.errors import ConfigError, DataError, So8tError
 
 __all__ = ["ABConfig", "ABReport", "Calibration", "EvalSets", "load_calibration", "load_eval_sets", "run_ab",
@@ -162,7 +162,6 @@ def load_eval_sets(cfg: ABConfig) -> EvalSets:
 
 def _check_inputs(cfg: ABConfig) -> tuple[EvalSets, Calibration | None, Calibration | None, DecisionPrompt]:
     """Validate every input, gathering all problems into one error."""
-    from so8t.decision import DEFAULT_DECISION_PROMPT, resolve_prompt
     from so8t.scoring import check_gguf
 
     problems: list[So8tError] = []

@@ -191,14 +191,18 @@ def _bake_device(spec: str) -> torch.device:
     return torch.device("cpu")
 
 
+def _from_run(src: Path, name: str) -> Path | None:
+    """``name`` in the training output: in ``src`` itself, or in its parent when ``src`` is a checkpoint."""
+    return next((d / name for d in (src, src.parent) if (d / name).exists()), None)
+
+
 def _base_spec(cfg: BakeConfig) -> str:
     if cfg.base_model:
         return cfg.base_model
-    resolved = Path(cfg.model_path) / "so8t_train_config.json"
-    for p in (resolved, Path(cfg.model_path).parent / "so8t_train_config.json"):
-        if p.is_file():
-            return json.loads(p.read_text())["config"]["base_model"]
-    raise ModelError(f"{cfg.model_path}: no so8t_train_config.json to find the base model: pass --base_model")
+    resolved = _from_run(Path(cfg.model_path), "so8t_train_config.json")
+    if resolved is None:
+        raise ModelError(f"{cfg.model_path}: no so8t_train_config.json to find the base model: pass --base_model")
+    return json.loads(resolved.read_text())["config"]["base_model"]
 
 
 def bake(cfg: BakeConfig) -> BakeReport:
@@ -228,12 +232,13 @@ def bake(cfg: BakeConfig) -> BakeReport:
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ModelError(f"output_path {out} exists and is not empty: choose another path or pass --overwrite")
     lora = read_adapter(src)
+    probes = read_probes(cfg.probe_file)
     # The decision prompt the run trained on travels with the model (convert and calibrate read it).
-    prompt_file = next((d / PROMPT_FILE for d in (src, src.parent) if (d / PROMPT_FILE).is_file()), None)
+    prompt_file = _from_run(src, PROMPT_FILE)
     if prompt_file is not None:
         load_decision_prompt(prompt_file)  # a broken file fails here, before anything is written
     base_dir = resolve_base_model(_base_spec(cfg))
-    tok_dir = src / "tokenizer" if (src / "tokenizer").is_dir() else (src.parent / "tokenizer" if (src.parent / "tokenizer").is_dir() else base_dir)
+    tok_dir = _from_run(src, "tokenizer") or base_dir
     tok = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=cfg.trust_remote_code)
 
     # Full precision reload: LoRA is never merged into 4-bit weights.
@@ -242,7 +247,7 @@ def bake(cfg: BakeConfig) -> BakeReport:
     model.to(device).eval()
     hooks = attach_unmerged(model, lora)
     load_gates(model, src)
-    ids = _probe_ids(tok, read_probes(cfg.probe_file))
+    ids = _probe_ids(tok, probes)
     reference = probe_logits(model, ids)
 
     gates = dict(iter_gates(model))

@@ -121,16 +121,6 @@ def load_decision_prompt(path: str | Path | None) -> DecisionPrompt:
         raise DataError(f"{p}: field '{field}': {msg}") from None
 
 
-def prompt_for_model(model_dir: str | Path | None) -> DecisionPrompt:
-    """The prompt a training output was trained on (its :data:`PROMPT_FILE`), else the default.
-
-    Outputs of runs older than the prompt file were trained on the default.
-    """
-    if model_dir is not None and (Path(model_dir) / PROMPT_FILE).is_file():
-        return load_decision_prompt(Path(model_dir) / PROMPT_FILE)
-    return DEFAULT_DECISION_PROMPT
-
-
 def resolve_prompt(explicit: str | Path | None, model_file: str | Path) -> DecisionPrompt:
     """The prompt to score ``model_file`` with: ``explicit`` when given, else the
     :data:`PROMPT_FILE` beside the model (``so8t convert`` puts it there), else the default.

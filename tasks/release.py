@@ -73,6 +73,14 @@ def convert_config(plan: RunPlan, convert: BaseModel) -> ConvertConfig:
                          name=plan.gguf_name, fidelity=convert.fidelity)  # type: ignore[attr-defined]
 
 
+def version_kinds(files: dict[str, str]) -> dict[str, str]:
+    """Kinds of a version's files that their names alone would not give (see registry.models.infer_kind)."""
+    kinds = {rel: "adapter" for rel in files if rel.startswith("adapter/")}
+    kinds.update({rel: "report" for rel in files if rel.startswith("reports/")})
+    kinds.update({rel: "config" for rel in files if rel.endswith("/" + PROMPT_FILE)})
+    return kinds
+
+
 def candidate_files(plan: RunPlan, trained: TrainResult, ggufs: ConversionResult, publish_f16: bool) -> tuple[dict[str, str], dict[str, str]]:
     """Files of a candidate version (relative path -> source) and their kinds."""
     tdir, gdir = Path(trained.output_dir), Path(ggufs.out_dir)
@@ -89,10 +97,7 @@ def candidate_files(plan: RunPlan, trained: TrainResult, ggufs: ConversionResult
             files[f"reports/{name}"] = str(tdir / name)
     for name in ("adapter_model.safetensors", "adapter_config.json", "so8t_gates.safetensors"):
         files[f"adapter/{name}"] = str(tdir / name)
-    kinds = {rel: "adapter" for rel in files if rel.startswith("adapter/")}
-    kinds.update({rel: "report" for rel in files if rel.startswith("reports/")})
-    kinds.update({rel: "config" for rel in files if rel.endswith("/" + PROMPT_FILE)})
-    return files, kinds
+    return files, version_kinds(files)
 
 
 def candidate_metrics(trained: TrainResult, ggufs: ConversionResult, quant: str) -> dict[str, float]:
@@ -144,11 +149,7 @@ def calibrated_files(staged: Staged, results: str, diagram: str, modelfile: str)
     files["gguf/Modelfile"] = modelfile
     files["calibration/calibration_results.json"] = results
     files["calibration/reliability_diagram.png"] = diagram
-    kinds = {rel: "adapter" for rel in files if rel.startswith("adapter/")}
-    kinds.update({rel: "report" for rel in files if rel.startswith("reports/")})
-    kinds.update({rel: "config" for rel in files if rel.endswith("/" + PROMPT_FILE)})
-    kinds.update(CALIBRATION_KINDS)
-    return files, kinds
+    return files, {**version_kinds(files), **CALIBRATION_KINDS}
 
 
 def calibration_metrics(holdout: Any) -> dict[str, float]:

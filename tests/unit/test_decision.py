@@ -7,7 +7,7 @@ import json
 import pytest
 
 from so8t.decision import (DEFAULT_DECISION_PROMPT, LABELS, PROMPT_FILE, DecisionPrompt, decision_messages,
-                           load_decision_prompt, prompt_for_model, resolve_prompt, write_decision_prompt)
+                           load_decision_prompt, resolve_prompt, write_decision_prompt)
 from so8t.errors import DataError
 
 
@@ -26,8 +26,6 @@ def test_round_trip_and_digest(tmp_path):
     assert path == tmp_path / PROMPT_FILE
     assert load_decision_prompt(path) == p
     assert load_decision_prompt(tmp_path) == p  # a directory holding the file
-    assert prompt_for_model(tmp_path) == p
-    assert prompt_for_model(tmp_path / "elsewhere") == DEFAULT_DECISION_PROMPT
     assert p.sha256() != DEFAULT_DECISION_PROMPT.sha256()
     assert p.messages("x")[1]["content"] == "R: x ->"
     assert load_decision_prompt(None) == DEFAULT_DECISION_PROMPT
