@@ -120,6 +120,11 @@ def evidence(run: CalibrationRun, decision, **extra) -> dict:
 
 @flow(name="so8t-calibrate-and-promote", description="Calibrate a candidate (or production), gate it, promote with smoke test and rollback.")
 def calibrate_and_promote(params: CalibrateAndPromoteParams = CalibrateAndPromoteParams()) -> PromotionSummary:  # noqa: B008
+    return calibrate_gate_promote(params)
+
+
+def calibrate_gate_promote(params: CalibrateAndPromoteParams) -> PromotionSummary:
+    """The calibrate-and-promote flow's stages, run inside the calling flow (that flow or ``so8t-pipeline``)."""
     name, root = params.model.name, params.model.registry_root
     info = resolve_version(root, name, params.version or find_candidate(root, name))
     if info.is_production:

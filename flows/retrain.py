@@ -33,6 +33,11 @@ class CandidateSummary(BaseModel):
 
 @flow(name="so8t-retrain", description="Train, bake, convert, quantize and publish a candidate version.")
 def retrain(params: RetrainParams = RetrainParams()) -> CandidateSummary:  # noqa: B008 (Prefect reads the default)
+    return build_candidate(params)
+
+
+def build_candidate(params: RetrainParams) -> CandidateSummary:
+    """The retrain flow's stages, run inside the calling flow (``so8t-retrain`` or ``so8t-pipeline``)."""
     name, root = params.model.name, params.model.registry_root
     plan = plan_run(name, params.work_dir, params.train, params.convert)
     cfg = train_config(params.train, plan.train_dir)

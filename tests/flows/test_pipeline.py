@@ -64,7 +64,7 @@ def test_pipeline_promotes_a_calibrated_version_whose_gguf_loads(pipeline_scenar
 
 def test_pipeline_shows_artifacts_and_checklists(pipeline_scenario):
     runs = flow_runs_tagged(f"{pipeline_scenario['tag']}-2")
-    assert {r.state.name for r in runs} == {"Completed"}
+    assert len(runs) == 1 and runs[0].state.name == "Completed"  # one run: every artifact on its page, no sub-flows
     keys = {a.key for a in artifacts_of([r.id for r in runs])}
     assert {"training-progress", "training-loss", "bake-check", "gguf-files", "calibration-report", "gate-verdict",
             "registry-version", "registry-promotion", "smoke-test", "ab-evaluation",
