@@ -79,10 +79,11 @@ class GreedyGenerator:
     def __init__(self, path: str | Path, n_ctx: int, n_threads: int, seed: int = 0):
         import llama_cpp
 
-        from so8t.scoring import render_chat
+        from so8t.scoring import render_chat, template_token_ids
 
         self.path = Path(path)
         self._render_chat = render_chat
+        self._template_ids = template_token_ids
         threads = resolve_threads(n_threads)
         t0 = time.perf_counter()
         try:
@@ -125,10 +126,7 @@ class GreedyGenerator:
         """Tokens of the chat-templated prompt (a BOS printed by the template is not doubled)."""
         prompt = self._render_chat(self.template, [{"role": "user", "content": instruction}],
                                    self.bos_text, self.eos_text)
-        ids = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-        if len(ids) >= 2 and ids[0] == ids[1] == self.bos >= 0:
-            ids = ids[1:]
-        return ids
+        return self._template_ids(self.llm, prompt, self.bos_text)
 
     def check_fits(self, instructions: list[str], max_new_tokens: int) -> None:
         """Raise before any generation when a prompt plus ``max_new_tokens`` exceeds ``n_ctx``.

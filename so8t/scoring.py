@@ -228,6 +228,18 @@ def _token_text(llm, token: int) -> str:
     return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
 
+def template_token_ids(llm, text: str, bos_text: str) -> list[int]:
+    """Tokens of a chat-templated ``text`` with one BOS where the model uses one.
+
+    A template that prints BOS itself (Llama's ``{{ bos_token }}``) is tokenized without adding
+    another; otherwise the model's own rule (``tokenizer.ggml.add_bos_token``) decides. Asking
+    llama.cpp for a second BOS and dropping it would give the same ids, plus a warning on stderr
+    for every prompt.
+    """
+    printed = bool(bos_text) and text.startswith(bos_text)
+    return llm.tokenize(text.encode("utf-8"), add_bos=not printed, special=True)
+
+
 class _Prompter:
     """Renders and tokenizes decision prompts for one loaded model."""
 
@@ -249,10 +261,7 @@ class _Prompter:
         return render_chat(self.template, self.prompt.messages(text), self.bos_text, self.eos_text)
 
     def tokenize(self, prompt: str) -> list[int]:
-        ids = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-        if len(ids) >= 2 and ids[0] == ids[1] == self.bos >= 0:
-            ids = ids[1:]  # the template printed BOS and the tokenizer added another
-        return ids
+        return template_token_ids(self.llm, prompt, self.bos_text)
 
     def label_ids(self, prompt: str, prompt_ids: list[int], label: str) -> list[int]:
         """Tokens of ``label`` as they follow the generation prompt."""

@@ -388,3 +388,23 @@ def test_help_lists_the_runbook_flags(capsys):
                  "--initial_escalate_threshold", "--optimizer", "--holdout_fraction", "--seed", "--ece_target",
                  "--far_target", "--far_bound", "--min_macro_f1", "--n_threads", "--no_cache", "--fail_on_gate"):
         assert flag in text
+
+
+def test_template_that_prints_bos_gets_exactly_one(tiny_gguf):
+    """The tiny Llama's template starts with ``{{ bos_token }}``: scoring must not add a second BOS."""
+    import llama_cpp
+
+    from so8t.scoring import template_token_ids
+
+    llm = llama_cpp.Llama(str(tiny_gguf), vocab_only=True, verbose=False)
+    try:
+        bos = llm.token_bos()
+        bos_text = llm.detokenize([bos], special=True).decode("utf-8")
+        body = "<|user|>\nallow or deny?"
+        assert llm.tokenize(b"x", add_bos=True, special=True)[0] == bos  # the model adds BOS by itself
+        printed = template_token_ids(llm, bos_text + body, bos_text)
+        plain = template_token_ids(llm, body, bos_text)
+        assert printed[0] == bos and printed[1] != bos
+        assert printed == plain == [bos] + llm.tokenize(body.encode("utf-8"), add_bos=False, special=True)
+    finally:
+        llm.close()
