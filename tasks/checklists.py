@@ -128,10 +128,14 @@ def before_inference_items(gguf: str | Path | None, modelfile_text: str | None, 
     """推論前: GGUF present, calibrated parameters set, inference environment ready."""
     calibrated = (modelfile_text is not None and temperature is not None
                   and f"PARAMETER temperature {temperature:g}" in modelfile_text)
+    why = "Modelfile lacks the calibrated temperature"
+    note = [ln[1:].strip() for ln in (modelfile_text or "").splitlines() if ln.startswith("# calibrated temperature")]
+    if note:  # written by build_modelfile when the fitted T is no sampling temperature
+        why += f" ({note[0]})"
     return [
         CheckItem(item="GGUFファイルが存在する (GGUF present)", ok=gguf is not None and Path(gguf).is_file(), detail=str(gguf)),
         CheckItem(item="較正パラメータが設定されている (calibrated parameters set)", ok=calibrated,
-                  detail=f"Modelfile temperature {temperature:g}" if calibrated else "Modelfile lacks the calibrated temperature"),
+                  detail=f"Modelfile temperature {temperature:g}" if calibrated else why),
         CheckItem(item="推論環境が準備されている (inference environment ready)",
                   ok=importlib.util.find_spec("llama_cpp") is not None, detail="llama-cpp-python importable"),
     ]
