@@ -92,16 +92,12 @@ def render_chat(template: str, messages: list[dict], *, bos_token: str = "", eos
         ModelError: the template fails to render.
     """
     import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    def raise_exception(message: str) -> None:
-        raise jinja2.exceptions.TemplateError(message)
+    from so8t.chat_template import render_chat_template
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(template).render(messages=messages, bos_token=bos_token, eos_token=eos_token,
-                                                add_generation_prompt=add_generation_prompt)
+        return render_chat_template(template, messages, bos_token=bos_token, eos_token=eos_token,
+                                    add_generation_prompt=add_generation_prompt)
     except jinja2.exceptions.TemplateError as e:
         raise ModelError(f"the chat template failed to render ({e}); pass --raw to send the prompt as is") from None
 

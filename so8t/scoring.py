@@ -168,18 +168,11 @@ def render_chat(template: str, messages: list[dict[str, str]], bos_token: str = 
         ModelError: The template does not compile or raises.
     """
     from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
+    from so8t.chat_template import render_chat_template
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
     try:
-        return env.from_string(template).render(
-            messages=messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
-        )
+        return render_chat_template(template, messages, bos_token=bos_token, eos_token=eos_token)
     except TemplateError as e:
         raise ModelError(f"chat template from the GGUF metadata failed to render: {e}") from None
 
