@@ -45,7 +45,8 @@ def _manifest_markdown(reg: Registry, m: VersionManifest, title: str) -> str:
     rows = "\n".join(f"| `{f.path}` | {f.kind.value} | {f.size / 1e6:.2f} MB | `{f.sha256[:12]}` |" for f in m.files)
     metrics = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(m.metrics.items())) or "| (none) | |"
     parents = ", ".join(m.lineage.parents) or "none"
-    return (f"# {title}: {m.name} {m.version}\n\nRegistry `{reg.root}`; parents: {parents}; "
+    link = f"[{m.name} {m.version}]({version_link(reg, m.name, m.version)})"
+    return (f"# {title}: {link}\n\nRegistry `{reg.root}`; parents: {parents}; "
             f"flow run `{m.flow_run_id}`\n\n{m.description}\n\n| file | kind | size | sha256 |\n|---|---|---|---|\n{rows}\n\n"
             f"| metric | value |\n|---|---|\n{metrics}\n\nInspect: `so8t registry show {m.name} {m.version} --root {reg.root}`\n")
 
@@ -95,10 +96,8 @@ def publish_task(root: str | None, name: str, files: dict[str, str], *, kinds: d
         log.info("published %s %s (%d files)", name, m.version, len(m.files))
     else:
         log.info("%s %s already holds exactly these files and parameters: not publishing again", name, m.version)
-    create_link_artifact(version_link(reg, name, m.version), link_text=f"{name} {m.version}",
-                         key="registry-version", description=f"{title}: registry manifest of {name} {m.version}")
-    create_markdown_artifact(_manifest_markdown(reg, m, title), key="registry-manifest",
-                             description=f"{name} {m.version}")
+    create_markdown_artifact(_manifest_markdown(reg, m, title), key="registry-version",
+                             description=f"{title}: {name} {m.version}")
     return m
 
 

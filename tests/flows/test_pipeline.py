@@ -67,9 +67,12 @@ def test_pipeline_shows_artifacts_and_checklists(pipeline_scenario):
     assert len(runs) == 1 and runs[0].state.name == "Completed"  # one run: every artifact on its page, no sub-flows
     keys = {a.key for a in artifacts_of([r.id for r in runs])}
     assert {"training-progress", "training-loss", "bake-check", "gguf-files", "calibration-report", "gate-verdict",
-            "registry-version", "registry-promotion", "smoke-test", "ab-evaluation",
-            "checklist-before-training", "checklist-after-training", "checklist-after-conversion",
-            "checklist-after-calibration", "checklist-before-inference"} <= keys
+            "registry-version", "registry-promotion", "smoke-test", "ab-evaluation", "runbook-checklist"} <= keys
+    (checklist,) = artifacts_of([r.id for r in runs], "runbook-checklist")  # one per run, updated in place
+    sections = [ln[3:] for ln in checklist.data.splitlines() if ln.startswith("## ")]
+    assert [s.split(" (")[0] for s in sections] == ["学習前", "学習後", "焼き込み・変換後", "較正後", "推論前"], sections
+    assert checklist.description.startswith("Runbook checklist: before-training ") and "before-inference" in checklist.description
+    assert checklist.data.count("- [") == 4 + 5 + 4 + 4 + 3
     report = artifacts_of([r.id for r in runs], "calibration-report")[0]
     assert "data:image/png;base64," in report.data and "Verdict: PASS" in report.data
     progress = artifacts_of([r.id for r in runs], "training-progress")[0]

@@ -138,4 +138,4 @@ def test_markdown_marks_failures_and_not_applicable():
 
     md = checklist_markdown("t", [CheckItem(item="a", ok=True, detail="d1"), CheckItem(item="b", ok=False, detail="d2"),
                                   CheckItem(item="c", ok=None, detail="d3")])
-    assert md.splitlines()[2:] == ["- [x] a — d1", "- [ ] **FAILED** b — d2", "- [ ] n/a c — d3"]
+    assert md.splitlines() == ["## t", "", "- [x] a — d1", "- [ ] **FAILED** b — d2", "- [ ] n/a c — d3"]
