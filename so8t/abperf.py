@@ -101,8 +101,7 @@ class GreedyGenerator:
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._is_eog = llama_cpp.llama_vocab_is_eog
         self._logits_ith = llama_cpp.llama_get_logits_ith
-        self.bos = self.llm.token_bos()
-        self.bos_text = self._special_text(self.bos)
+        self.bos_text = self._special_text(self.llm.token_bos())
         self.eos_text = self._special_text(self.llm.token_eos())
         self.n_ctx = n_ctx
 

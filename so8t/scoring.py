@@ -246,8 +246,7 @@ class _Prompter:
         self.llm = llm
         self.prompt = prompt
         self.template = template
-        self.bos = llm.token_bos()
-        self.bos_text = _token_text(llm, self.bos)
+        self.bos_text = _token_text(llm, llm.token_bos())
         self.eos_text = _token_text(llm, llm.token_eos())
 
     def render(self, text: str) -> str:
