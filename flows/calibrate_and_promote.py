@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.transactions import transaction
+from prefect.utilities.annotations import opaque
 from pydantic import BaseModel
 
 from flows.params import CalibrateAndPromoteParams, calibrate_config
@@ -62,7 +63,7 @@ def calibrate_version(p: CalibrateAndPromoteParams, version: str, title: str) ->
     out = work / "calibration" / name / version / file_digest(Path(p.calibration.val_data))[:12]
     # cache records beside the outputs they describe: a deleted work_dir can never yield a stale hit
     (calibrate,) = bind_cache(out.parent, calibrate_task)
-    run = calibrate(calibrate_config(p.calibration, p.gate, gguf, out), title=title)
+    run = calibrate(opaque(calibrate_config(p.calibration, p.gate, gguf, out)), title=title)
     h = run.result.after.holdout
     far = h.false_allow_rate if p.gate.far_bound == "point" else h.false_allow_upper95
     show_checklist("after-calibration", f"較正後 (after calibration) {version}",
@@ -86,7 +87,7 @@ def ab_evaluate(p: CalibrateAndPromoteParams, candidate: str, production: str | 
     skip = ab_skip_reason(p.ab, production, gguf_a, gguf_b)
     if skip is not None:
         return skipped_ab(candidate, production, skip)
-    return ab_evaluate_task(candidate, production, gguf_a, gguf_b, run.results_path, cal_b, p.ab,
+    return ab_evaluate_task(candidate, production, gguf_a, gguf_b, run.results_path, cal_b, opaque(p.ab),
                             str(Path(run.results_path).parent / f"ab-vs-{production}"))
 
 
@@ -105,10 +106,10 @@ def publish_calibrated(p: CalibrateAndPromoteParams, cand: VersionManifest, stag
     files, kinds = calibrated_files(staged, run.results_path, run.diagram_path, modelfile)
     r, val = run.result, Path(p.calibration.val_data)
     return publish_task(
-        p.model.registry_root, p.model.name, files, kinds=kinds, metrics=calibration_metrics(r.after.holdout),
-        parameters={**cand.parameters, "gate": p.gate.model_dump(mode="json"), "calibration": {
-            "temperature": r.temperature, "tau_deny": r.tau_deny, "tau_escalate": r.tau_escalate, "val_data": str(val)}},
-        lineage=lineage_of(cand, {val.name: file_digest(val)}),
+        p.model.registry_root, p.model.name, opaque(files), kinds=opaque(kinds), metrics=opaque(calibration_metrics(r.after.holdout)),
+        parameters=opaque({**cand.parameters, "gate": p.gate.model_dump(mode="json"), "calibration": {
+            "temperature": r.temperature, "tau_deny": r.tau_deny, "tau_escalate": r.tau_escalate, "val_data": str(val)}}),
+        lineage=opaque(lineage_of(cand, {val.name: file_digest(val)})),
         description=f"{cand.version} calibrated on {val.name}: T={r.temperature:.3g}", title="Calibrated version published")
 
 
@@ -135,28 +136,28 @@ def calibrate_gate_promote(params: CalibrateAndPromoteParams) -> PromotionSummar
     ab = ab_evaluate(params, candidate, production, staged, run)
     release = publish_calibrated(params, info.manifest, staged, run)
 
-    decision = gate_task(run.result, params.gate, title=f"Gate of {release.version} (calibrated {candidate})")
+    decision = gate_task(opaque(run.result), opaque(params.gate), title=f"Gate of {release.version} (calibrated {candidate})")
     if params.ab.must_pass and ab.passed is False:
         decision = with_failed_ab(decision, ab)
     if not decision.passed:
         why = f"gate failed: {decision.summary}"
         for v in dict.fromkeys([release.version, candidate]):
-            reject_task(root, name, v, reason=why, evidence=evidence(run, decision))
+            reject_task(root, name, v, reason=why, evidence=opaque(evidence(run, decision)))
         emit_model_event(GATE_FAILED, name, release.version, {"candidate": candidate, "failed": list(decision.failed), "summary": decision.summary})
         raise GateFailed(f"{name} {release.version} (calibrated {candidate}) failed the promotion gate on "
                          f"{', '.join(decision.failed)}: {decision.summary}; rejected, production unchanged ({production or 'none'})")
 
     try:
         if production is None:  # nothing to roll back to: check the model before it serves
-            smoke_test_task(root, name, release.version, params.smoke)
+            smoke_test_task(root, name, release.version, opaque(params.smoke))
         with transaction():
-            promote_task(root, name, release.version, evidence=evidence(run, decision, candidate=candidate, ab=ab.model_dump()),
+            promote_task(root, name, release.version, evidence=opaque(evidence(run, decision, candidate=candidate, ab=ab.model_dump())),
                          reason=f"gate passed: {decision.summary}")
-            smoke_test_task(root, name, "production", params.smoke)
+            smoke_test_task(root, name, "production", opaque(params.smoke))
     except Exception as e:
         now = production_version(root, name)
         if now != release.version:  # restored by the rollback hook, or never promoted
-            reject_task(root, name, release.version, reason=f"smoke test failed: {e}", evidence={"error": str(e)})
+            reject_task(root, name, release.version, reason=f"smoke test failed: {e}", evidence=opaque({"error": str(e)}))
         raise PromotionFailed(f"{name} {release.version} failed its smoke test ({e}); it is rejected and production "
                               f"is {now or 'still unset'}" + (" (restored by the transaction rollback)" if production else "")) from e
 
@@ -173,17 +174,17 @@ def recalibrate_production(p: CalibrateAndPromoteParams, production: str) -> Pro
     """Re-calibrate production on the given data; roll back to an earlier passing version if it fails."""
     name, root = p.model.name, p.model.registry_root
     _, run = calibrate_version(p, production, f"Re-calibration of production {production}")
-    decision = gate_task(run.result, p.gate, title=f"Gate of production {production} on {Path(p.calibration.val_data).name}")
+    decision = gate_task(opaque(run.result), opaque(p.gate), title=f"Gate of production {production} on {Path(p.calibration.val_data).name}")
     if decision.passed:
         return PromotionSummary(name=name, action="kept", version=production, verdict=decision.summary)
     emit_model_event(GATE_FAILED, name, production, {"production": True, "failed": list(decision.failed), "summary": decision.summary})
     tried = []
     for version in earlier_production_versions(Registry(root), name, production):
         _, cand = calibrate_version(p, version, f"Re-calibration of earlier version {version}")
-        verdict = gate_task(cand.result, p.gate, title=f"Gate of {version} on {Path(p.calibration.val_data).name}")
+        verdict = gate_task(opaque(cand.result), opaque(p.gate), title=f"Gate of {version} on {Path(p.calibration.val_data).name}")
         tried.append(f"{version}: {verdict.summary}")
         if verdict.passed:
-            rollback_task(root, name, to=version, evidence=evidence(cand, verdict, failed_production=production),
+            rollback_task(root, name, to=version, evidence=opaque(evidence(cand, verdict, failed_production=production)),
                           reason=f"production {production} failed the gate on {p.calibration.val_data}: {decision.summary}")
             emit_model_event(PRODUCTION_ROLLED_BACK, name, version, {"from": production, "summary": decision.summary})
             mirror_if_configured(p.mirror, root, name)

@@ -7,6 +7,7 @@ The plain-Python twin is ``so8t train`` / ``so8t bake`` / ``so8t gguf convert`` 
 from __future__ import annotations
 
 from prefect import flow
+from prefect.utilities.annotations import opaque
 from pydantic import BaseModel
 
 from flows.params import RetrainParams, train_config
@@ -44,22 +45,22 @@ def build_candidate(params: RetrainParams) -> CandidateSummary:
     show_checklist("before-training", "学習前 (before training)", before_training_items(cfg))
 
     train, bake, convert, quantize = bind_cache(plan.run_dir, train_task, bake_task, convert_task, quantize_task)
-    trained = train(cfg)
+    trained = train(opaque(cfg))
     show_checklist("after-training", "学習後 (after training)", after_training_items(trained.output_dir))
-    bake(bake_config(plan, trained))
+    bake(opaque(bake_config(plan, trained)))
     conv_cfg = convert_config(plan, params.convert)
-    convert(conv_cfg)
-    ggufs = quantize(conv_cfg)
+    convert(opaque(conv_cfg))
+    ggufs = quantize(opaque(conv_cfg))
     show_checklist("after-conversion", "焼き込み・変換後 (after bake and conversion)",
                    after_conversion_items(plan.baked_dir, ggufs.report_path, conv_cfg.quants))
 
     files, kinds = candidate_files(plan, trained, ggufs, params.convert.publish_f16)
     main = f"gguf/{ggufs.path(conv_cfg.quants[0]).name}"
     manifest = publish_task(
-        root, name, files, kinds=kinds, metrics=candidate_metrics(trained, ggufs, conv_cfg.quants[0]),
-        parameters={"main_gguf": main, "train": cfg.model_dump(mode="json"), "convert": params.convert.model_dump(mode="json"),
-                    "run_dir": plan.run_dir},
-        lineage={"base_model": plan.base_model, "dataset_hashes": plan.dataset_hashes, "code_revision": code_revision()},
+        root, name, opaque(files), kinds=opaque(kinds), metrics=opaque(candidate_metrics(trained, ggufs, conv_cfg.quants[0])),
+        parameters=opaque({"main_gguf": main, "train": cfg.model_dump(mode="json"), "convert": params.convert.model_dump(mode="json"),
+                           "run_dir": plan.run_dir}),
+        lineage=opaque({"base_model": plan.base_model, "dataset_hashes": plan.dataset_hashes, "code_revision": code_revision()}),
         description=f"candidate: SO8T on {plan.base_model}, {trained.global_step} steps, {conv_cfg.quants[0]}",
         title="Candidate published",
     )
