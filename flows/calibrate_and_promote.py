@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.transactions import transaction
 from prefect.utilities.annotations import opaque
 from pydantic import BaseModel
 
 from flows.params import CalibrateAndPromoteParams, calibrate_config
 from registry import Registry, VersionManifest
-from so8t.gate import GateCriterion, GateDecision
 from tasks.abtest import ABOutcome, ab_evaluate_task, ab_skip_reason, skipped_ab
 from tasks.caching import bind_cache, file_digest
 from tasks.calibration import CalibrationRun, calibrate_task, gate_task
@@ -75,9 +74,9 @@ def ab_evaluate(p: CalibrateAndPromoteParams, candidate: str, production: str | 
                 run: CalibrationRun) -> ABOutcome:
     """Export production (when there is one) and A/B the candidate's served GGUF against it.
 
-    The ``ab-evaluate`` task runs only when there is something to compare; a skipped comparison
-    (disabled, no production, same GGUF, no A/B module) is shown as the run's ``ab-evaluation``
-    artifact saying why.
+    The ``ab-evaluate`` task runs only when there is something to compare; why a comparison was
+    skipped (disabled, no production, same GGUF, no A/B module) is logged and shown as the A/B row
+    of the run's ``gate-verdict`` table.
     """
     name, root, reg = p.model.name, p.model.registry_root, Registry(p.model.registry_root)
     prod = export_version(root, name, production, str(Path(p.work_dir).expanduser().resolve() / "exports" / name / production)) if production else None
@@ -86,17 +85,10 @@ def ab_evaluate(p: CalibrateAndPromoteParams, candidate: str, production: str | 
     gguf_b = prod.files[main_gguf(reg.manifest(name, production))] if prod else None
     skip = ab_skip_reason(p.ab, production, gguf_a, gguf_b)
     if skip is not None:
+        get_run_logger().info("A/B against production skipped: %s", skip)
         return skipped_ab(candidate, production, skip)
     return ab_evaluate_task(candidate, production, gguf_a, gguf_b, run.results_path, cal_b, opaque(p.ab),
                             str(Path(run.results_path).parent / f"ab-vs-{production}"))
-
-
-def with_failed_ab(decision: GateDecision, ab: ABOutcome) -> GateDecision:
-    """The gate decision with the A/B non-inferiority verdict added as a failed criterion."""
-    crit = GateCriterion(name="ab_non_inferiority", value=0.0, threshold=1.0, comparison=">=", passed=False,
-                         reason=f"A/B against production {ab.production}: {ab.summary}")
-    return GateDecision(passed=False, criteria=(*decision.criteria, crit), failed=(*decision.failed, crit.name),
-                        summary=(decision.summary if not decision.passed else "FAIL") + "; " + crit.reason)
 
 
 def publish_calibrated(p: CalibrateAndPromoteParams, cand: VersionManifest, staged: Staged, run: CalibrationRun) -> VersionManifest:
@@ -136,9 +128,8 @@ def calibrate_gate_promote(params: CalibrateAndPromoteParams) -> PromotionSummar
     ab = ab_evaluate(params, candidate, production, staged, run)
     release = publish_calibrated(params, info.manifest, staged, run)
 
-    decision = gate_task(opaque(run.result), opaque(params.gate), title=f"Gate of {release.version} (calibrated {candidate})")
-    if params.ab.must_pass and ab.passed is False:
-        decision = with_failed_ab(decision, ab)
+    decision = gate_task(opaque(run.result), opaque(params.gate), title=f"Gate of {release.version} (calibrated {candidate})",
+                         ab=opaque(ab), ab_must_pass=params.ab.must_pass)
     if not decision.passed:
         why = f"gate failed: {decision.summary}"
         for v in dict.fromkeys([release.version, candidate]):

@@ -90,9 +90,7 @@ def run_ab_comparison(candidate_gguf: str, production_gguf: str, candidate_calib
 
 
 def skipped_ab(candidate: str, production: str | None, reason: str) -> ABOutcome:
-    """The outcome of a skipped comparison, shown as the ``ab-evaluation`` artifact of the current run."""
-    create_markdown_artifact(f"# A/B evaluation skipped\n\n{candidate} vs {production}: {reason}.\n",
-                             key="ab-evaluation", description=f"A/B skipped: {reason}")
+    """The outcome of a skipped comparison (the flows show it as the A/B row of the gate table)."""
     return ABOutcome(skipped=True, reason=reason, candidate=candidate, production=production)
 
 
@@ -103,6 +101,8 @@ def ab_evaluate_task(candidate: str, production: str | None, candidate_gguf: str
     """Candidate (A) against production (B): quality, safety, performance, non-inferiority verdict."""
     skip = ab_skip_reason(settings, production, candidate_gguf, production_gguf)
     if skip is not None:
+        create_markdown_artifact(f"# A/B evaluation skipped\n\n{candidate} vs {production}: {skip}.\n",
+                                 key="ab-evaluation", description=f"A/B skipped: {skip}")
         return skipped_ab(candidate, production, skip)
     report, json_path = run_ab_comparison(candidate_gguf, production_gguf, candidate_calibration,  # type: ignore[arg-type]
                                           production_calibration, settings, output_dir)

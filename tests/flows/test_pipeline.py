@@ -67,7 +67,14 @@ def test_pipeline_shows_artifacts_and_checklists(pipeline_scenario):
     assert len(runs) == 1 and runs[0].state.name == "Completed"  # one run: every artifact on its page, no sub-flows
     keys = {a.key for a in artifacts_of([r.id for r in runs])}
     assert {"training-progress", "training-loss", "bake-check", "gguf-files", "calibration-report", "gate-verdict",
-            "registry-version", "registry-promotion", "smoke-test", "ab-evaluation", "runbook-checklist"} <= keys
+            "registry-version", "registry-promotion", "smoke-test", "runbook-checklist"} <= keys
+    # no production yet: no A/B run and no A/B artifact; the gate table says why it was skipped
+    assert "ab-evaluation" not in keys
+    (gate,) = artifacts_of([r.id for r in runs], "gate-verdict")
+    rows = json.loads(gate.data) if isinstance(gate.data, str) else gate.data
+    assert [r["criterion"] for r in rows][-1] == "ab_non_inferiority"
+    assert rows[-1]["passed"] == "skipped" and "no production version" in rows[-1]["reason"]
+    assert all(r["passed"] is True for r in rows[:-1]) and gate.description.endswith(": PASS")
     (checklist,) = artifacts_of([r.id for r in runs], "runbook-checklist")  # one per run, updated in place
     sections = [ln[3:] for ln in checklist.data.splitlines() if ln.startswith("## ")]
     assert [s.split(" (")[0] for s in sections] == ["学習前", "学習後", "焼き込み・変換後", "較正後", "推論前"], sections

@@ -6,6 +6,7 @@ tiny model (Q4_0 instead of Q8_0): different files, different real calibration r
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -86,11 +87,8 @@ def test_gate_failure_rejects_candidate_keeps_production_and_emits_event(pipelin
     assert st.state_of(v3).value == "rejected" and st.state_of(v4).value == "rejected"
     assert reg.manifest(NAME, v4).lineage.parents == (v3,)
     gate = artifacts_of([r.id for r in flow_runs_tagged(tag)], "gate-verdict")[0]
-    failed = [row["criterion"] for row in gate.data if not row["passed"]] if isinstance(gate.data, list) else None
-    if failed is None:
-        import json
-
-        failed = [row["criterion"] for row in json.loads(gate.data) if not row["passed"]]
+    rows = json.loads(gate.data) if isinstance(gate.data, str) else gate.data
+    failed = [row["criterion"] for row in rows if row["passed"] is False]
     assert failed and "failed the promotion gate on " + ", ".join(failed) in state.message
     assert "production unchanged (v2)" in state.message
     assert [e.action for e in reg.history(NAME)][-2:] == ["reject", "reject"]
@@ -195,10 +193,20 @@ def test_failed_ab_with_must_pass_blocks_the_promotion(pipeline_scenario, reg_ro
     assert reg.state(NAME).state_of(v3).value == "rejected"
     ab_art = artifacts_of([r.id for r in flow_runs_tagged(tag)], "ab-evaluation")[0]
     assert "A fails: " in (ab_art.description or "") and "throughput" in ab_art.description
+    # the gate table shows the A/B verdict as the failed criterion, not a passing gate
+    (gate,) = artifacts_of([r.id for r in flow_runs_tagged(tag)], "gate-verdict")
+    rows = json.loads(gate.data) if isinstance(gate.data, str) else gate.data
+    assert [r["criterion"] for r in rows if r["passed"] is False] == ["ab_non_inferiority"]
+    assert "throughput" in rows[-1]["reason"] and "ab_non_inferiority" not in [r["criterion"] for r in rows[:-1]]
+    assert "FAIL" in gate.description and "throughput" in gate.description
 
     # the same comparison without must_pass only informs: the candidate is promoted
     v5 = publish_variant(reg_root, Q4)
-    state, _ = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, reg_root, tmp_path / "again", version=v5,
-                                                           gate=lenient, ab=ab.model_copy(update={"must_pass": False})))
+    state, tag = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, reg_root, tmp_path / "again", version=v5,
+                                                             gate=lenient, ab=ab.model_copy(update={"must_pass": False})))
     assert state.is_completed(), state.message
+    (gate,) = artifacts_of([r.id for r in flow_runs_tagged(tag)], "gate-verdict")
+    rows = json.loads(gate.data) if isinstance(gate.data, str) else gate.data
+    assert rows[-1]["criterion"] == "ab_non_inferiority" and rows[-1]["passed"] == "not required (failed)"
+    assert all(r["passed"] is True for r in rows[:-1]) and gate.description.endswith(": PASS")
     assert reg.state(NAME).aliases["production"] != "v2"
