@@ -88,11 +88,10 @@ def direct(p) -> str:
     from registry import Registry
     from so8t.bake import bake
     from so8t.calibration_cli import DIAGRAM_FILE, RESULTS_FILE, run_calibration
-    from so8t.gate import evaluate_gate
     from so8t.train import train
     from tasks.abtest import ABOutcome, ab_skip_reason, run_ab_comparison
     from tasks.caching import file_digest
-    from tasks.calibration import CalibrationRun, ab_row, with_failed_ab
+    from tasks.calibration import CalibrationRun, gate_decision
     from tasks.checklists import (after_calibration_items, after_conversion_items, after_training_items,
                                   before_inference_items, before_training_items)
     from tasks.gguf import convert_f16, quantize_gguf
@@ -158,10 +157,7 @@ def direct(p) -> str:
             "val_data": str(val)}},
         lineage=lineage_of(info.manifest, {val.name: file_digest(val)}),
         description=f"{candidate} calibrated on {val.name}: T={result.temperature:.3g}")
-    decision = evaluate_gate(h, p.gate)
-    if p.ab.must_pass and ab.passed is False:
-        decision = with_failed_ab(decision, ab)
-    ab_row(ab, p.ab.must_pass)  # the gate table's A/B row (gate_task)
+    decision, _ = gate_decision(result, p.gate, ab, p.ab.must_pass)
     assert decision.passed, decision.summary
     if production is None:
         raise_if_failed(run_smoke_test(root, name, release.version, p.smoke), name)

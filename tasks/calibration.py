@@ -106,6 +106,19 @@ def ab_row(ab: ABOutcome, must_pass: bool) -> dict:
             "reason": f"A/B against production {ab.production}: {ab.summary}"}
 
 
+def gate_decision(result: CalibrationResult, gate: GateConfig, ab: ABOutcome | None = None,
+                  ab_must_pass: bool = False) -> tuple[GateDecision, list[dict]]:
+    """The gate decision on the held-out metrics (and on the A/B verdict when it must pass), and its table rows."""
+    decision = evaluate_gate(result.after.holdout, gate)
+    if ab is not None and ab_must_pass and ab.passed is False:
+        decision = with_failed_ab(decision, ab)
+    rows = [{"criterion": c.name, "value": c.value, "threshold": f"{c.comparison} {c.threshold}",
+             "passed": c.passed, "reason": c.reason} for c in decision.criteria]
+    if ab is not None and AB_CRITERION not in decision.failed:
+        rows.append(ab_row(ab, ab_must_pass))
+    return decision, rows
+
+
 @task(name="evaluate-gate")
 def gate_task(result: CalibrationResult, gate: GateConfig, title: str = "Promotion gate", ab: ABOutcome | None = None,
               ab_must_pass: bool = False) -> GateDecision:
@@ -114,12 +127,6 @@ def gate_task(result: CalibrationResult, gate: GateConfig, title: str = "Promoti
     The ``gate-verdict`` table shows every criterion of the decision; the A/B step (when the flow
     ran one, or skipped it) is a row too, whether it decides or only informs.
     """
-    decision = evaluate_gate(result.after.holdout, gate)
-    if ab is not None and ab_must_pass and ab.passed is False:
-        decision = with_failed_ab(decision, ab)
-    rows = [{"criterion": c.name, "value": c.value, "threshold": f"{c.comparison} {c.threshold}",
-             "passed": c.passed, "reason": c.reason} for c in decision.criteria]
-    if ab is not None and AB_CRITERION not in decision.failed:
-        rows.append(ab_row(ab, ab_must_pass))
+    decision, rows = gate_decision(result, gate, ab, ab_must_pass)
     create_table_artifact(rows, key="gate-verdict", description=f"{title}: {decision.summary}")
     return decision

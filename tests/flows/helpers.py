@@ -48,6 +48,13 @@ def artifacts_of(flow_run_ids: list[Any], key: str | None = None) -> list[Any]:
         return c.read_artifacts(artifact_filter=f)
 
 
+def table_rows(artifact: Any) -> list[dict]:
+    """The rows of a table artifact (the API returns its data as a JSON string or already decoded)."""
+    import json
+
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
 def events_named(name: str, resource: str, timeout_s: float = 20.0) -> list[Any]:
     """Events called ``name`` about resource id ``resource`` (waits for the events worker to deliver)."""
     from prefect import get_client

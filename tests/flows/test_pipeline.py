@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.helpers import artifacts_of, flow_runs_tagged, task_runs_tagged
+from tests.flows.helpers import artifacts_of, flow_runs_tagged, table_rows, task_runs_tagged
 
 EXPENSIVE = ("train-so8t", "bake-so8t", "convert-gguf", "quantize-gguf", "calibrate-gguf")
 
@@ -71,7 +71,7 @@ def test_pipeline_shows_artifacts_and_checklists(pipeline_scenario):
     # no production yet: no A/B run and no A/B artifact; the gate table says why it was skipped
     assert "ab-evaluation" not in keys
     (gate,) = artifacts_of([r.id for r in runs], "gate-verdict")
-    rows = json.loads(gate.data) if isinstance(gate.data, str) else gate.data
+    rows = table_rows(gate)
     assert [r["criterion"] for r in rows][-1] == "ab_non_inferiority"
     assert rows[-1]["passed"] == "skipped" and "no production version" in rows[-1]["reason"]
     assert all(r["passed"] is True for r in rows[:-1]) and gate.description.endswith(": PASS")

@@ -6,14 +6,13 @@ tiny model (Q4_0 instead of Q8_0): different files, different real calibration r
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.flows.conftest import copy_registry
-from tests.flows.helpers import artifacts_of, events_named, flow_runs_tagged
+from tests.flows.helpers import artifacts_of, events_named, flow_runs_tagged, table_rows
 
 NAME = "tiny-so8t"
 Q8, Q4 = "gguf/tiny-so8t_Q8_0.gguf", "gguf/tiny-so8t_Q4_0.gguf"
@@ -87,7 +86,7 @@ def test_gate_failure_rejects_candidate_keeps_production_and_emits_event(pipelin
     assert st.state_of(v3).value == "rejected" and st.state_of(v4).value == "rejected"
     assert reg.manifest(NAME, v4).lineage.parents == (v3,)
     gate = artifacts_of([r.id for r in flow_runs_tagged(tag)], "gate-verdict")[0]
-    rows = json.loads(gate.data) if isinstance(gate.data, str) else gate.data
+    rows = table_rows(gate)
     failed = [row["criterion"] for row in rows if row["passed"] is False]
     assert failed and "failed the promotion gate on " + ", ".join(failed) in state.message
     assert "production unchanged (v2)" in state.message
@@ -195,7 +194,7 @@ def test_failed_ab_with_must_pass_blocks_the_promotion(pipeline_scenario, reg_ro
     assert "A fails: " in (ab_art.description or "") and "throughput" in ab_art.description
     # the gate table shows the A/B verdict as the failed criterion, not a passing gate
     (gate,) = artifacts_of([r.id for r in flow_runs_tagged(tag)], "gate-verdict")
-    rows = json.loads(gate.data) if isinstance(gate.data, str) else gate.data
+    rows = table_rows(gate)
     assert [r["criterion"] for r in rows if r["passed"] is False] == ["ab_non_inferiority"]
     assert "throughput" in rows[-1]["reason"] and "ab_non_inferiority" not in [r["criterion"] for r in rows[:-1]]
     assert "FAIL" in gate.description and "throughput" in gate.description
@@ -206,7 +205,7 @@ def test_failed_ab_with_must_pass_blocks_the_promotion(pipeline_scenario, reg_ro
                                                              gate=lenient, ab=ab.model_copy(update={"must_pass": False})))
     assert state.is_completed(), state.message
     (gate,) = artifacts_of([r.id for r in flow_runs_tagged(tag)], "gate-verdict")
-    rows = json.loads(gate.data) if isinstance(gate.data, str) else gate.data
+    rows = table_rows(gate)
     assert rows[-1]["criterion"] == "ab_non_inferiority" and rows[-1]["passed"] == "not required (failed)"
     assert all(r["passed"] is True for r in rows[:-1]) and gate.description.endswith(": PASS")
     assert reg.state(NAME).aliases["production"] != "v2"
