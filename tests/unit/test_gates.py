@@ -46,18 +46,40 @@ def test_generators_are_float32_and_trainable(tiny_llama):
     assert gates[0].generators.shape == (256 // 8, 28)
 
 
+def _independent_rotation(params) -> "np.ndarray":
+    """blockdiag(expm(A_b)) built with numpy/scipy from the 28 strict-upper-triangle entries."""
+    import numpy as np
+    from scipy.linalg import block_diag, expm
+
+    blocks = []
+    for row in params.detach().double().numpy():
+        a = np.zeros((8, 8))
+        a[np.triu_indices(8, k=1)] = row
+        blocks.append(expm(a - a.T))
+    return block_diag(*blocks)
+
+
 def test_gate_rotates_o_proj_input(tiny_llama):
+    """o_proj receives blockdiag(R) x, not the raw concatenated heads x (fails with the gate hook removed)."""
     m = _load(tiny_llama)
     attach_gates(m, [1])
     gate = dict(iter_gates(m))[1]
+    torch.manual_seed(0)
     with torch.no_grad():
         gate.generators.normal_(std=0.1)
     seen = {}
     o_proj = m.model.layers[1].self_attn.o_proj
-    h = o_proj.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], y=out))
-    m(torch.randint(3, 500, (1, 5)))
-    h.remove()
-    # the hook saw the rotated input; the output is W applied to it
+    # prepended, so it runs before the gate's own pre-hook: the raw input of o_proj
+    h_raw = o_proj.register_forward_pre_hook(lambda mod, args: seen.update(raw=args[0].detach().clone()), prepend=True)
+    h_out = o_proj.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], y=out))
+    with torch.no_grad():
+        m(torch.randint(3, 500, (1, 5), generator=torch.Generator().manual_seed(1)))
+    h_raw.remove()
+    h_out.remove()
+    raw, x = seen["raw"].double(), seen["x"].double()
+    want = raw @ torch.from_numpy(_independent_rotation(gate.generators)).T  # column convention: x' = R x
+    assert (x - raw).abs().max() > 1e-3, "o_proj saw its raw input: the gate did not rotate it"
+    torch.testing.assert_close(x, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(seen["y"], seen["x"] @ o_proj.weight.T)
 
 

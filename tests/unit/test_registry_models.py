@@ -23,27 +23,55 @@ from registry.models import (
 )
 
 
-@given(st.text(min_size=0, max_size=40))
-@settings(max_examples=300, deadline=None)
-def test_accepted_paths_stay_inside_the_version(path: str) -> None:
+# Pieces that an attacker (or a Windows user) puts in a path: separators, dot components,
+# drive letters, NUL and control characters, next to ordinary names; plus arbitrary text.
+_PIECES = st.sampled_from(["..", ".", "/", "\\", "a", "gguf", "m.gguf", "C:", "\x00", "\n", " ", "~", "é", "v1"])
+PATHS = st.one_of(st.lists(_PIECES, max_size=8).map("".join), st.text(max_size=40))
+NAMES = st.one_of(st.lists(_PIECES, max_size=5).map("".join), st.text(max_size=20))
+
+
+def _run_property(strategy, check, accept) -> dict[str, list[str]]:
+    """Run ``check`` on every accepted example; returns the accepted and rejected inputs seen."""
+    seen: dict[str, list[str]] = {"accepted": [], "rejected": []}
+
+    @given(strategy)
+    @settings(max_examples=400, deadline=None)
+    def prop(value: str) -> None:
+        try:
+            ok = accept(value)
+        except InvalidNameError:
+            seen["rejected"].append(value)
+            return
+        seen["accepted"].append(value)
+        check(value, ok)
+
+    prop()
+    return seen
+
+
+def test_accepted_paths_stay_inside_the_version() -> None:
     root = Path("/srv/store/version")
-    try:
-        ok = check_relpath(path)
-    except InvalidNameError:
-        return
-    resolved = Path(os.path.normpath(root / ok))
-    assert resolved.is_relative_to(root) and resolved != root
-    assert "\x00" not in ok and not ok.startswith("/")
+
+    def check(path: str, ok: str) -> None:
+        resolved = Path(os.path.normpath(root / ok))
+        assert resolved.is_relative_to(root) and resolved != root
+        assert "\x00" not in ok and not ok.startswith("/") and "\\" not in ok
+
+    seen = _run_property(PATHS, check, check_relpath)
+    # the property was exercised on both sides, with the dangerous pieces actually generated
+    assert len(seen["accepted"]) >= 20 and any("/" in p for p in seen["accepted"]), seen["accepted"][:10]
+    for piece in ("..", "/", "\\"):
+        assert any(piece in p for p in seen["rejected"]), piece
 
 
-@given(st.text(min_size=0, max_size=20))
-@settings(max_examples=300, deadline=None)
-def test_accepted_model_names_are_single_safe_components(name: str) -> None:
-    try:
-        ok = check_model_name(name)
-    except InvalidNameError:
-        return
-    assert "/" not in ok and ok not in (".", "..") and "\x00" not in ok and ".." not in ok
+def test_accepted_model_names_are_single_safe_components() -> None:
+    def check(name: str, ok: str) -> None:
+        assert "/" not in ok and ok not in (".", "..") and "\x00" not in ok and ".." not in ok and "\\" not in ok
+
+    seen = _run_property(NAMES, check, check_model_name)
+    assert len(seen["accepted"]) >= 20, seen["accepted"]
+    for piece in ("..", "/", "\\"):
+        assert any(piece in n for n in seen["rejected"]), piece
 
 
 def test_error_messages_name_value_rule_and_fix() -> None:

@@ -1,0 +1,47 @@
+"""Which version calibrate-and-promote takes when none is named (the deployment default)."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry import Registry
+from registry.errors import NotFoundError
+from tasks.registry import find_candidate, newest_uncalibrated_candidate
+
+NAME = "m"
+
+
+def _publish(reg: Registry, tag: str, *, calibrated: bool = False, parent: str | None = None) -> str:
+    files = {"gguf/m.gguf": tag.encode()}
+    kinds = {"gguf/m.gguf": "gguf"}
+    if calibrated:
+        files["calibration/calibration_results.json"] = b'{"temperature": 1.0}'
+        kinds["calibration/calibration_results.json"] = "calibration"
+    m = reg.publish(NAME, files, kinds=kinds, lineage={"parents": [parent]} if parent else None, description=tag)
+    return m.version
+
+
+def test_newest_uncalibrated_candidate_skips_calibrated_rejected_and_already_calibrated(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    v1 = _publish(reg, "first")
+    v2 = _publish(reg, "v1 calibrated", calibrated=True, parent=v1)  # v1 was calibrated: no longer awaiting
+    reg.promote(NAME, v2)
+    v3 = _publish(reg, "second")  # the answer
+    v4 = _publish(reg, "third")
+    _publish(reg, "v4 calibrated", calibrated=True, parent=v4)  # v4 calibrated (e.g. rejected by the gate)
+    v6 = _publish(reg, "fourth")
+    reg.reject(NAME, v6, reason="bad")  # rejected: not a candidate any more
+    _publish(reg, "a calibrated candidate without parent", calibrated=True)
+    assert newest_uncalibrated_candidate(reg, NAME) == v3 == find_candidate(str(reg.root), NAME)
+
+    v8 = _publish(reg, "fifth")
+    assert find_candidate(str(reg.root), NAME) == v8  # newest wins
+
+
+def test_no_candidate_awaiting_calibration_is_a_clear_error(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    v1 = _publish(reg, "only")
+    _publish(reg, "calibrated", calibrated=True, parent=v1)
+    assert newest_uncalibrated_candidate(reg, NAME) is None
+    with pytest.raises(NotFoundError, match="no candidate awaiting calibration"):
+        find_candidate(str(reg.root), NAME)
