@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
@@ -136,11 +137,35 @@ def smollm2_q8(tmp_path_factory) -> Path:
     return convert_to_gguf(prepare_embedded("smollm2"), out, ["Q8_0"], name="smollm2", fidelity=False).path("Q8_0")
 
 
+FRANCE_CHAT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+               "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+               "The capital of France is")
+
+
 @pytest.mark.slow
-def test_smollm2_greedy_answer_names_paris(smollm2_q8, capsys):
-    rc = main(["run", "-m", str(smollm2_q8), "-p", "What is the capital of France?", "--temp", "0", "-n", "48", "-t", "1"])
+def test_smollm2_q8_answers_and_knows_paris(smollm2_q8, capsys):
+    """The CLI streams a greedy answer, and the quantized model puts " Paris" first among the candidates.
+
+    The exact greedy text is not asserted: it depends on the CPU's kernels (an AMD EPYC and an Intel
+    Xeon round Q8_0 dot products differently, and a near-tie flips the path). What holds on any x86-64
+    CPU is the model's knowledge, read as next-token logits after a teacher-forced answer prefix.
+    """
+    from so8t.scoring import _load_model, last_logits
+
+    rc = main(["run", "-m", str(smollm2_q8), "-p", "What is the capital of France?", "--temp", "0", "-n", "24", "-t", "1"])
     assert rc == 0
-    assert "Paris" in capsys.readouterr().out
+    assert len(capsys.readouterr().out.strip()) >= 2, "no answer streamed"
+
+    llm = _load_model(smollm2_q8, n_ctx=256, n_threads=1)
+    try:
+        llm.eval(llm.tokenize(FRANCE_CHAT.encode(), add_bos=False, special=True))
+        logits = last_logits(llm).astype(np.float64)
+        top5 = [llm.detokenize([int(t)]).decode("utf-8", "replace") for t in np.argsort(-logits)[:5]]
+        paris, london = (llm.tokenize(w.encode(), add_bos=False, special=False)[0] for w in (" Paris", " London"))
+    finally:
+        llm.close()
+    assert " Paris" in top5, top5
+    assert logits[paris] - logits[london] > 2.0  # a wide margin: no kernel's rounding reaches it
 
 
 @pytest.mark.slow
