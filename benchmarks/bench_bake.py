@@ -70,7 +70,7 @@ def independent_check(base_dir: Path, adapter: Path, baked: Path, n_tokens: int)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from so8t.bake import compare_logits
+    from so8t.logit_compare import compare_logit_sets as compare_logits
     from so8t.gates import load_gates
 
     gated = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32), str(adapter)).eval()

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from so8t.decision import PROMPT_FILE, load_decision_prompt
 from so8t.errors import ModelError
 from so8t.gates import find_attention_layers, iter_gates, read_gates, remove_gates
+from so8t.logit_compare import compare_logit_sets
 from so8t.rotation import fold_into_weight, orthogonality_error, rotations_from_params
 
 logger = logging.getLogger(__name__)
@@ -165,21 +166,6 @@ def probe_logits(model: torch.nn.Module, ids: list[list[int]]) -> list[torch.Ten
     return list(logits.split([len(x) for x in ids], 0))
 
 
-def compare_logits(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict[str, float]:
-    """max |delta logit|, mean/max KL(ref || got) of next-token distributions, top-1 agreement."""
-    deltas, kls, agree, n = [], [], 0, 0
-    for a, b in zip(ref, got):
-        deltas.append(float((a - b).abs().max()))
-        la, lb = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
-        kl = (la.exp() * (la - lb)).sum(-1)  # (T,)
-        kls.append(kl)
-        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-        n += a.shape[0]
-    allkl = torch.cat(kls)
-    return {"max_abs_logit_delta": max(deltas), "mean_kl": float(allkl.mean()), "max_kl": float(allkl.max()),
-            "top1_agreement": agree / n, "tokens": n}
-
-
 def _bake_device(spec: str) -> torch.device:
     """The bake's device; fp32 matmuls without TF32, so the check means the same on a GPU."""
     if spec == "cuda" or (spec == "auto" and torch.cuda.is_available()):
@@ -273,7 +259,7 @@ def bake(cfg: BakeConfig) -> BakeReport:
             attn[i].o_proj.weight.data = new[key]  # a fresh tensor: see so8t.lora.merge_into
             folds.append(LayerFold(layer=i, orthogonality_error=err, max_abs_weight_change=change))
     baked_logits = probe_logits(model, ids)
-    cmp = compare_logits(reference, baked_logits)
+    cmp = compare_logit_sets(reference, baked_logits)
     passed = cmp["max_abs_logit_delta"] <= cfg.max_abs_logit_delta and cmp["mean_kl"] <= cfg.max_kl
     report = BakeReport(
         model_path=str(src), base_model=str(base_dir), output_path=str(out), dtype="float32", device=device.type,

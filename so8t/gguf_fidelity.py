@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from so8t.errors import ModelError
+from so8t.logit_compare import compare_logits
 
 logger = logging.getLogger(__name__)
 
@@ -82,24 +83,6 @@ def probe_set(model_dir: Path, texts: tuple[str, ...] | None = None) -> ProbeSet
     if not probes:
         raise ModelError(f"{model_dir}: every probe tokenized to nothing; pass non-empty probe prompts")
     return ProbeSet(tuple(probes))
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def compare_logits(hf: np.ndarray, gg: np.ndarray) -> dict:
-    """Per-position comparison of two (T, V) logit arrays (float64).
-
-    Returns:
-        ``{"kl": (T,), "agree": (T,) bool, "max_abs_delta": float}``.
-    """
-    v = min(hf.shape[-1], gg.shape[-1])
-    hf, gg = hf[:, :v], gg[:, :v]
-    lp, lq = _log_softmax(hf), _log_softmax(gg)
-    kl = (np.exp(lp) * (lp - lq)).sum(-1)  # (T,)
-    return {"kl": np.maximum(kl, 0.0), "agree": hf.argmax(-1) == gg.argmax(-1), "max_abs_delta": float(np.abs(hf - gg).max())}
 
 
 def hf_logits(model_dir: Path, probes: ProbeSet) -> list[np.ndarray]:

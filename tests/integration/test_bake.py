@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from so8t.bake import BakeConfig, bake, compare_logits, fold_rotations
+from so8t.bake import BakeConfig, bake, fold_rotations
+from so8t.logit_compare import compare_logit_sets as compare_logits
 from so8t.cli import main
 from so8t.config import TrainConfig
 from so8t.errors import ModelError

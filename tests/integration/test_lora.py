@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from so8t.bake import BakeConfig, bake, compare_logits, read_probes
+from so8t.bake import BakeConfig, bake, read_probes
+from so8t.logit_compare import compare_logit_sets as compare_logits
 from so8t.cli import main
 from so8t.errors import ModelError
 from so8t.lora import attach_unmerged, merge_into, read_adapter
