@@ -48,11 +48,16 @@ class TextRecord(BaseModel):
 
 
 class LabelledRecord(BaseModel):
-    """A request and its safety decision."""
+    """A request and its safety decision, optionally with where it came from (for per-source reports)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     text: str = Field(min_length=1, description="The request under review.")
     label: Literal["ALLOW", "ESCALATE", "DENY"] = Field(description="The correct decision.")
+    source: str | None = Field(default=None, min_length=1, max_length=100, description="Data source (e.g. advbench).")
+    category: str | None = Field(default=None, min_length=1, max_length=200, description="Category within the source.")
+    lang: str | None = Field(default=None, min_length=2, max_length=16, description="Language code (en, ja, ...).")
+    framing: str | None = Field(default=None, min_length=1, max_length=100,
+                                description="How the request is framed (plain, skilled, jailbreak).")
 
 
 Record = Union[InstructionRecord, TextRecord, LabelledRecord]
@@ -72,7 +77,8 @@ def _describe(err: dict[str, Any], obj: dict[str, Any]) -> str:
     if typ == "missing":
         return f"field '{loc}': missing (required)"
     if typ == "extra_forbidden":
-        return f"field '{loc}': unknown field (allowed: instruction/output/thinking, text, text/label)"
+        return (f"field '{loc}': unknown field (allowed: instruction/output/thinking, text, "
+                "text/label with optional source/category/lang/framing)")
     if loc == "label" and typ in ("literal_error", "string_type"):
         return f"field 'label': {obj.get('label')!r} is not one of {', '.join(LABELS)}"
     return f"field '{loc}': {err['msg']}"
@@ -194,10 +200,11 @@ def encode_record(record: Record, tokenizer: Any, max_length: int,
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """A list of encoded examples (a torch Dataset for Trainer)."""
+    """A list of encoded examples (a torch Dataset for Trainer) and the kind of record each came from."""
 
-    def __init__(self, examples: list[dict[str, list[int]]]):
+    def __init__(self, examples: list[dict[str, list[int]]], kinds: list[str] | None = None):
         self.examples = examples
+        self.kinds = kinds if kinds is not None else ["unknown"] * len(examples)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -210,7 +217,7 @@ def encode_dataset(records: list[Record], tokenizer: Any, max_length: int,
                    prompt: DecisionPrompt | None = None) -> tuple[EncodedDataset, EncodeStats]:
     """Encode every record; report truncation instead of hiding it."""
     stats = EncodeStats()
-    out = []
+    out, kinds = [], []
     for r in records:
         ex, truncated = encode_record(r, tokenizer, max_length, prompt)
         stats.examples += 1
@@ -222,11 +229,12 @@ def encode_dataset(records: list[Record], tokenizer: Any, max_length: int,
         kind = type(r).__name__.removesuffix("Record").lower()
         stats.kinds[kind] = stats.kinds.get(kind, 0) + 1
         out.append(ex)
+        kinds.append(kind)
     if stats.truncated:
         logger.warning("%d of %d examples truncated to max_length=%d", stats.truncated, stats.examples, max_length)
     if stats.no_loss_examples:
         logger.warning("%d example(s) lost every answer token to truncation: raise --max_length", stats.no_loss_examples)
-    return EncodedDataset(out), stats
+    return EncodedDataset(out, kinds), stats
 
 
 class PadCollator:

@@ -38,6 +38,7 @@ from so8t.score_cache import cache_key, load_cached, save_cached
 from so8t.base_models import sha256_file
 from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, DecisionPrompt
 from so8t.errors import DataError, ModelError
+from so8t.metrics import log_softmax
 
 logger = logging.getLogger(__name__)
 
@@ -209,12 +210,6 @@ def last_logits(llm) -> np.ndarray:
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    m = x.max()
-    return x - (m + np.log(np.exp(x - m).sum()))
-
-
 def _token_text(llm, token: int) -> str:
     if token < 0:
         return ""
@@ -322,14 +317,14 @@ def _score_sample(llm, ids: list[int], n_prefix: int, label_ids: list[list[int]]
     if mode == "first-token":
         return np.array([logits[t[0]] for t in label_ids], dtype=np.float64)
     n_prompt = len(ids)
-    first = _log_softmax(logits)
+    first = log_softmax(logits)
     out = np.empty(len(label_ids), dtype=np.float64)
     for c, toks in enumerate(label_ids):
         total = float(first[toks[0]])
         llm.n_tokens = n_prompt
         for k in range(1, len(toks)):
             llm.eval([toks[k - 1]])  # teacher forcing: feed the label's previous token
-            total += float(_log_softmax(last_logits(llm))[toks[k]])
+            total += float(log_softmax(last_logits(llm))[toks[k]])
         out[c] = total
     return out
 
@@ -456,6 +451,16 @@ def read_labelled(path: str | Path) -> tuple[list[str], list[str]]:
     Raises:
         DataError: ``file:line: ...`` for the first bad line, or a line without a label.
     """
+    records = read_labelled_records(path)
+    return [r.text for r in records], [r.label for r in records]
+
+
+def read_labelled_records(path: str | Path) -> list:
+    """The :class:`so8t.data.LabelledRecord` s of a labelled JSONL file (with source/category/lang when given).
+
+    Raises:
+        DataError: ``file:line: ...`` for the first bad line, or a line without a label.
+    """
     from so8t.data import LabelledRecord, read_jsonl
 
     p = Path(path).expanduser()
@@ -469,7 +474,7 @@ def read_labelled(path: str | Path) -> tuple[list[str], list[str]]:
     if blank is not None:
         raise DataError(f"{p}:{_line_of_record(p, blank)}: field 'text': empty or only whitespace (every record "
                         "needs the request to classify)")
-    return [r.text for r in records], [r.label for r in records]
+    return records
 
 
 def _line_of_record(path: Path, index: int) -> int:

@@ -22,6 +22,9 @@ def _write(tmp_path, lines):
         (['{"text": "a", "label": "MAYBE"}'], r"d\.jsonl:1: field 'label': 'MAYBE' is not one of ALLOW, ESCALATE, DENY"),
         (['{"text": "a", "colour": "red"}'], r"d\.jsonl:1: field 'colour': unknown field"),
         (['{"text": 3}'], r"d\.jsonl:1: field 'text'"),
+        (['{"text": "a", "label": "DENY", "source": ""}'], r"d\.jsonl:1: field 'source'"),
+        (['{"text": "a", "label": "DENY", "lang": 5}'], r"d\.jsonl:1: field 'lang'"),
+        (['{"text": "a", "source": "x"}'], r"d\.jsonl:1: field 'source': unknown field"),
         (['[1, 2]'], r"d\.jsonl:1: expected a JSON object"),
         ([''], r"d\.jsonl: no records"),
     ],
@@ -30,6 +33,15 @@ def test_bad_lines_name_file_line_and_field(tmp_path, lines, pattern):
     with pytest.raises(DataError, match=pattern) as e:
         read_jsonl(_write(tmp_path, lines))
     assert "\n" not in str(e.value)
+
+
+def test_labelled_records_carry_optional_metadata(tmp_path):
+    recs = read_jsonl(_write(tmp_path, [
+        '{"text": "a", "label": "DENY", "source": "advbench", "category": "x", "lang": "en", "framing": "plain"}',
+        '{"text": "b", "label": "ALLOW"}']))
+    assert [type(r) for r in recs] == [LabelledRecord, LabelledRecord]
+    assert (recs[0].source, recs[0].category, recs[0].lang, recs[0].framing) == ("advbench", "x", "en", "plain")
+    assert recs[1].source is None
 
 
 def test_missing_file(tmp_path):
