@@ -53,6 +53,9 @@ class TrainConfig(BaseModel):
     so8t_layers: str = Field("all", description="Layers that get an SO(8) gate: 'all', 'none', or comma-separated indices like '0,15,29'.")
     so8t_rotation: Literal["expm", "cayley"] = Field("expm", description="Map from skew generator to rotation: matrix exponential or Cayley.")
     logging_steps: int = Field(1, ge=1, description="Log losses every this many optimizer steps.")
+    share_prompt_prefix: bool = Field(
+        True, description="Batch records of one kind together and evaluate their common prompt prefix (the decision "
+        "prompt's policy) once per batch; same loss and gradients, fewer tokens. Off in multi-process runs.")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the base model (off by default).")
 
     @model_validator(mode="after")

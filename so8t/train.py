@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from so8t.batching import GroupedBatchSampler, SharedPrefixCollator, forward_shared_prefix
 from so8t.config import TrainConfig
 from so8t.data import PadCollator, encode_dataset, read_jsonl
 from so8t.decision import PROMPT_FILE, load_decision_prompt, write_decision_prompt
@@ -168,9 +169,10 @@ def _make_trainer_class():
     class SO8TTrainer(Trainer):
         """Trainer with CE + PET, gates in every checkpoint, and completion markers."""
 
-        def __init__(self, *args, pet_lambda: float = 0.0, **kwargs):
+        def __init__(self, *args, pet_lambda: float = 0.0, batch_sampler_factory=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.pet_lambda = pet_lambda
+            self._sampler_factory = batch_sampler_factory
             self._acc = {"ce": 0.0, "pet": 0.0, "pet_energy": 0.0, "n": 0}
             self._last_logged_step: int | None = None  # set at the first step (also after a resume)
 
@@ -180,7 +182,13 @@ def _make_trainer_class():
             kwargs = {}
             if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                 kwargs["num_items_in_batch"] = num_items_in_batch
-            outputs = model(**inputs, **kwargs, output_hidden_states=self.pet_lambda > 0)
+            want_hidden = self.pet_lambda > 0
+            if "prefix_ids" in inputs:  # a SharedPrefixCollator batch: the prompt prefix once
+                outputs, hidden, mask = forward_shared_prefix(model, inputs, output_hidden_states=want_hidden, **kwargs)
+            else:
+                outputs = model(**inputs, **kwargs, output_hidden_states=want_hidden)
+                hidden = outputs.hidden_states[-1] if want_hidden else None
+                mask = inputs.get("attention_mask")
             ce = outputs.loss
             scale = 1
             if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
@@ -191,7 +199,7 @@ def _make_trainer_class():
                 ga_scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
             per_step = 1.0 if ga_scaled else 1.0 / self.current_gradient_accumulation_steps
             if self.pet_lambda > 0 and model.training:
-                energy = pet_energy(outputs.hidden_states[-1], inputs.get("attention_mask"))
+                energy = pet_energy(hidden, mask)
                 weight = pet_schedule(self.state.global_step, self.state.max_steps, self.pet_lambda)
                 term = weight * energy
                 # The Trainer divides the loss by accumulation only when CE was not pre-scaled.
@@ -212,6 +220,11 @@ def _make_trainer_class():
                 logs["pet_energy"] = round(self._acc["pet_energy"] / steps, 6)
                 self._acc = {"ce": 0.0, "pet": 0.0, "pet_energy": 0.0, "n": 0}
             super().log(logs, start_time)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self._sampler_factory is not None:
+                return self._sampler_factory(self.args)
+            return super()._get_train_sampler(train_dataset)
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             super()._save(output_dir, state_dict)
@@ -308,9 +321,15 @@ def train(cfg: TrainConfig) -> Path:
         loss_log.unlink(missing_ok=True)
     else:
         _truncate_loss_log(loss_log, _checkpoint_step(resume))
+    share = cfg.share_prompt_prefix and args.world_size == 1
+    if cfg.share_prompt_prefix and not share:
+        logger.info("share_prompt_prefix: off in a %d-process run (one forward per batch under DDP)", args.world_size)
     trainer = SO8TTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=PadCollator(tok.pad_token_id),
+        model=model, args=args, train_dataset=dataset,
+        data_collator=SharedPrefixCollator(tok.pad_token_id) if share else PadCollator(tok.pad_token_id),
         callbacks=[LossLogCallback(loss_log)], pet_lambda=cfg.pet_lambda,
+        batch_sampler_factory=(lambda a: GroupedBatchSampler(
+            dataset.kinds, [len(e["input_ids"]) for e in dataset.examples], a.train_batch_size, a.data_seed)) if share else None,
     )
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():

@@ -1,0 +1,131 @@
+"""Training batches that evaluate the shared prompt prefix once.
+
+Every ``{"text","label"}`` record is rendered with the same decision prompt: the chat template's
+system turn (the policy, ~200 tokens for SmolLM2) and the start of the user turn are identical
+token for token, and only the request (~20-60 tokens) and the label differ. Evaluating that prefix
+once per batch instead of once per record is the training-side twin of what scoring does with
+llama.cpp's KV cache.
+
+- :class:`GroupedBatchSampler` orders the examples so that each batch holds one kind of record
+  (label records together, chat records together) of similar lengths; batches are shuffled.
+- :class:`SharedPrefixCollator` finds the batch's longest common token prefix that carries no loss
+  and returns it once (``prefix_ids``) with the per-record suffixes.
+- :func:`forward_shared_prefix` runs the prefix with ``use_cache=True``, repeats its key/value cache
+  for the batch and runs the suffixes on it. Loss, gradients and the PET term are those of the
+  unshared batch (checked in ``tests/unit/test_batching.py``): the prefix's keys and values stay in
+  the autograd graph, so LoRA and gate parameters get the prefix's share of every gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from so8t.data import IGNORE_INDEX, PadCollator
+
+#: A prefix shorter than this is not worth a second forward call.
+MIN_SHARED_PREFIX = 16
+
+
+class GroupedBatchSampler(torch.utils.data.Sampler[int]):
+    """Indices ordered so that each run of ``batch_size`` has one group and similar lengths.
+
+    Per epoch (seeded by ``seed + epoch``, so a resumed run sees the same order): each group's
+    indices are shuffled, cut into mega-chunks of ``mega`` batches, each mega-chunk sorted by length
+    (less padding) and cut into batches; then the batches of all groups are shuffled together. The
+    DataLoader cuts batches at fixed positions, so a group whose size is not a multiple of
+    ``batch_size`` is filled up with its own first indices (a few records seen twice per epoch)
+    rather than letting a batch straddle two groups.
+    """
+
+    def __init__(self, groups: Sequence[int], lengths: Sequence[int], batch_size: int, seed: int, mega: int = 16):
+        if len(groups) != len(lengths):
+            raise ValueError("groups and lengths differ in length")
+        self.groups, self.lengths = list(groups), list(lengths)
+        self.batch_size, self.seed, self.mega, self.epoch = batch_size, seed, mega, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        out: list[list[int]] = []
+        for key in sorted(set(self.groups)):
+            idx = [i for i, k in enumerate(self.groups) if k == key]
+            idx = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+            short = (-len(idx)) % self.batch_size
+            idx += (idx * math.ceil(short / max(len(idx), 1)))[:short]  # fill the tail from the same group
+            span = self.batch_size * self.mega
+            for s in range(0, len(idx), span):
+                chunk = sorted(idx[s:s + span], key=lambda i: self.lengths[i])
+                out += [chunk[b:b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
+        return [out[j] for j in torch.randperm(len(out), generator=g).tolist()]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([i for b in self.batches() for i in b])
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.batches())
+
+
+class SharedPrefixCollator:
+    """Pads a batch; when its records share a loss-free token prefix, returns that prefix once.
+
+    Output with a shared prefix: ``prefix_ids`` ``(1, P)``, and ``input_ids``, ``labels``,
+    ``attention_mask`` ``(B, S)`` holding the suffixes (right-padded). Without one (a single
+    record, or less than ``min_shared`` common tokens): the plain :class:`PadCollator` batch.
+    The prefix stops before the first token that carries loss in any record and before the first
+    suffix token whose own label would be predicted from the prefix, so the loss is unchanged.
+    """
+
+    def __init__(self, pad_token_id: int, min_shared: int = MIN_SHARED_PREFIX):
+        self.plain = PadCollator(pad_token_id)
+        self.min_shared = min_shared
+
+    @staticmethod
+    def shared_length(batch: Sequence[dict[str, list[int]]]) -> int:
+        first = batch[0]["input_ids"]
+        n = min(len(b["input_ids"]) for b in batch) - 1  # every record keeps at least one suffix token
+        p = 0
+        while p < n and all(b["input_ids"][p] == first[p] for b in batch):
+            p += 1
+        # labels at positions <= p must all be ignored: position p's label would be predicted by the prefix
+        for b in batch:
+            k = next((i for i, t in enumerate(b["labels"]) if t != IGNORE_INDEX), len(b["labels"]))
+            p = min(p, k - 1)
+        return max(p, 0)
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        p = self.shared_length(batch) if len(batch) > 1 else 0
+        if p < self.min_shared:
+            return self.plain(batch)
+        out = self.plain([{k: v[p:] for k, v in b.items()} for b in batch])
+        out["prefix_ids"] = torch.tensor([batch[0]["input_ids"][:p]], dtype=torch.long)
+        return out
+
+
+def forward_shared_prefix(model: torch.nn.Module, inputs: dict[str, torch.Tensor], output_hidden_states: bool = False,
+                          **kwargs: Any) -> tuple[Any, torch.Tensor | None, torch.Tensor | None]:
+    """Forward a :class:`SharedPrefixCollator` batch as if the prefix were part of every record.
+
+    Returns:
+        The suffix forward's outputs (its ``loss`` is the batch's CE), and, when
+        ``output_hidden_states``, the final hidden states of the full sequences ``(B, P + S, D)`` with
+        their attention mask (the PET term's input), else ``(None, None)``.
+    """
+    prefix, ids, mask = inputs["prefix_ids"], inputs["input_ids"], inputs["attention_mask"]
+    b, s = ids.shape
+    p = prefix.shape[1]
+    pre = model(input_ids=prefix, use_cache=True, output_hidden_states=output_hidden_states)
+    cache = pre.past_key_values
+    cache.batch_repeat_interleave(b)
+    full_mask = torch.cat([mask.new_ones(b, p), mask], dim=1)  # (B, P + S)
+    positions = torch.arange(p, p + s, device=ids.device).expand(b, s)
+    out = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache,
+                use_cache=True, labels=inputs.get("labels"), output_hidden_states=output_hidden_states, **kwargs)
+    if not output_hidden_states:
+        return out, None, None
+    hidden = torch.cat([pre.hidden_states[-1].expand(b, -1, -1), out.hidden_states[-1]], dim=1)  # (B, P + S, D)
+    return out, hidden, full_mask
