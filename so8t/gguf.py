@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from so8t.base_models import sha256_file
 from so8t.decision import PROMPT_FILE, load_decision_prompt
+from so8t.outpaths import check_output_dir
 from so8t.errors import ConfigError, ModelError
 from so8t.gguf_quant import (
     K_TYPES,
@@ -194,13 +195,7 @@ def _check_inputs(cfg: ConvertConfig) -> tuple[Path, Path, str, tuple[str, ...]]
 
 def _check_writable(out_dir: Path) -> None:
     """Fail before any work when ``out_dir`` cannot be created or written (no side effects)."""
-    probe = out_dir.absolute()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"out_dir {out_dir}: {probe} is a file, so the directory cannot be created: pass another out_dir")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"out_dir {out_dir}: {probe} is not writable: pass a directory you can write to")
+    check_output_dir(out_dir, "out_dir")
 
 
 def _check_llama_cpp_name_rules(model_dir: Path, name: str) -> None:

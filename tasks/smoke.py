@@ -17,6 +17,8 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry import Registry, VersionManifest
+from so8t.errors import ModelError
+from so8t.evaluate import served_gguf
 from so8t.inference import generate
 
 
@@ -57,15 +59,11 @@ class SmokeReport(BaseModel):
 
 
 def main_gguf(m: VersionManifest) -> str:
-    """Path (inside the version) of the GGUF to serve: parameters['main_gguf'], else the first quantized one."""
-    main = m.parameters.get("main_gguf")
-    if isinstance(main, str):
-        return main
-    ggufs = [f.path for f in m.files if f.kind.value == "gguf"]
-    if not ggufs:
-        raise SmokeTestFailed(f"{m.name} {m.version} holds no GGUF file")
-    quantized = [g for g in ggufs if not g.lower().endswith(("_f16.gguf", "_f32.gguf", "_bf16.gguf"))]
-    return (quantized or ggufs)[0]
+    """Path (inside the version) of the GGUF to serve (:func:`so8t.evaluate.served_gguf`'s rule)."""
+    try:
+        return served_gguf(m)
+    except ModelError as e:
+        raise SmokeTestFailed(str(e)) from None
 
 
 def run_smoke_test(root: str | None, name: str, ref: str, settings: SmokeSettings) -> SmokeReport:

@@ -105,3 +105,21 @@ def test_text_records_train_on_every_token(tok):
     ex, _ = encode_record(TextRecord(text="calibration data"), tok, 512)
     assert [t for t in ex["labels"] if t != IGNORE_INDEX] == ex["input_ids"][1:]  # all but BOS
     assert ex["input_ids"][-1] == tok.eos_token_id
+
+
+def test_output_dir_probe_refuses_what_permission_bits_do_not_show(tmp_path):
+    from pathlib import Path
+
+    from so8t.errors import ConfigError
+    from so8t.outpaths import check_output_dir
+
+    assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match=r"--output_dir .*f: exists and is not a directory"):
+        check_output_dir(tmp_path / "f")
+    with pytest.raises(ConfigError, match=r"f is a file, so the directory cannot be created"):
+        check_output_dir(tmp_path / "f" / "out")
+    # /proc takes no new files even from root (CI runs as root): os.access() would say yes
+    with pytest.raises(ConfigError, match=r"--output_dir /proc/so8t-out: cannot write there"):
+        check_output_dir(Path("/proc/so8t-out"))
