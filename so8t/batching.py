@@ -7,7 +7,8 @@ once per batch instead of once per record is the training-side twin of what scor
 llama.cpp's KV cache.
 
 - :class:`GroupedBatchSampler` orders the examples so that each batch holds one kind of record
-  (label records together, chat records together) of similar lengths; batches are shuffled.
+  (label records together, chat records together) of similar length rank, every label in
+  proportion; batches are shuffled.
 - :class:`SharedPrefixCollator` finds the batch's longest common token prefix that carries no loss
   and returns it once (``prefix_ids``) with the per-record suffixes.
 - :func:`forward_shared_prefix` runs the prefix with ``use_cache=True``, repeats its key/value cache
@@ -30,36 +31,51 @@ MIN_SHARED_PREFIX = 16
 
 
 class GroupedBatchSampler(torch.utils.data.Sampler[int]):
-    """Indices ordered so that each run of ``batch_size`` has one group and similar lengths.
+    """Indices ordered so that each run of ``batch_size`` has one group, similar lengths and mixed strata.
 
     Per epoch (seeded by ``seed + epoch``, so a resumed run sees the same order): each group's
-    indices are shuffled, cut into mega-chunks of ``mega`` batches, each mega-chunk sorted by length
-    (less padding) and cut into batches; then the batches of all groups are shuffled together. The
-    DataLoader cuts batches at fixed positions, so a group whose size is not a multiple of
-    ``batch_size`` is filled up with its own first indices (a few records seen twice per epoch)
-    rather than letting a batch straddle two groups.
+    indices are shuffled and cut into mega-chunks of ``mega`` batches. Within a chunk, each stratum
+    (for label records: the label) is sorted by length and every record gets its length quantile
+    within its stratum; the chunk is ordered by that quantile and cut into batches. A batch thus
+    holds records of similar length *rank* from every stratum in proportion: padding stays low, and
+    batches are not made of one label, as they would be if sorted by raw length (long requests are
+    mostly jailbreaks and Japanese context questions, short ones AdvBench or Dolly questions), which
+    made the loss jump between all-DENY and all-ALLOW batches. Then the batches of all groups are
+    shuffled together. The DataLoader cuts batches at fixed positions, so a group whose size is
+    not a multiple of ``batch_size`` is filled up with its own first indices (a few records seen
+    twice per epoch) rather than letting a batch straddle two groups.
     """
 
-    def __init__(self, groups: Sequence[int], lengths: Sequence[int], batch_size: int, seed: int, mega: int = 16):
-        if len(groups) != len(lengths):
-            raise ValueError("groups and lengths differ in length")
+    def __init__(self, groups: Sequence[object], lengths: Sequence[int], batch_size: int, seed: int,
+                 strata: Sequence[object] | None = None, mega: int = 16):
+        if len(groups) != len(lengths) or (strata is not None and len(strata) != len(groups)):
+            raise ValueError("groups, lengths and strata differ in length")
         self.groups, self.lengths = list(groups), list(lengths)
+        self.strata = list(strata) if strata is not None else [0] * len(self.groups)
         self.batch_size, self.seed, self.mega, self.epoch = batch_size, seed, mega, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _chunk_order(self, chunk: list[int]) -> list[int]:
+        quantile: dict[int, float] = {}
+        for stratum in sorted(set(self.strata[i] for i in chunk), key=str):
+            members = sorted((i for i in chunk if self.strata[i] == stratum), key=lambda i: self.lengths[i])
+            for rank, i in enumerate(members):
+                quantile[i] = (rank + 0.5) / len(members)
+        return sorted(chunk, key=lambda i: (quantile[i], self.lengths[i]))
+
     def batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         out: list[list[int]] = []
-        for key in sorted(set(self.groups)):
+        for key in sorted(set(self.groups), key=str):
             idx = [i for i, k in enumerate(self.groups) if k == key]
             idx = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
             short = (-len(idx)) % self.batch_size
             idx += (idx * math.ceil(short / max(len(idx), 1)))[:short]  # fill the tail from the same group
             span = self.batch_size * self.mega
             for s in range(0, len(idx), span):
-                chunk = sorted(idx[s:s + span], key=lambda i: self.lengths[i])
+                chunk = self._chunk_order(idx[s:s + span])
                 out += [chunk[b:b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
         return [out[j] for j in torch.randperm(len(out), generator=g).tolist()]
 

@@ -33,9 +33,13 @@ class TrainConfig(BaseModel):
         "all-linear",
         description="Comma-separated Linear names to adapt, or 'all-linear' for every Linear in the decoder layers of this architecture (lm_head excluded).",
     )
+    lora_layers: str = Field(
+        "all", description="Decoder layers whose Linear layers get LoRA adapters: 'all', 'top:K' (the last K), or indices "
+        "and ranges like '20-29'. Layers below the lowest adapted or gated layer need no backward pass.")
     batch_size: int = Field(1, ge=1, description="Examples per device per micro-batch.")
     gradient_accumulation_steps: int = Field(8, ge=1, description="Micro-batches per optimizer step.")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (linear decay, no warm-up).")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (linear warm-up over warmup_steps, then linear decay).")
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear learning-rate warm-up.")
     num_epochs: float = Field(3, gt=0, description="Epochs over the dataset (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use num_epochs).")
     max_length: int = Field(1024, ge=8, description="Truncate examples to this many tokens; truncation is counted and reported.")
@@ -50,7 +54,10 @@ class TrainConfig(BaseModel):
         0.1, ge=0,
         description="Peak PET weight (three-phase schedule 0.1x/0.4x/1.0x); 0 disables PET. 0.1 chosen by experiment (BENCHMARKS.md).",
     )
-    so8t_layers: str = Field("all", description="Layers that get an SO(8) gate: 'all', 'none', or comma-separated indices like '0,15,29'.")
+    label_loss: Literal["answer", "label_token"] = Field(
+        "answer", description="Loss of {text, label} records: 'answer' on the whole assistant answer (label, end of "
+        "turn), 'label_token' on the label's first token only (what calibration reads).")
+    so8t_layers: str = Field("all", description="Layers that get an SO(8) gate: 'all', 'none', 'top:K', or indices and ranges like '0,15,29' or '20-29'.")
     so8t_rotation: Literal["expm", "cayley"] = Field("expm", description="Map from skew generator to rotation: matrix exponential or Cayley.")
     logging_steps: int = Field(1, ge=1, description="Log losses every this many optimizer steps.")
     share_prompt_prefix: bool = Field(

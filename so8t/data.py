@@ -156,13 +156,16 @@ def _token_ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_record(record: Record, tokenizer: Any, max_length: int,
-                  prompt: DecisionPrompt | None = None) -> tuple[dict[str, list[int]], bool]:
+def encode_record(record: Record, tokenizer: Any, max_length: int, prompt: DecisionPrompt | None = None,
+                  label_loss: Literal["answer", "label_token"] = "answer") -> tuple[dict[str, list[int]], bool]:
     """Tokenise one record into ``input_ids``/``labels``/``attention_mask``.
 
     The prompt part is rendered with ``add_generation_prompt=True``; the answer part is the rest of
     the fully rendered conversation, so it ends with the template's end-of-turn token. An EOS is
     appended when the template leaves none, so stopping is always learned.
+
+    ``label_loss="label_token"`` keeps the loss of a ``{"text","label"}`` record on the label's first
+    token only: the token whose logit calibration reads.
 
     Returns:
         The encoded example and whether it was truncated.
@@ -194,6 +197,8 @@ def encode_record(record: Record, tokenizer: Any, max_length: int,
         labels_from = 0
     ids = prompt_ids + answer_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + [IGNORE_INDEX] * labels_from + answer_ids[labels_from:]
+    if label_loss == "label_token" and isinstance(record, LabelledRecord):
+        labels = labels[:len(prompt_ids) + 1] + [IGNORE_INDEX] * (len(labels) - len(prompt_ids) - 1)
     truncated = len(ids) > max_length
     ids, labels = ids[:max_length], labels[:max_length]
     return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}, truncated
@@ -213,13 +218,13 @@ class EncodedDataset(torch.utils.data.Dataset):
         return self.examples[i]
 
 
-def encode_dataset(records: list[Record], tokenizer: Any, max_length: int,
-                   prompt: DecisionPrompt | None = None) -> tuple[EncodedDataset, EncodeStats]:
-    """Encode every record; report truncation instead of hiding it."""
+def encode_dataset(records: list[Record], tokenizer: Any, max_length: int, prompt: DecisionPrompt | None = None,
+                   label_loss: Literal["answer", "label_token"] = "answer") -> tuple[EncodedDataset, EncodeStats]:
+    """Encode every record (see :func:`encode_record`); report truncation instead of hiding it."""
     stats = EncodeStats()
     out, kinds = [], []
     for r in records:
-        ex, truncated = encode_record(r, tokenizer, max_length, prompt)
+        ex, truncated = encode_record(r, tokenizer, max_length, prompt, label_loss)
         stats.examples += 1
         stats.truncated += int(truncated)
         stats.tokens += len(ex["input_ids"])

@@ -33,7 +33,7 @@ from so8t.config import TrainConfig
 from so8t.data import PadCollator, encode_dataset, read_jsonl
 from so8t.decision import PROMPT_FILE, load_decision_prompt, write_decision_prompt
 from so8t.errors import ConfigError, ModelError
-from so8t.gates import attach_gates, find_attention_layers, load_gates, save_gates
+from so8t.gates import attach_gates, find_attention_layers, load_gates, resolve_layers, save_gates
 from so8t.pet import pet_energy, pet_schedule
 
 logger = logging.getLogger(__name__)
@@ -143,9 +143,14 @@ def build_so8t_model(base: nn.Module, cfg: TrainConfig) -> tuple[nn.Module, list
     targets = resolve_lora_targets(base, cfg.lora_target_modules)
     if cfg.load_in_4bit:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    n_layers = len(find_attention_layers(base))
+    lora_layers = resolve_layers(cfg.lora_layers, n_layers, "lora_layers")
+    if not lora_layers:
+        raise ConfigError("lora_layers 'none' leaves nothing to adapt: give 'all', 'top:K' or layer indices")
     lora = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=targets, bias="none", task_type="CAUSAL_LM",
+        layers_to_transform=None if len(lora_layers) == n_layers else lora_layers,
     )
     model = get_peft_model(base, lora)
     layers = attach_gates(model, cfg.so8t_layers, mapping=cfg.so8t_rotation)
@@ -283,7 +288,7 @@ def train(cfg: TrainConfig) -> Path:
     set_seed(cfg.seed)
     base, tok = load_base(model_dir, cfg)
     model, layers = build_so8t_model(base, cfg)
-    dataset, stats = encode_dataset(records, tok, cfg.max_length, prompt)
+    dataset, stats = encode_dataset(records, tok, cfg.max_length, prompt, label_loss=cfg.label_loss)
     logger.info("data: %s", stats.summary(cfg.max_length))
     if stats.loss_tokens == 0:
         raise ConfigError(f"max_length {cfg.max_length} leaves no answer token in {cfg.dataset}: raise --max_length")
@@ -300,7 +305,7 @@ def train(cfg: TrainConfig) -> Path:
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
         lr_scheduler_type="linear",
-        warmup_steps=0,
+        warmup_steps=cfg.warmup_steps,
         weight_decay=0.0,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -329,7 +334,8 @@ def train(cfg: TrainConfig) -> Path:
         data_collator=SharedPrefixCollator(tok.pad_token_id) if share else PadCollator(tok.pad_token_id),
         callbacks=[LossLogCallback(loss_log)], pet_lambda=cfg.pet_lambda,
         batch_sampler_factory=(lambda a: GroupedBatchSampler(
-            dataset.kinds, [len(e["input_ids"]) for e in dataset.examples], a.train_batch_size, a.data_seed)) if share else None,
+            dataset.kinds, [len(e["input_ids"]) for e in dataset.examples], a.train_batch_size, a.data_seed,
+            strata=[getattr(r, "label", None) for r in records])) if share else None,
     )
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():

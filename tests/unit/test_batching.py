@@ -98,3 +98,16 @@ def test_grouped_sampler_makes_homogeneous_batches_deterministically():
     assert list(s) == list(GroupedBatchSampler(kinds, lengths, 4, seed=7))  # resume sees the same order
     s.set_epoch(1)
     assert s.batches() != batches
+
+
+def test_grouped_sampler_mixes_labels_when_length_follows_the_label():
+    # long requests all DENY, short ones all ALLOW: raw length sorting would make one-label batches
+    labels = ["DENY"] * 32 + ["ALLOW"] * 32
+    lengths = [200 + i for i in range(32)] + [10 + i for i in range(32)]
+    s = GroupedBatchSampler(["labelled"] * 64, lengths, batch_size=8, seed=3, strata=labels)
+    batches = s.batches()
+    assert all(sum(labels[i] == "DENY" for i in b) in (3, 4, 5) for b in batches), [[labels[i] for i in b] for b in batches]
+    # within a label, a batch spans a narrow band of length ranks (little padding)
+    for b in batches:
+        deny = sorted(lengths[i] for i in b if labels[i] == "DENY")
+        assert deny[-1] - deny[0] <= 12
