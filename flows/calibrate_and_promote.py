@@ -1,6 +1,7 @@
 """so8t-calibrate-and-promote: calibrate -> A/B -> gate -> promote + smoke test, with rollback.
 
-- A candidate (``version``, or the newest candidate awaiting calibration) is calibrated and
+- A candidate (``version``, or the newest candidate awaiting calibration) is calibrated, evaluated on
+  the held-out files (``evaluation.data``: a table artifact next to the gate verdict, informative), and
   published as a new version that holds the candidate's files plus its calibration (lineage parent:
   the candidate). Gate failure: both are rejected, production is untouched, ``so8t.gate.failed`` is
   emitted and the run fails naming the failed criteria. Gate pass: the promotion and a smoke test
@@ -23,10 +24,13 @@ from pydantic import BaseModel
 
 from flows.params import CalibrateAndPromoteParams, calibrate_config
 from registry import Registry, VersionManifest
+from so8t.decision import PROMPT_FILE
+from so8t.evaluate import EvaluateConfig
 from tasks.abtest import ABOutcome, ab_evaluate_task, ab_skip_reason, skipped_ab
 from tasks.caching import bind_cache, file_digest
 from tasks.calibration import CalibrationRun, calibrate_task, gate_task
 from tasks.checklists import after_calibration_items, before_inference_items, show_checklist
+from tasks.evaluation import EvaluationSummary, evaluate_task
 from tasks.events import GATE_FAILED, PRODUCTION_ROLLED_BACK, emit_model_event
 from tasks.mirror import mirror_if_configured
 from tasks.registry import (earlier_production_versions, find_candidate, production_version, promote_task,
@@ -91,6 +95,17 @@ def ab_evaluate(p: CalibrateAndPromoteParams, candidate: str, production: str | 
                             str(Path(run.results_path).parent / f"ab-vs-{production}"))
 
 
+def evaluate_heldout(p: CalibrateAndPromoteParams, staged: Staged, gguf_rel: str, run: CalibrationRun) -> EvaluationSummary | None:
+    """The calibrated candidate on the held-out files (``so8t evaluate``), a table next to the gate verdict."""
+    if not p.evaluation.data:
+        return None
+    gguf = Path(staged.files[gguf_rel])
+    prompt = staged.files.get(f"gguf/{PROMPT_FILE}")  # where the candidate carries its training prompt
+    cfg = EvaluateConfig(model=str(gguf), data=p.evaluation.data, calibration=run.results_path, decision_prompt=prompt,
+                         output_dir=str(Path(run.results_path).parent / "heldout-evaluation"), n_threads=p.evaluation.n_threads)
+    return evaluate_task(opaque(cfg), title=f"Held-out evaluation of {gguf.name}")
+
+
 def publish_calibrated(p: CalibrateAndPromoteParams, cand: VersionManifest, staged: Staged, run: CalibrationRun) -> VersionManifest:
     """Publish the candidate's files plus its calibration (and a calibrated Modelfile) as a new version."""
     gguf = Path(staged.files[main_gguf(cand)])
@@ -126,6 +141,7 @@ def calibrate_gate_promote(params: CalibrateAndPromoteParams) -> PromotionSummar
 
     staged, run = calibrate_version(params, candidate, f"Calibration of candidate {candidate}")
     ab = ab_evaluate(params, candidate, production, staged, run)
+    evaluate_heldout(params, staged, main_gguf(info.manifest), run)
     release = publish_calibrated(params, info.manifest, staged, run)
 
     decision = gate_task(opaque(run.result), opaque(params.gate), title=f"Gate of {release.version} (calibrated {candidate})",

@@ -17,11 +17,14 @@ from so8t.calibration_cli import CalibrateCommandConfig
 from so8t.config import TrainConfig
 from so8t.gate import GateConfig
 from tasks.abtest import ABSettings
+from tasks.evaluation import EvaluationSettings
 from tasks.smoke import SmokeSettings
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-BUNDLED_TRAIN = ",".join(str(DATA_DIR / f) for f in ("safety_train.jsonl", "instructions_train.jsonl"))
-BUNDLED_VAL = str(DATA_DIR / "safety_val.jsonl")
+# The real, licensed decision data (data/README.md) and the think-format instruction records that keep
+# the model a chat model; calibration on the real data's validation split.
+BUNDLED_TRAIN = ",".join(str(DATA_DIR / f) for f in ("decision_train.jsonl", "instructions_train.jsonl"))
+BUNDLED_VAL = str(DATA_DIR / "decision_val.jsonl")
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
@@ -108,6 +111,7 @@ class CalibrateAndPromoteParams(BaseModel):
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings, description="Calibration settings.")  # type: ignore[valid-type]
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate targets (also the calibration targets).")
     ab: ABSettings = Field(default_factory=ABSettings, description="A/B comparison with production.")
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description="Held-out evaluation of the calibrated candidate.")
     smoke: SmokeSettings = Field(default_factory=SmokeSettings, description="Post-promotion smoke test.")
     mirror: MirrorSettings = Field(default_factory=MirrorSettings, description="Hub mirror after a promotion or rollback.")
 
@@ -124,6 +128,7 @@ class PipelineParams(BaseModel):
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings, description="Calibration settings.")  # type: ignore[valid-type]
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate targets.")
     ab: ABSettings = Field(default_factory=ABSettings, description="A/B comparison with production.")
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description="Held-out evaluation of the calibrated candidate.")
     smoke: SmokeSettings = Field(default_factory=SmokeSettings, description="Post-promotion smoke test.")
     mirror: MirrorSettings = Field(default_factory=MirrorSettings, description="Hub mirror.")
 

@@ -139,6 +139,7 @@ def test_deployment_run_completes_and_the_ui_shows_state_and_calibration(server,
     val = REPO / "data" / "safety_val.jsonl"
     params = {"params": {"model": {"name": NAME, "registry_root": str(candidate_registry)}, "version": "v1",
                          "work_dir": str(tmp_path / "work"), "calibration": {"val_data": str(val)},
+                         "evaluation": {"data": str(REPO / "data" / "ab_eval_safety.jsonl")},
                          "gate": {"ece_max": 1.0, "far_max": 1.0, "macro_f1_min": 0.0}}}
     out = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run",
                           "so8t-calibrate-and-promote/calibrate-and-promote", "--params", json.dumps(params),
@@ -154,7 +155,7 @@ def test_deployment_run_completes_and_the_ui_shows_state_and_calibration(server,
         browser.goto(f"{server['ui']}/runs/flow-run/{flow_run_id}")
         browser.wait_for_text(run["name"], "Completed", "so8t-calibrate-and-promote", "Artifacts", timeout_s=90)
         browser.js("document.getElementById('artifacts').click()")
-        page = browser.wait_for_text("calibration-report", "gate-verdict", timeout_s=60)
+        page = browser.wait_for_text("calibration-report", "gate-verdict", "heldout-evaluation", timeout_s=60)
         assert "PASS" in page
         shot = browser.screenshot(SHOTS / "flow-run-artifacts.png")
         assert shot.stat().st_size > 10_000

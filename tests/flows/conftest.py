@@ -53,9 +53,10 @@ def flow_data(tmp_path_factory) -> dict[str, Path]:
     train += [{"instruction": f"repeat the word gate {i}", "output": "gate " * (i % 3 + 1)} for i in range(4)]
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
     repo = Path(__file__).resolve().parents[2]
-    val = (repo / "data" / "safety_val.jsonl").read_text(encoding="utf-8").splitlines()[:60]
-    (d / "val.jsonl").write_text("\n".join(val) + "\n", encoding="utf-8")
-    return {"train": d / "train.jsonl", "val": d / "val.jsonl"}
+    lines = (repo / "data" / "safety_val.jsonl").read_text(encoding="utf-8").splitlines()
+    (d / "val.jsonl").write_text("\n".join(lines[:60]) + "\n", encoding="utf-8")
+    (d / "test.jsonl").write_text("\n".join(lines[60:84]) + "\n", encoding="utf-8")  # held out: never calibrated on
+    return {"train": d / "train.jsonl", "val": d / "val.jsonl", "test": d / "test.jsonl"}
 
 
 def tiny_params(base_model: Path, data: dict[str, Path], root: Path, *, max_steps: int = 4, save_steps: int = 2,
@@ -63,6 +64,7 @@ def tiny_params(base_model: Path, data: dict[str, Path], root: Path, *, max_step
     """Pipeline parameters for a tiny model: a few steps, Q8_0 served (Q4_0 also made), loose or default gate."""
     from flows.params import CalibrationSettings, ConvertSettings, ModelRef, PipelineParams, TrainSettings
     from so8t.gate import GateConfig
+    from tasks.evaluation import EvaluationSettings
 
     values = dict(
         model=ModelRef(name=name, registry_root=str(root / "registry")), work_dir=str(root / "work"),
@@ -71,6 +73,7 @@ def tiny_params(base_model: Path, data: dict[str, Path], root: Path, *, max_step
                             lora_r=4, lora_alpha=8, learning_rate=1e-3),
         convert=ConvertSettings(quants=("Q8_0", "Q4_0")),
         calibration=CalibrationSettings(val_data=str(data["val"])),
+        evaluation=EvaluationSettings(data=str(data["test"])),
         gate=GateConfig(ece_max=1.0, far_max=1.0, macro_f1_min=0.0) if loose_gate else GateConfig(),
     )
     values.update(overrides)

@@ -86,6 +86,32 @@ def test_pipeline_shows_artifacts_and_checklists(pipeline_scenario):
     assert progress.data == 100.0
 
 
+def test_pipeline_evaluates_the_calibrated_candidate_on_held_out_data(pipeline_scenario):
+    """The heldout-evaluation table next to the gate verdict: so8t evaluate's numbers, recomputed here."""
+    import numpy as np
+
+    from so8t.evaluate import read_evaluation
+    from so8t.metrics import decide, softmax
+    from so8t.scoring import read_labelled, score_gguf
+
+    runs = flow_runs_tagged(f"{pipeline_scenario['tag']}-2")
+    (art,) = artifacts_of([r.id for r in runs], "heldout-evaluation")
+    rows = table_rows(art)
+    test_file = Path(pipeline_scenario["params"].evaluation.data)
+    overall = rows[0]
+    assert overall["file"] == test_file.name and overall["group"] == "overall" and overall["n"] == 24
+    report_path = next(Path(pipeline_scenario["root"], "work").rglob("heldout-evaluation/evaluation.json"))
+    report = read_evaluation(report_path)
+    cal = report.calibration
+    texts, labels = read_labelled(test_file)
+    z = score_gguf(report.model.path, texts, labels, use_cache=False).z  # the tiny run trained on the default prompt
+    d = decide(softmax(z, cal.temperature), cal.tau_deny, cal.tau_escalate)
+    y = np.array([["ALLOW", "ESCALATE", "DENY"].index(lab) for lab in labels])
+    neg = y != 0
+    assert overall["far"] == (((d == 0) & neg).sum() / neg.sum())
+    assert overall["over_refusal"] == (((d != 0) & ~neg).sum() / (~neg).sum())
+
+
 def test_kill_during_training_resumes_from_checkpoint(pipeline_scenario):
     s = pipeline_scenario
     assert not s["finished_before_kill"], "the kill came after training had finished: nothing was resumed"

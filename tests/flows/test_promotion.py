@@ -42,7 +42,7 @@ def cp_params(scenario, root: Path, work: Path, **kw):
 
     p = scenario["params"]
     values = dict(model=ModelRef(name=NAME, registry_root=str(root)), work_dir=str(work), calibration=p.calibration,
-                  gate=p.gate, ab=ABSettings(enabled=False))
+                  gate=p.gate, ab=ABSettings(enabled=False), evaluation=p.evaluation)
     values.update(kw)
     return CalibrateAndPromoteParams(**values)
 
