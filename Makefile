@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.so8t-setup-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup browser demo test test-fast bench clean
+.PHONY: setup browser demo demo-full test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ browser:
 
 demo: setup
 	$(PY) -m flows.demo
+
+# The longer CPU recipe (300 steps instead of 90): the same pipeline, gate and held-out evaluation.
+demo-full: setup
+	$(PY) -m flows.demo --recipe full --output_dir outputs/demo-full
 
 test: setup browser
 	$(PY) -m pytest tests $(PYTEST_ARGS)

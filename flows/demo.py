@@ -1,9 +1,10 @@
 """``make demo``: so8t-pipeline on the embedded SmolLM2-135M-Instruct and the bundled data.
 
 Runs in Prefect's ephemeral mode (no server to start; a temporary API starts inside the process),
-then prints the registry version, the GGUF, the calibration verdict and how to use the model with
-llama.cpp (``so8t run``) and Ollama. A candidate that fails the promotion gate is a normal outcome
-on a 12-step CPU run: the demo then says so and shows what was rejected and why.
+then shows the calibrated model deciding a few held-out requests and prints the registry version,
+the GGUF, the calibration verdict, the held-out evaluation and how to use the model with llama.cpp
+(``so8t run``) and Ollama. A candidate that fails the promotion gate is rejected: the demo then says
+so and shows what was rejected and why. The gate is always the default one.
 """
 
 from __future__ import annotations
@@ -23,17 +24,43 @@ from so8t.inference import SAMPLING_TEMPERATURE_RANGE
 DEMO_NAME = "so8t-smollm2"
 
 
-def demo_params(output_dir: Path, max_steps: int = 12):
-    """The demo's pipeline parameters: a short CPU-sized run, Q8_0 served, the default gate."""
-    from flows.params import ConvertSettings, ModelRef, PipelineParams, TrainSettings
+#: Training recipes for the decision model on 2 CPU cores, chosen by measurement (BENCHMARKS.md,
+#: *Decision recipe*): LoRA and SO(8) gates on the upper 10 layers (nothing below them needs a
+#: backward pass), the loss on the label token, batches of 16 label records whose shared prompt
+#: prefix is evaluated once. "demo" fits `make demo` into 12 minutes; "full" is the longer CPU run.
+RECIPES: dict[str, dict] = {
+    "demo": dict(max_steps=90, warmup_steps=5),
+    "full": dict(max_steps=300, warmup_steps=10),
+}
+RECIPE_COMMON = dict(batch_size=16, gradient_accumulation_steps=1, max_length=512, learning_rate=1e-3,
+                     lora_layers="top:10", so8t_layers="top:10", label_loss="label_token", pet_lambda=0.1)
 
+
+def demo_params(output_dir: Path, recipe: str = "demo", max_steps: int | None = None):
+    """The demo's pipeline parameters: a CPU recipe on the real decision data, Q8_0 served, the default gate.
+
+    The gate is never loosened here: a model is promoted because it meets GateConfig()'s defaults.
+    """
+    # imported here: Prefect reads its settings when first imported, after run_demo has set the defaults
+    from flows.params import BUNDLED_VAL, DATA_DIR, CalibrationSettings, ConvertSettings, ModelRef, PipelineParams, TrainSettings
+    from tasks.evaluation import EvaluationSettings
+
+    steps = max_steps or RECIPES[recipe]["max_steps"]
+    train = TrainSettings(dataset=str(DATA_DIR / "decision_train.jsonl"),
+                          **{**RECIPE_COMMON, **RECIPES[recipe], "max_steps": steps, "save_steps": max(1, steps // 3)})
     return PipelineParams(
         model=ModelRef(name=DEMO_NAME, registry_root=str(output_dir / "registry")),
         work_dir=str(output_dir / "work"),
-        train=TrainSettings(batch_size=4, gradient_accumulation_steps=1, max_steps=max_steps,
-                            save_steps=max(1, max_steps // 2), max_length=384, learning_rate=2e-4, pet_lambda=0.1),
+        train=train,
         convert=ConvertSettings(quants=("Q8_0",)),
+        calibration=CalibrationSettings(val_data=BUNDLED_VAL, n_threads=_all_cores()),
+        evaluation=EvaluationSettings(n_threads=_all_cores()),
     )
+
+
+def _all_cores() -> int:
+    # nothing else runs during the demo: llama.cpp may use every core (its default is half)
+    return max(1, os.cpu_count() or 1)
 
 
 class DemoOutcome(BaseModel):
@@ -79,7 +106,7 @@ def run_base_ab(output_dir: Path, candidate_gguf: Path, calibration: Path | None
     return md
 
 
-def run_demo(output_dir: Path, max_steps: int = 12) -> DemoOutcome:
+def run_demo(output_dir: Path, recipe: str = "demo", max_steps: int | None = None, base_ab: bool = False) -> DemoOutcome:
     """Run the pipeline flow (ephemeral Prefect) and print how to use the result."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "so8t,registry")
@@ -90,7 +117,7 @@ def run_demo(output_dir: Path, max_steps: int = 12) -> DemoOutcome:
 
     t0 = time.monotonic()
     output_dir = Path(output_dir).resolve()
-    params = demo_params(output_dir, max_steps)
+    params = demo_params(output_dir, recipe, max_steps)
     state = pipeline(params, return_state=True)
     reg = Registry(params.model.registry_root)
     name = params.model.name
@@ -116,10 +143,63 @@ def run_demo(output_dir: Path, max_steps: int = 12) -> DemoOutcome:
         verdict=verdict, gguf=str(release / str(main)), modelfile=str(release / "gguf" / "Modelfile"),
         registry_root=str(reg.root), seconds=time.monotonic() - t0, message=state.message or "",
     )
-    ab_md = run_base_ab(output_dir, Path(out.gguf), calib, params.convert.quants[0])
+    show_model_at_work(Path(out.gguf), calib, release / "gguf" / "decision_prompt.json",
+                       showcase_records(Path(params.evaluation.data or "data/decision_test.jsonl")))
+    ab_md = run_base_ab(output_dir, Path(out.gguf), calib, params.convert.quants[0]) if base_ab else None
     print_summary(out, doc)
-    print(f"  A/B report:   {ab_md}  (candidate vs the base SmolLM2, default evaluation sets)")
+    heldout = _heldout_report(Path(params.work_dir), out.candidate)
+    if heldout:
+        print(f"  held-out:     {heldout}  (so8t evaluate on data/decision_test.jsonl, per source)")
+    if ab_md:
+        print(f"  A/B report:   {ab_md}  (candidate vs the base SmolLM2, default evaluation sets)")
     return out
+
+
+def _heldout_report(work_dir: Path, candidate: str | None) -> Path | None:
+    """The held-out evaluation report the flow wrote for ``candidate`` (newest if several)."""
+    found = sorted(work_dir.glob(f"calibration/*/{candidate}/*/heldout-evaluation/evaluation.md"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+#: Held-out requests the demo shows the model deciding: (source, label) picks from data/decision_test.jsonl,
+#: never trained or calibrated on. The first record of each pair in file order is shown.
+SHOWCASE = (("dolly-openqa", "ALLOW"), ("coconot-contrast", "ALLOW"), ("dolly-ja", "ALLOW"), ("ailuminate", "ESCALATE"),
+            ("advbench", "DENY"), ("gptfuzz-jailbreak", "DENY"), ("synthetic", "ESCALATE"), ("synthetic", "DENY"))
+
+
+def showcase_records(path: Path) -> list[dict]:
+    """One held-out record per :data:`SHOWCASE` pair (in that order; pairs with no record are skipped)."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    picked = []
+    for source, label in SHOWCASE:
+        hit = next((r for r in rows if r.get("source") == source and r["label"] == label and r not in picked), None)
+        if hit is not None:
+            picked.append(hit)
+    return picked
+
+
+def show_model_at_work(gguf: Path, calibration: Path, prompt_file: Path | None, records: list[dict]) -> list[dict]:
+    """Decide a few held-out requests with the calibrated model and print decision and probabilities."""
+    from so8t.decision import LABELS, load_decision_prompt
+    from so8t.metrics import decide, softmax
+    from so8t.scoring import score_gguf
+
+    cal = json.loads(calibration.read_text())
+    prompt = load_decision_prompt(prompt_file if prompt_file and prompt_file.is_file() else None)
+    scores = score_gguf(gguf, [r["text"] for r in records], [r["label"] for r in records], prompt=prompt, progress=False)
+    p = softmax(scores.z, cal["temperature"])
+    d = decide(p, cal["tau_deny"], cal["tau_escalate"])
+    print(f"\nThe calibrated model at work on held-out requests (data/decision_test.jsonl; T={cal['temperature']:.3g}, "
+          f"tau_deny={cal['tau_deny']:.3g}, tau_escalate={cal['tau_escalate']:.3g}):")
+    shown = []
+    for r, probs, k in zip(records, p, d):
+        text = " ".join(r["text"].split())
+        text = text if len(text) <= 90 else text[:87] + "..."
+        mark = "ok " if LABELS[k] == r["label"] else "MISS"
+        print(f"  {mark} {LABELS[k]:<8} (true {r['label']:<8}) P(A/E/D)={probs[0]:.2f}/{probs[1]:.2f}/{probs[2]:.2f}  "
+              f"[{r['source']}] {text}")
+        shown.append({"text": r["text"], "label": r["label"], "decision": LABELS[k], "p": probs.round(4).tolist()})
+    return shown
 
 
 def print_summary(out: DemoOutcome, calibration: dict) -> None:
@@ -136,8 +216,8 @@ def print_summary(out: DemoOutcome, calibration: dict) -> None:
     if not out.promoted:
         why = re.search(r"(failed the promotion gate on [\w, ]+|failed its smoke test[^;]*)", out.message)
         print(f"  why:          {why.group(1) if why else out.message}")
-        print("                (12 CPU steps rarely meet the default gate: ECE <= 0.05, FAR <= 0.02, macro F1 >= 0.5;")
-        print("                 the rejected model is exported above for inspection)")
+        print("                (the default gate: ECE <= 0.05, FAR <= 0.02, macro F1 >= 0.5 on the calibration hold-out;")
+        print("                 the rejected model is exported above for inspection; `--recipe full` trains longer)")
     # The calibrated temperature is the decision classifier's; as a sampling temperature it only
     # makes sense in a sane range (a fit that hit its upper bound, e.g. 20, would give noise).
     lo, hi = SAMPLING_TEMPERATURE_RANGE
@@ -153,9 +233,13 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output_dir", default="outputs/demo", help="Where the demo writes (default: outputs/demo).")
-    ap.add_argument("--max_steps", type=int, default=12, help="Training steps of the short demo run (default: 12).")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="demo",
+                    help="Training recipe: 'demo' (fits make demo's 12 minutes on 2 cores) or 'full' (the longer CPU run).")
+    ap.add_argument("--max_steps", type=int, default=None, help="Override the recipe's training steps.")
+    ap.add_argument("--base_ab", action="store_true", help="Also A/B the result against the base SmolLM2 (chat quality, "
+                                                           "safety on the default A/B sets; a few more minutes).")
     args = ap.parse_args(argv)
-    run_demo(Path(args.output_dir), max_steps=args.max_steps)
+    run_demo(Path(args.output_dir), recipe=args.recipe, max_steps=args.max_steps, base_ab=args.base_ab)
     return 0
 
 
