@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from registry.errors import RegistryError
+from registry.errors import NotFoundError, RegistryError
 from registry.models import VerifyReport, VersionManifest, is_version
 
 if TYPE_CHECKING:
@@ -26,6 +26,10 @@ def verify_store(reg: Registry, name: str | None = None) -> VerifyReport:
     """Check the store (or one model) and return a report; never raises on a finding."""
     problems: list[str] = []
     wanted: dict[str, int] = {}  # sha256 -> size
+    if not reg.root.is_dir():
+        raise NotFoundError(f"registry root {reg.root} does not exist: nothing to verify (check --root / $SO8T_REGISTRY)")
+    if name is not None and not reg._model_dir(name).is_dir():
+        raise NotFoundError(f"model {name!r} not found in {reg.root}: see `so8t registry list`")
     names = [name] if name is not None else reg.list_models()
     n_versions = 0
     for model in names:

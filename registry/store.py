@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -228,7 +229,7 @@ class Registry:
         Raises:
             NotFoundError: If the version does not exist or the alias is not set.
         """
-        if isinstance(ref, str) and ref.isdigit():
+        if isinstance(ref, str) and re.fullmatch(r"[0-9]+", ref):  # ASCII only: str.isdigit() takes '١' as 1
             ref = f"v{int(ref)}"
         if isinstance(ref, str) and is_version(ref):
             if not self._manifest_path(name, ref).is_file():

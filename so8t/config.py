@@ -17,7 +17,7 @@ from so8t.errors import ConfigError
 class TrainConfig(BaseModel):
     """SO8T QLoRA training: the runbook's flags plus the method's own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     base_model: str = Field(description="Base model: 'smollm2' (the embedded SmolLM2-135M-Instruct) or a local Hugging Face model directory.")
     dataset: str = Field(description="Training data, JSONL (several files: comma-separated): {instruction, output[, thinking]}, {text} or {text, label} records.")

@@ -8,6 +8,28 @@ import sys
 from so8t.errors import ConfigError
 
 
+def bounded(kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+    """An argparse type: a finite ``kind`` within [lo, hi] (or (lo, hi] with ``lo_open``); NaN and inf refused."""
+    import argparse
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if lo_open else '>='} {lo:g}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"{text} must be <= {hi:g}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``run`` and ``modelfile`` subcommands."""
     p = subparsers.add_parser(
@@ -18,16 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-m", "--model", required=True, metavar="GGUF", help="The GGUF file (e.g. out/so8t_baked_Q5_K_M.gguf).")
     p.add_argument("-p", "--prompt", default=None, help="The user's message (with --raw: the whole prompt). Default: read stdin.")
-    p.add_argument("-n", "--n_predict", type=int, default=1024, help="Most tokens to generate; stops earlier at end-of-turn (default: 1024).")
-    p.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (default: 0 = all cores).")
-    p.add_argument("--temp", type=float, default=0.7, help="Sampling temperature; 0 is greedy (default: 0.7).")
-    p.add_argument("--repeat_penalty", type=float, default=1.1, help="Penalty for repeated tokens; 1.0 disables it (default: 1.1).")
-    p.add_argument("--top_k", type=int, default=40, help="Top-k sampling (default: 40, as llama.cpp).")
-    p.add_argument("--top_p", type=float, default=0.95, help="Nucleus sampling threshold (default: 0.95, as llama.cpp).")
+    p.add_argument("-n", "--n_predict", type=bounded(int, lo=1), default=1024, help="Most tokens to generate; stops earlier at end-of-turn (default: 1024).")
+    p.add_argument("-t", "--threads", type=bounded(int, lo=0), default=0, help="CPU threads (default: 0 = all cores).")
+    p.add_argument("--temp", type=bounded(float, lo=0.0), default=0.7, help="Sampling temperature; 0 is greedy (default: 0.7).")
+    p.add_argument("--repeat_penalty", type=bounded(float, lo=0.0, lo_open=True), default=1.1, help="Penalty for repeated tokens; 1.0 disables it (default: 1.1).")
+    p.add_argument("--top_k", type=bounded(int, lo=0), default=40, help="Top-k sampling (default: 40, as llama.cpp).")
+    p.add_argument("--top_p", type=bounded(float, lo=0.0, hi=1.0, lo_open=True), default=0.95, help="Nucleus sampling threshold (default: 0.95, as llama.cpp).")
     p.add_argument("--seed", type=int, default=None, help="Sampling seed for reproducible output (default: random).")
     p.add_argument("-s", "--system", default=None, help="Optional system message (ignored with --raw).")
     p.add_argument("--raw", action="store_true", help="Do not apply the chat template: send the prompt as is (BOS added by llama.cpp).")
-    p.add_argument("-c", "--ctx_size", type=int, default=0,
+    p.add_argument("-c", "--ctx_size", type=bounded(int, lo=0), default=0,
                    help="Context size in tokens (default: 0 = prompt + n_predict, capped at the model's training context).")
     p.set_defaults(handler=_cmd_run)
 

@@ -123,3 +123,31 @@ def test_output_dir_probe_refuses_what_permission_bits_do_not_show(tmp_path):
     # /proc takes no new files even from root (CI runs as root): os.access() would say yes
     with pytest.raises(ConfigError, match=r"--output_dir /proc/so8t-out: cannot write there"):
         check_output_dir(Path("/proc/so8t-out"))
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--temp", "nan"], "--temp"), (["--temp", "-1"], "--temp"), (["--top_p", "nan"], "--top_p"),
+    (["--top_p", "0"], "--top_p"), (["--top_p", "1.5"], "--top_p"), (["-t", "-3"], "-t"),
+    (["-n", "0"], "-n"), (["--repeat_penalty", "inf"], "--repeat_penalty"), (["--temp", "x"], "--temp"),
+])
+def test_run_refuses_non_finite_and_out_of_range_sampling_flags(argv, flag, capsys, tmp_path):
+    """Hardening (issue #14): these were accepted and reached llama.cpp."""
+    from so8t.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["run", "-m", str(tmp_path / "m.gguf"), "-p", "hi", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "pet_lambda", "num_epochs"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_train_config_refuses_non_finite_numbers(field, value, tmp_path):
+    """Hardening (issue #14): --learning_rate inf trained NaN adapters and exited 0."""
+    from pydantic import ValidationError
+
+    from so8t.config import TrainConfig
+
+    with pytest.raises(ValidationError, match="finite"):
+        TrainConfig(base_model="smollm2", dataset="d.jsonl", output_dir=str(tmp_path), **{field: value})

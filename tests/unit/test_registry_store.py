@@ -283,3 +283,32 @@ def test_python_m_cli_and_import_without_torch_prefect(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "registry.cli", "--root", str(tmp_path), "list"], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 0 and "no models" in r.stdout
+
+
+def test_verify_of_a_missing_model_or_root_is_an_error_not_ok(tmp_path):
+    """Hardening (issue #14): "OK: 0 versions" for a typo or a wrong root hid the mistake."""
+    from registry import Registry
+    from registry.cli import main as registry_main
+    from registry.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="does not exist"):
+        Registry(tmp_path / "nowhere").verify()
+    reg = Registry(tmp_path / "reg")
+    reg.publish("m", {"a.gguf": b"x"})
+    assert reg.verify().ok and reg.verify("m").ok
+    with pytest.raises(NotFoundError, match="model 'nosuch' not found"):
+        reg.verify("nosuch")
+    assert registry_main(["--root", str(tmp_path / "reg"), "verify", "nosuch"]) == 2
+    assert registry_main(["--root", str(tmp_path / "nowhere"), "verify"]) == 2
+
+
+def test_unicode_digits_are_not_version_numbers(tmp_path):
+    from registry import Registry
+    from registry.errors import InvalidNameError, NotFoundError
+
+    reg = Registry(tmp_path / "reg")
+    reg.publish("m", {"a.gguf": b"x"})
+    assert reg.resolve("m", "1") == "v1"
+    for ref in ("\u0661", "\uff11", "\u00b9"):  # Arabic-Indic one, fullwidth one, superscript one
+        with pytest.raises((InvalidNameError, NotFoundError)):
+            reg.resolve("m", ref)
