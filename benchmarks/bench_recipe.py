@@ -44,7 +44,7 @@ VARIANTS = {
 #: The demo recipe's training settings (flows/demo.py RECIPES["demo"] minus max_steps); the
 #: variants change only what the ablation is about.
 BASE = dict(base_model="smollm2", dataset=str(ROOT / "data" / "decision_train.jsonl"), batch_size=16,
-            gradient_accumulation_steps=1, max_length=512, learning_rate=1e-3, warmup_steps=5,
+            gradient_accumulation_steps=1, max_length=512, learning_rate=3e-3, warmup_steps=5,
             lora_layers="top:10", so8t_layers="top:10", label_loss="label_token", pet_lambda=0.1)
 
 

@@ -29,10 +29,10 @@ DEMO_NAME = "so8t-smollm2"
 #: backward pass), the loss on the label token, batches of 16 label records whose shared prompt
 #: prefix is evaluated once. "demo" fits `make demo` into 12 minutes; "full" is the longer CPU run.
 RECIPES: dict[str, dict] = {
-    "demo": dict(max_steps=90, warmup_steps=5),
+    "demo": dict(max_steps=100, warmup_steps=5),
     "full": dict(max_steps=300, warmup_steps=10),
 }
-RECIPE_COMMON = dict(batch_size=16, gradient_accumulation_steps=1, max_length=512, learning_rate=1e-3,
+RECIPE_COMMON = dict(batch_size=16, gradient_accumulation_steps=1, max_length=512, learning_rate=3e-3,
                      lora_layers="top:10", so8t_layers="top:10", label_loss="label_token", pet_lambda=0.1)
 
 
