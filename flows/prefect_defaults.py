@@ -9,6 +9,9 @@ Task runs still appear, with every state, at most about a second later; the serv
 holds when the server stops. Nothing else changes: events, artifacts, logs, retries, caching and
 the promotion transaction are untouched.
 
+Usage analytics of the ephemeral server are off: a local demo reports nothing home, and on a machine
+without internet the attempt only printed an ERROR line.
+
 Only defaults: a value already in the environment (or a Prefect profile) wins. Not used by
 ``prefect server start`` deployments, which are configured on the server.
 """
@@ -21,6 +24,9 @@ EPHEMERAL_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "20",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "20",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    # No usage telemetry from a local demo: on a machine without internet the attempt only ends in
+    # an ERROR line on the console ("Failed to send telemetry").
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 
 
