@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,11 +35,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_scoring import cpu_name  # noqa: E402
 from so8t.base_models import embedded_gguf  # noqa: E402
 from so8t.decision import LABELS  # noqa: E402
-
-
 
 
 def pick_records(path: Path, limit: int) -> list[dict]:
@@ -54,15 +53,6 @@ def pick_records(path: Path, limit: int) -> list[dict]:
                 picked.append(queues[lab].pop(0))
     return picked
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

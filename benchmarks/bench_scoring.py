@@ -49,7 +49,6 @@ from so8t.decision import LABELS  # noqa: E402
 
 
 
-
 def pick_records(path: Path, limit: int) -> tuple[list[str], list[str]]:
     """The first records of each label, round-robin, ``limit`` in all."""
     from so8t.scoring import read_labelled
