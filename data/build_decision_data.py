@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import hashlib
 import io
 import json
@@ -899,6 +900,32 @@ def load_records(up: dict[str, bytes]) -> tuple[list[dict], list[dict], Counter]
 # --------------------------------------------------------------------------------------
 
 
+def ab_norm(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split()).strip(" .?!。？！")
+
+
+def ab_eval_texts() -> list[str]:
+    """Normalised strings of the A/B evaluation sets (every field but the label)."""
+    out = set()
+    for name in ("ab_eval_quality.jsonl", "ab_eval_safety.jsonl"):
+        for line in (DATA_DIR / name).read_text(encoding="utf-8").splitlines():
+            out.update(ab_norm(v) for k, v in json.loads(line).items() if k != "label" and isinstance(v, str))
+    return sorted(out)
+
+
+def _near_ab(text: str, ab_texts: list[str], threshold: float = 0.8) -> bool:
+    t = ab_norm(text)
+    if len(t) >= 200:
+        return False
+    m = difflib.SequenceMatcher(None)
+    m.set_seq2(t)
+    for a in ab_texts:
+        m.set_seq1(a)
+        if m.real_quick_ratio() >= threshold and m.quick_ratio() >= threshold and m.ratio() >= threshold:
+            return True
+    return False
+
+
 def load_reserved(path: Path | None) -> set[str] | None:
     if path is None or not path.exists():
         return None
@@ -934,6 +961,16 @@ def build(reserved_path: Path | None = DEFAULT_RESERVED) -> dict:
             report["new_reserved_hashes"].extend(sorted(hit - RESERVED_DROPS))
             continue
         kept.append(r)
+    # 1b. near copies of this project's A/B evaluation prompts (data/ab_eval_*.jsonl): those sets judge the
+    # fine-tune, so no training, validation or test record may be one of them (the rule of
+    # tests/integration/test_abtest.py: difflib ratio >= 0.8 on texts under 200 characters)
+    ab_texts, unseen = ab_eval_texts(), []
+    for r in kept:
+        if _near_ab(r["text"], ab_texts):
+            drops[f"{r['source']}: near an A/B evaluation prompt"] += 1
+        else:
+            unseen.append(r)
+    kept = unseen
     # 2. exact duplicates (norm_key): keep the first; if the copies disagree on the label, drop all
     by_key: dict[str, list[dict]] = defaultdict(list)
     for r in kept:

@@ -85,6 +85,8 @@ def _traces_of_interruption(root: Path, name: str) -> int:
 
 
 def _check_consistent(reg: Registry, name: str) -> None:
+    if not reg.root.exists():  # killed before its first write created the store: nothing to check
+        return
     report = reg.verify()
     assert report.ok, report.problems
     listed = reg.list_versions(name) if reg.list_models() else []
