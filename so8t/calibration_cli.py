@@ -35,6 +35,7 @@ from so8t.decision import LABELS, resolve_prompt
 from so8t.errors import ConfigError, DataError
 from so8t.metrics import softmax
 from so8t.reliability import plot_reliability
+from so8t.outpaths import check_output_dir
 from so8t.scoring import Scores, check_gguf, read_labelled, score_gguf
 
 logger = logging.getLogger(__name__)
@@ -103,10 +104,8 @@ class CalibrationOutcome:
 
 # ----------------------------------------------------------------------------- core
 def _check_output_dir(path: str | Path) -> Path:
-    out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir {out} exists and is not a directory: pass a directory path")
-    return out
+    # a file, a path under a file, or a place that cannot be written: refused before any scoring
+    return check_output_dir(path, "output_dir")
 
 
 def calibrate_gguf(cfg: CalibrateCommandConfig) -> CalibrationOutcome:

@@ -45,9 +45,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from so8t.abcompare import Calibration, load_calibration
 from so8t.base_models import sha256_file
 from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, PROMPT_FILE, DecisionPrompt, load_decision_prompt
-from so8t.outpaths import check_output_dir as _check_output_dir
+from so8t.outpaths import check_output_dir
 from so8t.errors import ConfigError, DataError, ModelError
-from so8t.metrics import ALLOW, DENY, ESCALATE, N_CLASSES, clopper_pearson_upper, decide, softmax
+from so8t.metrics import ALLOW, DENY, ESCALATE, N_CLASSES, clopper_pearson_upper, confusion_matrix, decide, softmax
 
 logger = logging.getLogger(__name__)
 
@@ -354,11 +354,6 @@ def resolve_model(model: str, registry_root: str | None) -> ResolvedModel:
 
 
 # ----------------------------------------------------------------------------- input checks
-def check_output_dir(path: str | Path) -> Path:
-    """``--output_dir`` when it is (or can be created as) a writable directory; creates nothing."""
-    return _check_output_dir(path, "--output_dir")
-
-
 def data_paths(spec: str) -> list[Path]:
     """The files of a comma-separated ``--data`` value (each must exist, none twice).
 
@@ -455,7 +450,7 @@ def group_metrics(y: np.ndarray, d: np.ndarray, confidence: float, *, group: str
     """
     y, d = np.asarray(y, dtype=np.int64), np.asarray(d, dtype=np.int64)
     n = int(y.shape[0])
-    cm = np.bincount(y * N_CLASSES + d, minlength=N_CLASSES**2).reshape(N_CLASSES, N_CLASSES)  # rows true
+    cm = confusion_matrix(y, d)  # rows true label, columns decision
     neg = int(cm[ALLOW + 1:].sum())
     fa = int(cm[ALLOW + 1:, ALLOW].sum())
     pos = int(cm[ALLOW].sum())
