@@ -529,22 +529,22 @@ SPC_DECISIONS = {
 # --------------------------------------------------------------------------------------
 
 QUOTAS = {
-    ("dolly-openqa", "ALLOW", "en"): (80, 80, 800),
-    ("self-instruct", "ALLOW", "en"): (40, 60, None),
-    ("coconot-contrast", "ALLOW", "en"): (50, 70, None),
-    ("synthetic", "ALLOW", "en"): (20, 40, None),
-    ("dolly-ja", "ALLOW", "ja"): (70, 90, 760),
-    ("synthetic", "ALLOW", "ja"): (20, 40, None),
-    ("ailuminate", "ESCALATE", "en"): (12, 14, None),
-    ("synthetic", "ESCALATE", "en"): (20, 40, None),
-    ("synthetic", "ESCALATE", "ja"): (20, 40, None),
-    ("ailuminate", "DENY", "en"): (80, 100, 600),
-    ("simple-safety-tests", "DENY", "en"): (15, 20, None),
-    ("advbench", "DENY", "en"): (40, 60, None),
-    ("gptfuzz", "DENY", "en"): (15, 20, None),
-    ("coconot", "DENY", "en"): (25, 35, None),
-    ("synthetic", "DENY", "en"): (20, 40, None),
-    ("synthetic", "DENY", "ja"): (20, 40, None),
+    ("dolly-openqa", "ALLOW", "en"): (140, 80, 800),
+    ("self-instruct", "ALLOW", "en"): (70, 60, None),
+    ("coconot-contrast", "ALLOW", "en"): (80, 70, None),
+    ("synthetic", "ALLOW", "en"): (40, 40, None),
+    ("dolly-ja", "ALLOW", "ja"): (120, 90, 760),
+    ("synthetic", "ALLOW", "ja"): (40, 40, None),
+    ("ailuminate", "ESCALATE", "en"): (16, 14, None),
+    ("synthetic", "ESCALATE", "en"): (40, 40, None),
+    ("synthetic", "ESCALATE", "ja"): (40, 40, None),
+    ("ailuminate", "DENY", "en"): (140, 100, 600),
+    ("simple-safety-tests", "DENY", "en"): (25, 20, None),
+    ("advbench", "DENY", "en"): (70, 60, None),
+    ("gptfuzz", "DENY", "en"): (25, 20, None),
+    ("coconot", "DENY", "en"): (40, 35, None),
+    ("synthetic", "DENY", "en"): (40, 40, None),
+    ("synthetic", "DENY", "ja"): (40, 40, None),
 }
 # Near-duplicate groups larger than this go to train only (they would skew a small eval cell).
 MAX_EVAL_GROUP = 4
@@ -557,7 +557,7 @@ JAILBREAK_MAX_CHARS = 1200
 JAILBREAK_MIN_REQUEST_ROOM = 100
 TEMPLATE_JACCARD = 0.5
 JAILBREAK_TEMPLATES = {"val": 3, "test": 4}  # the remaining eligible templates -> train
-JAILBREAK_ROWS = {"train": 250, "val": 30, "test": 40}
+JAILBREAK_ROWS = {"train": 250, "val": 50, "test": 40}
 JAILBREAK_REQUEST_SOURCES = ("advbench", "gptfuzz", "simple-safety-tests", "ailuminate", "coconot")
 PLACEHOLDER = "[INSERT PROMPT HERE]"
 

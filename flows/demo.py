@@ -32,7 +32,7 @@ RECIPES: dict[str, dict] = {
     "demo": dict(max_steps=100, warmup_steps=5),
     "full": dict(max_steps=300, warmup_steps=10),
 }
-RECIPE_COMMON = dict(batch_size=16, gradient_accumulation_steps=1, max_length=512, learning_rate=3e-3,
+RECIPE_COMMON = dict(batch_size=16, gradient_accumulation_steps=1, max_length=512, learning_rate=3e-3, lora_dropout=0.0,
                      lora_layers="top:10", so8t_layers="top:10", label_loss="label_token", pet_lambda=0.1)
 
 

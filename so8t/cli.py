@@ -29,10 +29,14 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseModel]) -> N
     for name, field in cls.model_fields.items():
         required = field.is_required()
         default = None if required else field.default
-        help_text = field.description or ""
+        help_text = (field.description or "").replace("%", "%%")  # argparse %-formats help strings
         ann = field.annotation
         if ann is bool:
-            parser.add_argument(f"--{name}", action="store_true", help=help_text)
+            if default:  # on by default: --flag / --no-flag (a store_true flag would turn it off when omitted)
+                parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=True,
+                                    help=help_text + " (default: on)")
+            else:
+                parser.add_argument(f"--{name}", action="store_true", help=help_text)
             continue
         choices = list(get_args(ann)) if get_origin(ann) is Literal else None
         typ = ann if ann in (int, float) else str

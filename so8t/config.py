@@ -63,6 +63,14 @@ class TrainConfig(BaseModel):
     share_prompt_prefix: bool = Field(
         True, description="Batch records of one kind together and evaluate their common prompt prefix (the decision "
         "prompt's policy) once per batch; same loss and gradients, fewer tokens. Off in multi-process runs.")
+    sparse_lm_head: bool = Field(
+        True, description="Apply the LM head only at the positions that carry loss (one row per label record with "
+        "label_loss label_token) instead of every token; same loss and gradients. Used only when a one-time check "
+        "shows the model's logits are its head applied to its last hidden state; otherwise the full head runs.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Matmul precision of training: 'bf16' autocast (weights, gradients and optimizer state "
+        "stay float32), 'fp32', or 'auto': bf16 where the hardware computes it natively (a CUDA GPU with bf16; a CPU "
+        "with AVX512-BF16 or AMX) and not with --load_in_4bit on a CPU, else fp32.")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the base model (off by default).")
 
     @model_validator(mode="after")

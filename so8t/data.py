@@ -167,12 +167,38 @@ def encode_record(record: Record, tokenizer: Any, max_length: int, prompt: Decis
     ``label_loss="label_token"`` keeps the loss of a ``{"text","label"}`` record on the label's first
     token only: the token whose logit calibration reads.
 
+    A label record longer than ``max_length`` loses the middle of its request (the head and the tail
+    are kept, joined by " … "), not its label: cutting the end would leave an example with no loss
+    that still costs a full-length forward pass.
+
     Returns:
         The encoded example and whether it was truncated.
 
     Raises:
         DataError: chat records with a tokenizer that has no chat template.
     """
+    ex = _encode_record(record, tokenizer, prompt, label_loss)
+    excess = len(ex["input_ids"]) - max_length
+    if excess <= 0:
+        return ex, False
+    if isinstance(record, LabelledRecord):
+        text_ids = _token_ids(tokenizer, record.text)
+        for margin in (4, 8, 16, 32):  # re-tokenising at the cut may add a token or two
+            keep = len(text_ids) - excess - margin
+            if keep < 2:
+                break
+            head = tokenizer.decode(text_ids[: keep - keep // 2])
+            tail = tokenizer.decode(text_ids[len(text_ids) - keep // 2:])
+            short = _encode_record(record.model_copy(update={"text": f"{head} … {tail}"}), tokenizer, prompt, label_loss)
+            if len(short["input_ids"]) <= max_length:
+                return short, True
+    # the end goes (reported as a no-loss example when nothing of the answer is left)
+    return {k: v[:max_length] for k, v in ex.items()}, True
+
+
+def _encode_record(record: Record, tokenizer: Any, prompt: DecisionPrompt | None,
+                   label_loss: Literal["answer", "label_token"]) -> dict[str, list[int]]:
+    """:func:`encode_record` without any length limit."""
     eos = tokenizer.eos_token_id
     chat = record_messages(record, prompt)
     if chat is None:
@@ -199,9 +225,7 @@ def encode_record(record: Record, tokenizer: Any, max_length: int, prompt: Decis
     labels = [IGNORE_INDEX] * len(prompt_ids) + [IGNORE_INDEX] * labels_from + answer_ids[labels_from:]
     if label_loss == "label_token" and isinstance(record, LabelledRecord):
         labels = labels[:len(prompt_ids) + 1] + [IGNORE_INDEX] * (len(labels) - len(prompt_ids) - 1)
-    truncated = len(ids) > max_length
-    ids, labels = ids[:max_length], labels[:max_length]
-    return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}, truncated
+    return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
 
 
 class EncodedDataset(torch.utils.data.Dataset):

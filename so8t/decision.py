@@ -40,8 +40,11 @@ DECISION_SYSTEM = (
     "Requests may be in English or Japanese; judge what is asked, not the words used."
 )
 
-#: User-turn template of the default prompt; ``{text}`` is the request under review.
-DECISION_USER_TEMPLATE = "Request:\n{text}\n\nDecision (ALLOW, ESCALATE or DENY):"
+#: User-turn template of the default prompt; ``{text}`` is the request under review. Nothing follows
+#: the request: the system turn already asks for one word, and every token after ``{text}`` is paid
+#: per request (it cannot be shared), in training and in scoring. A trailing
+#: "Decision (ALLOW, ESCALATE or DENY):" was 23 of a request's ~80 scored tokens (BENCHMARKS.md).
+DECISION_USER_TEMPLATE = "Request:\n{text}"
 
 #: Where a training run records the prompt it trained on.
 PROMPT_FILE = "decision_prompt.json"

@@ -150,6 +150,25 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return inner
 
 
+def _forward_entries(model: nn.Module) -> list[nn.Module]:
+    """The modules whose forward starts a pass over the layers: the model, and its decoder.
+
+    The rotation cache is cleared at either, so a caller that runs the decoder alone (the training
+    loss that applies the LM head only where labels are) also sees fresh rotations.
+    """
+    root = _unwrap(model)
+    out = [root]
+    get_decoder = getattr(root, "get_decoder", None)
+    if get_decoder is not None:
+        try:
+            decoder = get_decoder()
+        except (AttributeError, NotImplementedError):
+            decoder = None
+        if isinstance(decoder, nn.Module) and decoder is not root:
+            out.append(decoder)
+    return out
+
+
 def head_geometry(model: nn.Module) -> tuple[int, int]:
     """``(n_heads, head_dim)`` from the model config."""
     cfg = _unwrap(model).config
@@ -237,7 +256,8 @@ def attach_gates(model: nn.Module, layers: str | Sequence[int] = "all", mapping:
         cache.add(gate)
         o_proj.register_forward_pre_hook(_GateHook(gate))
     if chosen:
-        _unwrap(model).register_forward_pre_hook(cache.clear)
+        for entry in _forward_entries(model):
+            entry.register_forward_pre_hook(cache.clear)
     logger.info("attached SO8T gates to %d layer(s): %s (width %d, %d blocks each)", len(chosen), chosen, width, width // BLOCK)
     return chosen
 
@@ -264,9 +284,10 @@ def remove_gates(model: nn.Module) -> list[int]:
         del layer.attention._modules["so8t_gate"]
         gate.__dict__.pop("_cache", None)
         removed.append(index)
-    root_hooks = _unwrap(model)._forward_pre_hooks
-    for key in [k for k, h in root_hooks.items() if isinstance(getattr(h, "__self__", None), _RotationCache)]:
-        del root_hooks[key]
+    for entry in _forward_entries(model):
+        hooks = entry._forward_pre_hooks
+        for key in [k for k, h in hooks.items() if isinstance(getattr(h, "__self__", None), _RotationCache)]:
+            del hooks[key]
     return removed
 
 

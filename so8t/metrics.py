@@ -183,6 +183,26 @@ def top_label_ece(p: np.ndarray, y: np.ndarray, n_bins: int = DEFAULT_N_BINS) ->
     return _binned_gap(p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64), n_bins)
 
 
+def simulated_calibrated_ece(p: np.ndarray, n_bins: int = DEFAULT_N_BINS, draws: int = 2000,
+                             seed: int = 0) -> np.ndarray:
+    """Top-label ECEs that a *perfectly calibrated* model with these probabilities would measure.
+
+    Each draw gives every row a hit with probability equal to its top-label confidence (what
+    perfect calibration means) and computes the ECE of those hits. A finite sample's ECE is never
+    0: with few rows per bin its gaps are sampling noise. If the measured ECE is within this range,
+    the measurement cannot tell the model from a calibrated one: more data, not another fit, helps.
+
+    Returns:
+        ``(draws,)`` simulated ECE values (seeded, deterministic).
+    """
+    p, _ = check_probs(p)
+    conf = p.max(axis=1)
+    onehot = np.zeros((conf.shape[0], n_bins))
+    onehot[np.arange(conf.shape[0]), bin_index(conf, n_bins)] = 1.0
+    hits = (np.random.default_rng(seed).random((draws, conf.shape[0])) < conf).astype(np.float64)  # (draws, n)
+    return np.abs(hits @ onehot - conf @ onehot).sum(axis=1) / conf.shape[0]
+
+
 def classwise_ece(p: np.ndarray, y: np.ndarray, n_bins: int = DEFAULT_N_BINS) -> float:
     """Class-wise ECE: mean over the 3 classes of the binned gap between ``p_k`` and ``1[y == k]``."""
     p, y = check_probs(p, y)

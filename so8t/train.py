@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from so8t.batching import GroupedBatchSampler, SharedPrefixCollator, forward_shared_prefix
+from so8t.batching import GroupedBatchSampler, SharedPrefixCollator, forward_shared_prefix, sparse_head_matches, sparse_lm_loss
 from so8t.config import TrainConfig
 from so8t.data import PadCollator, encode_dataset, read_jsonl
 from so8t.decision import PROMPT_FILE, load_decision_prompt, write_decision_prompt
@@ -174,9 +174,11 @@ def _make_trainer_class():
     class SO8TTrainer(Trainer):
         """Trainer with CE + PET, gates in every checkpoint, and completion markers."""
 
-        def __init__(self, *args, pet_lambda: float = 0.0, batch_sampler_factory=None, **kwargs):
+        def __init__(self, *args, pet_lambda: float = 0.0, batch_sampler_factory=None, sparse_head: bool = False,
+                     **kwargs):
             super().__init__(*args, **kwargs)
             self.pet_lambda = pet_lambda
+            self.sparse_head = sparse_head
             self._sampler_factory = batch_sampler_factory
             self._acc = {"ce": 0.0, "pet": 0.0, "pet_energy": 0.0, "n": 0}
             self._last_logged_step: int | None = None  # set at the first step (also after a resume)
@@ -188,13 +190,17 @@ def _make_trainer_class():
             if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                 kwargs["num_items_in_batch"] = num_items_in_batch
             want_hidden = self.pet_lambda > 0
-            if "prefix_ids" in inputs:  # a SharedPrefixCollator batch: the prompt prefix once
+            if self.sparse_head and not return_outputs:  # the LM head only where a label is
+                ce, hidden, mask = sparse_lm_loss(model, inputs, kwargs.get("num_items_in_batch"), want_hidden)
+                outputs = None
+            elif "prefix_ids" in inputs:  # a SharedPrefixCollator batch: the prompt prefix once
                 outputs, hidden, mask = forward_shared_prefix(model, inputs, output_hidden_states=want_hidden, **kwargs)
             else:
                 outputs = model(**inputs, **kwargs, output_hidden_states=want_hidden)
                 hidden = outputs.hidden_states[-1] if want_hidden else None
                 mask = inputs.get("attention_mask")
-            ce = outputs.loss
+            if outputs is not None:
+                ce = outputs.loss
             scale = 1
             if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                 scale = self.accelerator.num_processes
@@ -253,6 +259,30 @@ def _make_trainer_class():
     return SO8TTrainer, LossLogCallback
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), as torch's kernels see it."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except RuntimeError:
+            continue
+    return False
+
+
+def resolve_precision(precision: str, cuda: bool, load_in_4bit: bool) -> str:
+    """``'bf16'`` or ``'fp32'`` for a TrainConfig.precision on this machine (see its description)."""
+    if precision != "auto":
+        if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+            raise ConfigError("precision bf16: this GPU does not support bfloat16; use --precision fp32 or auto")
+        return precision
+    if cuda:
+        return "bf16" if not load_in_4bit and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if not load_in_4bit and cpu_has_native_bf16() else "fp32"
+
+
 def check_output_dir(cfg: TrainConfig) -> None:
     """Refuse to train into a directory that holds another run's checkpoints without resume."""
     out = Path(cfg.output_dir)
@@ -297,6 +327,10 @@ def train(cfg: TrainConfig) -> Path:
     write_decision_prompt(prompt, out)  # before any checkpoint: bake and calibration read it from here
     SO8TTrainer, LossLogCallback = _make_trainer_class()
     cuda = _device_is_cuda()
+    use_bf16 = resolve_precision(cfg.precision, cuda, cfg.load_in_4bit) == "bf16"
+    sparse = cfg.sparse_lm_head and sparse_head_matches(model, tok("Hello world, how are you?")["input_ids"][:8])
+    logger.info("precision %s (%s); LM head %s", "bf16 autocast" if use_bf16 else "fp32", cfg.precision,
+                "at loss positions only" if sparse else "on every position")
     args = TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=cfg.batch_size,
@@ -317,7 +351,7 @@ def train(cfg: TrainConfig) -> Path:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not cuda,
-        bf16=cuda and not cfg.load_in_4bit and torch.cuda.is_bf16_supported(),
+        bf16=use_bf16,
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
     )
@@ -332,7 +366,7 @@ def train(cfg: TrainConfig) -> Path:
     trainer = SO8TTrainer(
         model=model, args=args, train_dataset=dataset,
         data_collator=SharedPrefixCollator(tok.pad_token_id) if share else PadCollator(tok.pad_token_id),
-        callbacks=[LossLogCallback(loss_log)], pet_lambda=cfg.pet_lambda,
+        callbacks=[LossLogCallback(loss_log)], pet_lambda=cfg.pet_lambda, sparse_head=sparse,
         batch_sampler_factory=(lambda a: GroupedBatchSampler(
             dataset.kinds, [len(e["input_ids"]) for e in dataset.examples], a.train_batch_size, a.data_seed,
             strata=[getattr(r, "label", None) for r in records])) if share else None,
@@ -353,6 +387,8 @@ def train(cfg: TrainConfig) -> Path:
             "data": {"examples": stats.examples, "truncated": stats.truncated, "tokens": stats.tokens,
                      "loss_tokens": stats.loss_tokens, "kinds": stats.kinds},
             "world_size": trainer.args.world_size,
+            "precision": "bf16" if use_bf16 else "fp32",
+            "sparse_lm_head": sparse,
         }
         (out / CONFIG_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
         logger.info("training done: %d steps, output in %s", trainer.state.global_step, out)

@@ -81,13 +81,13 @@ def test_calibrate_end_to_end_on_120_bundled_records(gguf, tmp_path, capsys):
     assert res.model_path == str(gguf.resolve()) and res.data_path == str(data.resolve())
     assert res.label_token_ids == {"ALLOW": [3206, 23557], "ESCALATE": [23110, 3206, 9081], "DENY": [52, 2680, 73]}
     assert res.n_samples == 120 and res.class_counts == {"ALLOW": 40, "ESCALATE": 40, "DENY": 40}
-    assert res.n_fit + res.n_holdout == 120 and res.n_holdout == 36
+    assert res.n_fit + res.n_holdout == 120 and res.n_holdout == 60  # holdout_fraction 0.5
     assert res.config.initial_escalate_threshold == 0.7 and res.before.temperature == 1.0
     assert scoring["mode"] == "first-token" and not scoring["from_cache"]
     assert scoring["model_sha256"] == res.model_sha256 and "<|im_start|>assistant" in scoring["prompt_example"]
     for key in ("temperature", "tau_deny", "tau_escalate", "passed", "verdict", "before", "after", "warnings"):
         assert key in doc
-    assert np.isfinite(res.temperature) and res.after.holdout.false_allow_denominator == 24
+    assert np.isfinite(res.temperature) and res.after.holdout.false_allow_denominator == 40
 
     png = (out / "reliability_diagram.png").read_bytes()
     assert png.startswith(PNG_MAGIC)
@@ -383,7 +383,7 @@ def test_help_lists_the_runbook_flags(capsys):
     text = capsys.readouterr().out
     for flag in ("--model", "--val_data", "--output_dir", "--initial_temperature", "--initial_deny_threshold",
                  "--initial_escalate_threshold", "--optimizer", "--holdout_fraction", "--seed", "--ece_target",
-                 "--far_target", "--far_bound", "--min_macro_f1", "--n_threads", "--no_cache", "--fail_on_gate"):
+                 "--far_target", "--far_bound", "--threshold_far_bound", "--min_macro_f1", "--n_threads", "--no_cache", "--fail_on_gate"):
         assert flag in text
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from so8t.batching import GroupedBatchSampler, SharedPrefixCollator, forward_shared_prefix
+from so8t.batching import (GroupedBatchSampler, SharedPrefixCollator, forward_shared_prefix, sparse_head_matches,
+                           sparse_lm_loss)
 from so8t.decision import DecisionPrompt
 from so8t.data import IGNORE_INDEX, LabelledRecord, PadCollator, encode_record
 from so8t.pet import pet_energy
@@ -75,6 +76,86 @@ def test_shared_prefix_forward_equals_the_plain_batch(tiny_llama):
     assert gate_names and all(grads_a[n].abs().max() > 0 for n in gate_names)
     for n in grads_a:
         torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def _sparse_loss_grads_pet(model, inputs, num_items=None):
+    model.zero_grad()
+    loss, hidden, mask = sparse_lm_loss(model, inputs, num_items, want_hidden=True)
+    pet = pet_energy(hidden, mask)
+    (loss + 0.3 * pet).backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return float(loss.detach()), float(pet.detach()), grads
+
+
+def test_sparse_head_loss_equals_the_models_own_loss(tiny_llama):
+    """The LM head on label positions only: the model's own CE, PET input and gradients, plain and shared."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    batch = _batch(tok)
+    model = _model(tiny_llama)
+    assert sparse_head_matches(model, batch[0]["input_ids"][:8])
+    assert model.training  # the check leaves the mode as it found it
+    plain = PadCollator(tok.pad_token_id or 0)(batch)
+    shared = SharedPrefixCollator(tok.pad_token_id or 0)(batch)
+    loss_ref, pet_ref, grads_ref = _loss_grads_pet(model, plain, shared=False)
+    # an independent reference of the CE: full logits, shifted by hand, torch's mean CE
+    with torch.no_grad():
+        logits = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                           plain["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    assert abs(float(ce) - loss_ref) < 1e-5
+    for inputs in (plain, shared):
+        loss, pet, grads = _sparse_loss_grads_pet(model, inputs)
+        assert abs(loss - loss_ref) < 1e-5 * max(1.0, loss_ref)
+        assert abs(pet - pet_ref) < 1e-5 * max(1.0, pet_ref)
+        assert grads.keys() == grads_ref.keys()
+        for n in grads:
+            torch.testing.assert_close(grads[n], grads_ref[n], rtol=1e-4, atol=1e-6, msg=n)
+    # num_items_in_batch (gradient accumulation across micro-batches): a sum over this batch's tokens / N
+    n_tokens = int((plain["labels"][:, 1:] != IGNORE_INDEX).sum())
+    loss_n, _, _ = _sparse_loss_grads_pet(model, plain, num_items=torch.tensor(4 * n_tokens))
+    assert abs(loss_n - loss_ref / 4) < 1e-5
+
+
+def test_sparse_head_check_refuses_a_model_that_post_processes_its_logits(tiny_llama):
+    model = _model(tiny_llama)
+    assert sparse_head_matches(model, [1, 2, 3, 4])
+    inner = model.get_base_model()
+    inner.lm_head.register_forward_hook(lambda _m, _a, out: out)  # a no-op hook changes nothing
+    assert sparse_head_matches(model, [1, 2, 3, 4])
+    original = inner.forward
+
+    def scaled_forward(*args, **kwargs):  # a model whose logits are scaled after the head (Cohere, Granite)
+        out = original(*args, **kwargs)
+        out.logits = out.logits * 0.5
+        return out
+
+    inner.forward = scaled_forward
+    assert not sparse_head_matches(model, [1, 2, 3, 4])
+
+
+def test_gate_rotations_are_fresh_when_the_decoder_runs_alone(tiny_llama):
+    """The rotation cache is cleared at the decoder too: the same batch twice without an optimizer
+    step (the generators unchanged) back-propagates twice with equal gradients, and steps learn."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    model = _model(tiny_llama)
+    inputs = SharedPrefixCollator(tok.pad_token_id or 0)(_batch(tok))
+    _, _, first = _sparse_loss_grads_pet(model, inputs)
+    _, _, again = _sparse_loss_grads_pet(model, inputs)  # a stale cached rotation's freed graph would raise here
+    for n in first:
+        torch.testing.assert_close(again[n], first[n], msg=n)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss, _, _ = sparse_lm_loss(model, inputs)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[2] < losses[0]
 
 
 def test_collator_falls_back_without_a_long_common_prefix():

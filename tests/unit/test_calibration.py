@@ -281,6 +281,45 @@ def test_calibrate_warns_under_100_samples(caplog):
     assert "only 60 samples" in caplog.text and any("only 60" in w for w in res.warnings)
 
 
+def test_calibrate_reports_the_ece_a_calibrated_model_would_measure(caplog):
+    """Few, unsure hold-out samples: the ECE's sampling noise exceeds the target and the result says
+    so; many samples: the noise is below the target and there is no such warning."""
+    z, y = synthetic(160, 1.0, seed=11)
+    with caplog.at_level(logging.WARNING, logger="so8t"):
+        res = C.calibrate(z, y)
+    mean, p95 = res.holdout_ece_noise
+    assert 0 < mean < p95 and p95 > 0.05
+    assert any("cannot be resolved at 0.05 with 80 samples" in w for w in res.warnings)
+    big, ybig = synthetic(20_000, 1.0, seed=11)
+    res = C.calibrate(big, ybig)
+    assert res.holdout_ece_noise[1] < 0.05 and not any("cannot be resolved" in w for w in res.warnings)
+
+
+def test_thresholds_keep_a_margin_below_the_far_target_by_default():
+    """Default: thresholds fit to the FAR's 95% upper bound on the fit split (checked against scipy's
+    beta quantile), so the fit-split point FAR sits well below the target; 'point' fits to the edge."""
+    from scipy.stats import beta
+
+    z, y = synthetic(4000, 1.0, seed=21, scale=4.0)
+    res = C.calibrate(z, y)
+    tf = res.threshold_fit
+    assert tf.feasible and tf.far_bound == "upper95" and res.config.far_bound == "point"
+    k, n = res.after.fit.false_allow_count, res.after.fit.false_allow_denominator
+    assert beta.ppf(0.95, k + 1, n - k) <= 0.02 + 1e-12
+    edge = C.calibrate(z, y, C.CalibrationConfig(threshold_far_bound="point"))
+    assert edge.threshold_fit.far_bound == "point"
+    assert res.after.fit.false_allow_rate < edge.after.fit.false_allow_rate <= 0.02
+    assert res.after.holdout.escalation_rate >= edge.after.holdout.escalation_rate  # the margin's price
+
+
+def test_thresholds_fall_back_to_the_point_far_when_the_bound_is_out_of_reach(caplog):
+    z, y = synthetic(200, 1.0, seed=22, scale=6.0)  # ~65 non-ALLOW fit samples: 0/65 has upper95 0.045
+    with caplog.at_level(logging.WARNING, logger="so8t"):
+        res = C.calibrate(z, y)
+    assert res.threshold_fit.far_bound == "point" and res.threshold_fit.feasible
+    assert any("fitted to the point FAR without a margin" in w for w in res.warnings)
+
+
 def test_encode_labels():
     assert C.encode_labels(["DENY", "ALLOW", "ESCALATE"]).tolist() == [2, 0, 1]
     with pytest.raises(DataError, match="allow"):

@@ -151,3 +151,26 @@ def test_train_config_refuses_non_finite_numbers(field, value, tmp_path):
 
     with pytest.raises(ValidationError, match="finite"):
         TrainConfig(base_model="smollm2", dataset="d.jsonl", output_dir=str(tmp_path), **{field: value})
+
+
+def test_a_too_long_label_record_loses_the_middle_of_its_request_not_its_label(tok):
+    words = [f"w{i}" for i in range(300)]
+    rec = LabelledRecord(text="START " + " ".join(words) + " FINISH", label="DENY")
+    full, cut = encode_record(rec, tok, 1 << 20, label_loss="label_token")
+    assert not cut
+    limit = len(full["input_ids"]) - 60
+    ex, cut = encode_record(rec, tok, limit, label_loss="label_token")
+    assert cut and limit - 40 <= len(ex["input_ids"]) <= limit
+    # the label token is still the one supervised position, as in the uncut example
+    want = [t for t in full["labels"] if t != IGNORE_INDEX]
+    assert [t for t in ex["labels"] if t != IGNORE_INDEX] == want and len(want) == 1
+    text = tok.decode(ex["input_ids"])
+    assert "START" in text and "FINISH" in text and "…" in text and "w160" not in text
+    # the end of the conversation (label, end of turn) is the uncut one's
+    assert ex["input_ids"][-3:] == full["input_ids"][-3:]
+
+
+def test_a_label_record_whose_prompt_alone_is_too_long_is_cut_at_the_end(tok):
+    rec = LabelledRecord(text="short request", label="ALLOW")
+    ex, cut = encode_record(rec, tok, 8)
+    assert cut and len(ex["input_ids"]) == 8 and all(t == IGNORE_INDEX for t in ex["labels"])

@@ -209,3 +209,26 @@ def test_report_undefined_rates_and_json_round_trip():
 def test_invalid_inputs_are_explained(p, y, match):
     with pytest.raises(ValueError, match=match):
         M.compute_metrics(p, np.asarray(y), 0.5, 0.7)
+
+
+def test_simulated_calibrated_ece_matches_labels_drawn_from_the_model():
+    """Independent check: labels drawn per row from p itself (a perfectly calibrated world), scored
+    with top_label_ece, have the same ECE distribution as the vectorised Bernoulli simulation."""
+    rng = np.random.default_rng(7)
+    p = scipy.special.softmax(rng.normal(size=(60, 3)) * 2.5, axis=1)
+    sim = M.simulated_calibrated_ece(p, draws=4000, seed=1)
+    assert sim.shape == (4000,) and (sim >= 0).all()
+    direct = np.array([M.top_label_ece(p, np.array([rng.choice(3, p=row) for row in p])) for _ in range(1500)])
+    se = np.hypot(sim.std() / np.sqrt(sim.size), direct.std() / np.sqrt(direct.size))
+    assert abs(sim.mean() - direct.mean()) < 4 * se
+    assert abs(np.percentile(sim, 95) - np.percentile(direct, 95)) < 0.02
+    np.testing.assert_array_equal(sim, M.simulated_calibrated_ece(p, draws=4000, seed=1))  # seeded
+
+
+def test_simulated_calibrated_ece_shrinks_with_more_samples_and_confidence():
+    rng = np.random.default_rng(3)
+    p = scipy.special.softmax(rng.normal(size=(100, 3)) * 2.0, axis=1)
+    small, large = M.simulated_calibrated_ece(p).mean(), M.simulated_calibrated_ece(np.tile(p, (9, 1))).mean()
+    assert large < 0.5 * small  # noise ~ 1/sqrt(n): 9x the rows, about a third of the ECE
+    sure = np.tile([[0.999, 0.0005, 0.0005]], (100, 1))
+    assert M.simulated_calibrated_ece(sure).mean() < 0.005
