@@ -3,7 +3,7 @@
 For each variant and seed: train on ``data/decision_train.jsonl`` with checkpoints every
 ``--eval_every`` steps, then read every checkpoint's label logits in torch (``recipe_eval.py``: the
 same prompt and label tokens as calibration, shared prefix evaluated once) on the validation split,
-calibrate them exactly as ``so8t calibrate`` does (30 % held out), and apply that calibration to
+calibrate them exactly as ``so8t calibrate`` does (half held out), and apply that calibration to
 the test split. One JSON row per (variant, seed, step) with wall and CPU time.
 
 Variants (equal data, steps, learning rate, LoRA layers):
@@ -41,11 +41,13 @@ VARIANTS = {
     "so8t": {},
 }
 
-#: The demo recipe's training settings (flows/demo.py RECIPES["demo"] minus max_steps); the
-#: variants change only what the ablation is about.
-BASE = dict(base_model="smollm2", dataset=str(ROOT / "data" / "decision_train.jsonl"), batch_size=16,
-            gradient_accumulation_steps=1, max_length=512, learning_rate=3e-3, warmup_steps=5,
-            lora_layers="top:10", so8t_layers="top:10", label_loss="label_token", pet_lambda=0.1)
+def _demo_recipe() -> dict:
+    """The demo recipe's training settings (flows/demo.py, minus max_steps): the variants change only
+    what the ablation is about."""
+    from flows.demo import RECIPE_COMMON, RECIPES
+
+    return dict(base_model="smollm2", dataset=str(ROOT / "data" / "decision_train.jsonl"), **RECIPE_COMMON,
+                warmup_steps=RECIPES["demo"]["warmup_steps"])
 
 
 def run_one(variant: str, seed: int, steps: int, eval_every: int, test_limit: int | None) -> list[dict]:
@@ -60,7 +62,7 @@ def run_one(variant: str, seed: int, steps: int, eval_every: int, test_limit: in
     from so8t.train import list_checkpoints, load_base, train
 
     out = Path(tempfile.mkdtemp(prefix=f"so8t-recipe-{variant}-{seed}-"))
-    kw = {**BASE, **VARIANTS[variant], "seed": seed, "max_steps": steps, "save_steps": eval_every,
+    kw = {**_demo_recipe(), **VARIANTS[variant], "seed": seed, "max_steps": steps, "save_steps": eval_every,
           "save_total_limit": steps // eval_every + 1, "output_dir": str(out / "run")}
     cfg = TrainConfig(**kw)
     t0, c0 = time.time(), time.process_time()

@@ -66,7 +66,8 @@ class TrainConfig(BaseModel):
     sparse_lm_head: bool = Field(
         True, description="Apply the LM head only at the positions that carry loss (one row per label record with "
         "label_loss label_token) instead of every token; same loss and gradients. Used only when a one-time check "
-        "shows the model's logits are its head applied to its last hidden state; otherwise the full head runs.")
+        "shows the model's logits are its head applied to its last hidden state, and in single-process runs; otherwise "
+        "the full head runs.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Matmul precision of training: 'bf16' autocast (weights, gradients and optimizer state "
         "stay float32), 'fp32', or 'auto': bf16 where the hardware computes it natively (a CUDA GPU with bf16; a CPU "

@@ -328,9 +328,6 @@ def train(cfg: TrainConfig) -> Path:
     SO8TTrainer, LossLogCallback = _make_trainer_class()
     cuda = _device_is_cuda()
     use_bf16 = resolve_precision(cfg.precision, cuda, cfg.load_in_4bit) == "bf16"
-    sparse = cfg.sparse_lm_head and sparse_head_matches(model, tok("Hello world, how are you?")["input_ids"][:8])
-    logger.info("precision %s (%s); LM head %s", "bf16 autocast" if use_bf16 else "fp32", cfg.precision,
-                "at loss positions only" if sparse else "on every position")
     args = TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=cfg.batch_size,
@@ -361,6 +358,11 @@ def train(cfg: TrainConfig) -> Path:
     else:
         _truncate_loss_log(loss_log, _checkpoint_step(resume))
     share = cfg.share_prompt_prefix and args.world_size == 1
+    # DDP must see the wrapped model's own forward (its gradient hooks): the decoder-only path is single-process
+    sparse = (cfg.sparse_lm_head and args.world_size == 1
+              and sparse_head_matches(model, tok("Hello world, how are you?")["input_ids"][:8]))
+    logger.info("precision %s (%s); LM head %s", "bf16 autocast" if use_bf16 else "fp32", cfg.precision,
+                "at loss positions only" if sparse else "on every position")
     if cfg.share_prompt_prefix and not share:
         logger.info("share_prompt_prefix: off in a %d-process run (one forward per batch under DDP)", args.world_size)
     trainer = SO8TTrainer(
