@@ -35,7 +35,7 @@ browser:
 demo: setup
 	$(PY) -m flows.demo
 
-# The longer CPU recipe (300 steps instead of 90): the same pipeline, gate and held-out evaluation.
+# The longer CPU recipe (300 steps instead of 100): the same pipeline, gate and held-out evaluation.
 demo-full: setup
 	$(PY) -m flows.demo --recipe full --output_dir outputs/demo-full
 

@@ -27,7 +27,9 @@ DEMO_NAME = "so8t-smollm2"
 #: Training recipes for the decision model on 2 CPU cores, chosen by measurement (BENCHMARKS.md,
 #: *Decision recipe*): LoRA and SO(8) gates on the upper 10 layers (nothing below them needs a
 #: backward pass), the loss on the label token, batches of 16 label records whose shared prompt
-#: prefix is evaluated once. "demo" fits `make demo` into 12 minutes; "full" is the longer CPU run.
+#: prefix is evaluated once, no LoRA dropout (a sub-epoch run gains nothing from it; it was 9 % of
+#: a step). "demo" fits `make demo` into 12 minutes on a fresh 2-core machine (11.1 min measured,
+#: *Session 6* in BENCHMARKS.md); "full" is the longer CPU run.
 RECIPES: dict[str, dict] = {
     "demo": dict(max_steps=100, warmup_steps=5),
     "full": dict(max_steps=300, warmup_steps=10),

@@ -146,13 +146,27 @@ class BlobStore:
             )
 
     def iter_blobs(self) -> Iterator[str]:
-        """Yield the sha256 of every stored blob."""
+        """Yield the sha256 of every stored blob (files named and placed as blobs; see :meth:`strays`)."""
         if not self.dir.is_dir():
             return
         for sub in sorted(self.dir.iterdir()):
             if sub.is_dir():
                 for f in sorted(sub.iterdir()):
-                    yield f.name
+                    if f.is_file() and _is_blob_name(f.name) and f.name[:2] == sub.name:
+                        yield f.name
+
+    def strays(self) -> list[Path]:
+        """Entries under the blob directory that are not blobs (someone else's files): never touched."""
+        if not self.dir.is_dir():
+            return []
+        out = []
+        for sub in sorted(self.dir.iterdir()):
+            if not sub.is_dir():
+                out.append(sub)
+                continue
+            out.extend(f for f in sorted(sub.iterdir())
+                       if not (f.is_file() and _is_blob_name(f.name) and f.name[:2] == sub.name))
+        return out
 
     def remove(self, sha256: str) -> int:
         """Delete a blob and return the bytes freed (0 if it was already gone)."""
@@ -240,3 +254,7 @@ def _copy_and_hash_kernel(src_fd: int, dst_fd: int, size: int) -> str:
     if failure:
         raise failure[0]
     return h.hexdigest()
+
+
+def _is_blob_name(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)

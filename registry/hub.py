@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from registry.errors import MirrorError
 from registry.fsio import write_atomic
@@ -54,7 +54,8 @@ ENV_ENDPOINT = "SO8T_HF_ENDPOINT"
 class MirrorConfig(BaseModel):
     """Where and how to mirror. The token is deliberately not part of it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # an endpoint may hold a secret by mistake: validation errors never echo the input
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     repo_id: str = Field(description="Hub repository, 'owner/name'.", pattern=r"^[\w.-]+/[\w.-]+$")
     endpoint: str | None = Field(
@@ -66,6 +67,25 @@ class MirrorConfig(BaseModel):
     max_attempts: int = Field(default=5, ge=1, description="Tries per Hub call before giving up.")
     backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per try.")
     backoff_max_s: float = Field(default=30.0, ge=0, description="Longest retry delay.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        try:
+            u = urlsplit(v)
+            host = u.hostname
+        except ValueError:
+            raise ValueError("is not a URL") from None
+        if u.scheme not in ("http", "https") or not host:
+            raise ValueError("must be an http(s) URL with a host, e.g. https://huggingface.co")
+        if u.username is not None or u.password is not None:
+            raise ValueError("must not carry credentials (user:token@host): they would be stored and printed; "
+                             "give the token through HF_TOKEN instead")
+        return v
 
     @classmethod
     def from_env(cls, repo_id: str | None = None, endpoint: str | None = None, **kw: Any) -> MirrorConfig:
@@ -79,7 +99,12 @@ class MirrorConfig(BaseModel):
             raise MirrorError(
                 f"no Hub repository configured: pass --repo OWNER/NAME or set {ENV_REPO}"
             )
-        return cls(repo_id=repo, endpoint=endpoint or os.environ.get(ENV_ENDPOINT) or None, **kw)
+        try:
+            return cls(repo_id=repo, endpoint=endpoint or os.environ.get(ENV_ENDPOINT) or None, **kw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(x) for x in err["loc"])
+            raise MirrorError(f"mirror setting {field} {err['msg'].removeprefix('Value error, ')}") from None
 
 
 class MirrorState(BaseModel):

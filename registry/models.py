@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
-from registry.errors import InvalidNameError
+from registry.errors import InvalidInputError, InvalidNameError
 
 SCHEMA_VERSION = 1
 """Version of the on-disk manifest format; bump it when a field changes meaning."""
@@ -407,3 +407,44 @@ class ResolvedVersion(_Frozen):
         """Blob paths of every file of the given kind, sorted by file path."""
         k = ArtifactKind(kind)
         return [self.paths[f.path] for f in self.manifest.files if f.kind == k]
+
+
+#: Bounds on JSON carried in manifests and history (evidence, metrics, parameters): deeper nesting
+#: than this cannot be read back by Python's json module in every setting, and larger payloads
+#: belong in a file of the version, referenced from the evidence.
+MAX_JSON_DEPTH = 32
+MAX_JSON_BYTES = 1_000_000
+
+
+def check_json_payload(value: object, field: str) -> None:
+    """Refuse JSON that the registry could write but not safely read back.
+
+    Raises:
+        InvalidInputError: nesting deeper than :data:`MAX_JSON_DEPTH`, a non-finite number (JSON
+            has no NaN or Infinity), a non-string key, or more than :data:`MAX_JSON_BYTES` encoded.
+    """
+    import json
+
+    stack: list[tuple[object, int, str]] = [(value, 0, field)]
+    while stack:
+        v, depth, where = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidInputError(f"{field} is nested deeper than {MAX_JSON_DEPTH} levels (at {where[:80]}...): "
+                                    "flatten it or store it as a file of the version")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InvalidInputError(f"{where}: {v} is not finite (JSON has no NaN or Infinity): "
+                                    "record a finite value or null explicitly")
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise InvalidInputError(f"{where}: key {k!r} is not a string")
+                stack.append((item, depth + 1, f"{where}.{k}"))
+        elif isinstance(v, (list, tuple)):
+            stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(v))
+    try:
+        size = len(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"{field} is not JSON: {e}") from None
+    if size > MAX_JSON_BYTES:
+        raise InvalidInputError(f"{field} is {size} bytes of JSON, over the {MAX_JSON_BYTES} limit: "
+                                "store it as a file of the version and reference it")

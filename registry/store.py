@@ -32,6 +32,7 @@ from registry.blobs import BlobStore
 from registry.errors import InvalidInputError, NotFoundError, RegistryError
 from registry.fsio import create_exclusive
 from registry.locks import DEFAULT_TIMEOUT_S, file_lock
+from registry.modelcard import RESERVED_PATHS
 from registry.models import (
     PRODUCTION,
     ArtifactKind,
@@ -43,6 +44,7 @@ from registry.models import (
     ResolvedVersion,
     VerifyReport,
     VersionManifest,
+    check_json_payload,
     VersionSummary,
     check_alias,
     check_model_name,
@@ -154,6 +156,8 @@ class Registry:
                         f"{[k.value for k in ArtifactKind]}"
                     ) from None
                 entries.append(FileEntry(path=rel, sha256=digest, size=size, kind=kind))
+            check_json_payload(dict(metrics or {}), "metrics")
+            check_json_payload(dict(parameters or {}), "parameters")
             try:
                 lin = lineage if isinstance(lineage, Lineage) else Lineage(**(lineage or {}))
                 draft = dict(
@@ -201,6 +205,14 @@ class Registry:
                 check_relpath(p.relative_to(base).as_posix()): p
                 for p in sorted(base.rglob("*")) if p.is_file()
             }
+            if ".gitattributes" in files:  # git metadata of a Hugging Face checkout, not model content
+                logger.info("publish: skipping %s (git metadata; the Hub mirror writes its own)", base / ".gitattributes")
+                del files[".gitattributes"]
+        clash = sorted(set(files) & RESERVED_PATHS)
+        if clash:
+            raise InvalidInputError(
+                f"a version may not contain {', '.join(clash)}: the Hub mirror writes these paths itself, so the "
+                "version could never be mirrored; rename or drop the file(s)")
         if not files:
             raise InvalidInputError(f"nothing to publish from {source!r}: it contains no files")
         return files
@@ -299,6 +311,7 @@ class Registry:
     # ---------------------------------------------------------- alias changes
     @staticmethod
     def _common(reason: str, evidence: Mapping[str, Any] | None, flow_run_id: str | None) -> dict:
+        check_json_payload(dict(evidence or {}), "evidence")
         return {"reason": reason, "evidence": dict(evidence or {}), "flow_run_id": flow_run_id}
 
     def promote(
@@ -349,6 +362,8 @@ class Registry:
             StateError: If there is no earlier value, or ``to`` is rejected (unless ``force``).
         """
         check_alias(alias)
+        if not (self._model_dir(name) / "versions").is_dir():  # before the alias log takes a lock there
+            raise NotFoundError(f"model {name!r} has no versions in {self.root}: nothing to roll back")
         target = self.resolve(name, to) if to is not None else None
         out = self._log(name).change(
             al.rollback_change(alias, target, force=force, common=self._common(reason, evidence, flow_run_id))
@@ -388,6 +403,11 @@ class Registry:
                         ) from None
                     referenced.update(f.sha256 for f in m.files)
             removed, freed = [], 0
+            strays = self.blobs.strays()
+            if strays:
+                logger.warning("gc: %d entr%s under %s %s not a blob and %s left alone: %s", len(strays),
+                               "y" if len(strays) == 1 else "ies", self.blobs.dir, "is" if len(strays) == 1 else "are",
+                               "is" if len(strays) == 1 else "are", ", ".join(str(p) for p in strays[:5]))
             for digest in list(self.blobs.iter_blobs()):
                 if digest not in referenced:
                     removed.append(digest)

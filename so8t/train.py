@@ -201,6 +201,11 @@ def _make_trainer_class():
                 mask = inputs.get("attention_mask")
             if outputs is not None:
                 ce = outputs.loss
+            if model.training and not bool(torch.isfinite(ce.detach()).all()):
+                # stop before the optimizer step: no non-finite update, no checkpoint of NaN weights
+                raise ModelError(f"training diverged: the loss is {float(ce.detach())} at step "
+                                 f"{self.state.global_step + 1}; lower --learning_rate (now {self.args.learning_rate:g}) "
+                                 "or --pet_lambda; earlier checkpoints are intact")
             scale = 1
             if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                 scale = self.accelerator.num_processes
@@ -373,7 +378,15 @@ def train(cfg: TrainConfig) -> Path:
             dataset.kinds, [len(e["input_ids"]) for e in dataset.examples], a.train_batch_size, a.data_seed,
             strata=[getattr(r, "label", None) for r in records])) if share else None,
     )
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    done = _checkpoint_step(resume) if resume is not None else 0
+    if resume is not None and cfg.max_steps > 0 and done >= cfg.max_steps:
+        # a finished run: transformers would take one more step on every resume (3 -> 4 -> 5)
+        logger.info("resume: %s is at step %d of max_steps %d: nothing left to train; final outputs from it",
+                    resume, done, cfg.max_steps)
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state.global_step = done
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
         model.save_pretrained(str(out))
         save_gates(model, out)

@@ -237,6 +237,29 @@ def test_token_never_leaks(hub_env: HubStandin, tmp_path: Path, caplog: pytest.L
         assert SECRET.encode() not in data, p
 
 
+def test_endpoints_with_credentials_are_refused_without_echoing_them(tmp_path: Path, capsys) -> None:
+    from pydantic import ValidationError
+
+    from registry.errors import MirrorError
+
+    bad = f"http://user:{SECRET}@127.0.0.1:9/"
+    with pytest.raises(MirrorError, match="must not carry credentials") as exc:
+        MirrorConfig.from_env(REPO_ID, bad)
+    assert SECRET not in str(exc.value)
+    with pytest.raises(ValidationError) as verr:
+        MirrorConfig(repo_id=REPO_ID, endpoint=bad)
+    assert SECRET not in str(verr.value)
+    for endpoint in ("ftp://hub.example", "not a url", "https://"):
+        with pytest.raises(MirrorError, match="endpoint"):
+            MirrorConfig.from_env(REPO_ID, endpoint)
+    reg = Registry(tmp_path / "store")
+    _publish(reg, "a")
+    assert cli_main(["--root", str(reg.root), "mirror", NAME, "--sync", "--repo", REPO_ID, "--endpoint", bad]) == 2
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err and "credentials" in out.err
+    assert MirrorConfig.from_env(REPO_ID, "https://hub.example:8443/base").endpoint == "https://hub.example:8443/base"
+
+
 @pytest.mark.skipif(not LIVE, reason="set HF_TOKEN and SO8T_HF_TEST_REPO to run against the real Hub")
 def test_live_hub_round_trip(tmp_path: Path) -> None:
     """Publishes two tiny versions to a real (preferably private, throwaway) Hub repo."""

@@ -183,6 +183,34 @@ def test_sigkill_then_resume_latest_equals_uninterrupted(tiny_llama, tiny_datase
     assert [r["step"] for r in read_loss_log(out)] == list(range(1, steps + 1))
 
 
+def test_resuming_a_finished_run_takes_no_further_step(tiny_llama, tiny_dataset, tmp_path):
+    out = tmp_path / "done"
+    argv = ["train", *_cli_args(tiny_llama, tiny_dataset, out, 4)]
+    assert main(argv) == 0
+    first = {k: v.clone() for k, v in load_file(str(out / "adapter_model.safetensors")).items()}
+    for _ in range(2):  # once more, and again: a finished run stays finished (was 4 -> 5 -> 6)
+        (out / "adapter_model.safetensors").unlink()  # the final outputs are rewritten from the checkpoint
+        assert main([*argv, "--resume_from_checkpoint", "latest"]) == 0
+        resolved = json.loads((out / "so8t_train_config.json").read_text())
+        assert resolved["global_step"] == 4 and resolved["resumed_from"].endswith("checkpoint-4")
+        assert [p.name for p in list_checkpoints(out, complete_only=False)] == ["checkpoint-2", "checkpoint-4"]
+        again = load_file(str(out / "adapter_model.safetensors"))
+        assert again.keys() == first.keys()
+        for k in first:
+            torch.testing.assert_close(again[k], first[k], atol=0, rtol=0)
+    assert [r["step"] for r in read_loss_log(out)] == [1, 2, 3, 4]
+
+
+def test_a_diverging_run_stops_with_an_error_not_nan_weights(tiny_llama, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "diverged"
+    args = _cli_args(tiny_llama, tiny_dataset, out, 6)
+    args[args.index("--learning_rate") + 1] = "1e30"  # finite, so the flag is accepted; the weights are not
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training diverged: the loss is" in err[0] and "--learning_rate" in err[0]
+    assert not (out / "adapter_model.safetensors").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launch_flags, world", [
     # accelerate 1.15's --cpu launcher starts one process unless given an MPI hostfile: same layout

@@ -174,6 +174,49 @@ def test_bad_inputs_give_clear_errors(reg: Registry, tmp_path: Path) -> None:
         reg.get("m", "v7")
 
 
+def test_evidence_and_metrics_that_could_not_be_read_back_are_refused(reg: Registry, capsys) -> None:
+    """Deep nesting (once made state.json unreadable for every command), NaN, oversize: refused on
+    the way in, and the model stays fully usable."""
+    reg.publish("m", {"a": b"x"})
+    deep: dict = {}
+    node = deep
+    for _ in range(250):
+        node["k"] = {}
+        node = node["k"]
+    with pytest.raises(InvalidInputError, match="nested deeper than 32 levels"):
+        reg.promote("m", "v1", evidence=deep)
+    with pytest.raises(InvalidInputError, match=r"evidence\.ece: nan is not finite"):
+        reg.promote("m", "v1", evidence={"ece": float("nan")})
+    with pytest.raises(InvalidInputError, match="over the 1000000 limit"):
+        reg.reject("m", "v1", evidence={"blob": "x" * 1_000_001})
+    with pytest.raises(InvalidInputError, match=r"metrics\.far: inf is not finite"):
+        reg.publish("m", {"b": b"y"}, metrics={"far": float("inf")})
+    root = str(reg.root)
+    assert cli_main(["--root", root, "promote", "m", "v1", "--evidence", json.dumps(deep)]) == 2
+    assert cli_main(["--root", root, "promote", "m", "v1", "--evidence", '{"ece": NaN}']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("Traceback" not in e for e in err)
+    assert reg.history("m") == [] and [v.version for v in reg.list_versions("m")] == ["v1"]
+    reg.promote("m", "v1", evidence={"ece": 0.03, "nested": {"ok": [1, 2, {"fine": None}]}})
+    assert reg.get("m").version == "v1" and reg.verify().ok
+
+
+def test_paths_the_hub_mirror_writes_are_kept_out_of_versions(reg: Registry, tmp_path: Path) -> None:
+    """Such a version was published, then blocked the mirror forever."""
+    with pytest.raises(InvalidInputError, match=r"may not contain \.gitattributes.*Hub mirror"):
+        reg.publish("m", {"model.gguf": b"x", ".gitattributes": b"*.gguf filter=lfs"})
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "model.safetensors").write_bytes(b"w" * 64)
+    (hf / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    v = reg.publish("m", hf)  # a Hugging Face checkout: its git metadata is not model content
+    assert [f.path for f in reg.manifest("m", v.version).files] == ["model.safetensors"]
+    (hf / "so8t-registry.json").write_text("{}")
+    with pytest.raises(InvalidInputError, match="so8t-registry.json"):
+        reg.publish("m", hf)
+    assert [x.version for x in reg.list_versions("m")] == [v.version]
+
+
 def test_gc_removes_only_unreferenced(reg: Registry) -> None:
     m = reg.publish("m", _files("a"))
     orphan, _ = reg.blobs.put_bytes(b"orphan")
@@ -186,6 +229,30 @@ def test_gc_removes_only_unreferenced(reg: Registry) -> None:
     assert (reg.blobs.tmp_dir / "tmp-live-state").exists()
     assert all(reg.blobs.exists(f.sha256) for f in m.files)
     assert reg.verify().ok
+
+
+def test_rollback_of_an_unknown_model_is_an_error_that_writes_nothing(reg: Registry) -> None:
+    reg.publish("m", {"a": b"x"})
+    before = sorted(p.relative_to(reg.root) for p in reg.root.rglob("*"))
+    with pytest.raises(NotFoundError, match="'nosuch' has no versions"):
+        reg.rollback("nosuch")
+    assert cli_main(["--root", str(reg.root), "rollback", "nosuch"]) == 2
+    assert sorted(p.relative_to(reg.root) for p in reg.root.rglob("*")) == before  # no lock directory
+
+
+def test_gc_leaves_stray_files_alone_and_still_collects(reg: Registry, caplog) -> None:
+    """A stray file under blobs/ made gc exit 2 (it was taken for a blob with a bad name)."""
+    reg.publish("m", _files("a"))
+    orphan, _ = reg.blobs.put_bytes(b"orphan")
+    stray = reg.blobs.dir / orphan[:2] / "notes.txt"
+    stray.write_text("mine")
+    top = reg.blobs.dir / "README"
+    top.write_text("also mine")
+    with caplog.at_level("WARNING", logger="registry"):
+        r = reg.gc()
+    assert r.removed_blobs == (orphan,) and stray.exists() and top.exists()
+    assert "2 entries" in caplog.text and "left alone" in caplog.text
+    assert cli_main(["--root", str(reg.root), "gc"]) == 0
 
 
 def test_export_copies_or_links(reg: Registry, tmp_path: Path) -> None:
