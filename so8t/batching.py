@@ -213,6 +213,9 @@ def sparse_lm_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_
         full_hidden = torch.cat([pre.last_hidden_state.expand(b, -1, -1), hidden], dim=1) if want_hidden else None
     target = labels[:, 1:]
     keep = target != IGNORE_INDEX
+    if not bool(keep.any()):  # nothing to learn in this batch (all cut by max_length): zero loss, zero gradients
+        zero = hidden.sum() * 0.0
+        return zero, full_hidden if want_hidden else None, full_mask if want_hidden else None
     logits = head(hidden[:, :-1][keep]).float()  # (N, V): only the rows that predict a label token
     loss = torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
     if num_items_in_batch is not None:

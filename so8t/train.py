@@ -30,7 +30,7 @@ from torch import nn
 
 from so8t.batching import GroupedBatchSampler, SharedPrefixCollator, forward_shared_prefix, sparse_head_matches, sparse_lm_loss
 from so8t.config import TrainConfig
-from so8t.data import PadCollator, encode_dataset, read_jsonl
+from so8t.data import IGNORE_INDEX, PadCollator, encode_dataset, read_jsonl
 from so8t.decision import PROMPT_FILE, load_decision_prompt, write_decision_prompt
 from so8t.errors import ConfigError, ModelError
 from so8t.gates import attach_gates, find_attention_layers, load_gates, resolve_layers, save_gates
@@ -201,7 +201,8 @@ def _make_trainer_class():
                 mask = inputs.get("attention_mask")
             if outputs is not None:
                 ce = outputs.loss
-            if model.training and not bool(torch.isfinite(ce.detach()).all()):
+            has_targets = bool((inputs["labels"][:, 1:] != IGNORE_INDEX).any())  # else HF's CE is 0/0 by design
+            if model.training and has_targets and not bool(torch.isfinite(ce.detach()).all()):
                 # stop before the optimizer step: no non-finite update, no checkpoint of NaN weights
                 raise ModelError(f"training diverged: the loss is {float(ce.detach())} at step "
                                  f"{self.state.global_step + 1}; lower --learning_rate (now {self.args.learning_rate:g}) "

@@ -192,3 +192,17 @@ def test_grouped_sampler_mixes_labels_when_length_follows_the_label():
     for b in batches:
         deny = sorted(lengths[i] for i in b if labels[i] == "DENY")
         assert deny[-1] - deny[0] <= 12
+
+
+def test_sparse_loss_of_a_batch_without_label_tokens_is_zero_with_zero_gradients(tiny_llama):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    model = _model(tiny_llama)
+    plain = PadCollator(tok.pad_token_id or 0)(_batch(tok))
+    plain["labels"] = torch.full_like(plain["labels"], IGNORE_INDEX)  # every answer cut by max_length
+    loss, hidden, mask = sparse_lm_loss(model, plain, want_hidden=True)
+    assert float(loss) == 0.0 and hidden is not None and mask is not None
+    model.zero_grad()
+    loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters() if p.requires_grad)
