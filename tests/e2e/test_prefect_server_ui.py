@@ -118,7 +118,8 @@ def test_schedules_and_trigger_are_registered(server):
     retrain = _api(server["api"], "/deployments/name/so8t-retrain/retrain-nightly")
     assert [(s["schedule"]["cron"], s["schedule"]["timezone"], s["active"]) for s in retrain["schedules"]] == [("0 2 * * *", "UTC", True)]
     assert retrain["work_pool_name"] == "so8t-process"
-    assert retrain["parameters"]["params"]["train"]["max_steps"] == 24
+    train = retrain["parameters"]["params"]["train"]
+    assert train["max_steps"] == 100 and train["label_loss"] == "label_token" and train["lora_layers"] == "top:10"
     recal = _api(server["api"], "/deployments/name/so8t-calibrate-and-promote/recalibrate-nightly")
     assert [s["schedule"]["cron"] for s in recal["schedules"]] == ["30 3 * * *"]
     assert recal["parameters"] == {"params": {"version": "production"}}

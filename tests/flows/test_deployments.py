@@ -38,3 +38,12 @@ def test_serve_builds_the_same_deployments():
     assert trig.expect == {"so8t.candidate.published"}
     assert trig.parameters == {"params": {"version": "{{ event.payload.version }}", "model": {"name": "{{ event.payload.model }}"}}}
     assert deps["recalibrate-nightly"].parameters == {"params": {"version": "production"}}
+
+
+def test_nightly_retraining_uses_the_demo_recipe():
+    """The scheduled retrain trains what `make demo` measured to pass the gate, not an older recipe."""
+    from flows.demo import RECIPE_COMMON, RECIPES
+
+    train = {s["name"]: s for s in load_deployments()}["retrain-nightly"]["parameters"]["params"]["train"]
+    want = {**RECIPE_COMMON, **RECIPES["demo"]}
+    assert {k: train[k] for k in want} == want
