@@ -84,6 +84,26 @@ def _describe(err: dict[str, Any], obj: dict[str, Any]) -> str:
     return f"field '{loc}': {err['msg']}"
 
 
+#: Longest accepted JSONL line (one record). A request to review is at most a few pages; a 20 MB line
+#: is a mistake that would otherwise cost minutes of tokenisation before anything fails.
+MAX_RECORD_BYTES = 1 << 20
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def read_jsonl(path: str | Path) -> list[Record]:
     """Read and validate a JSONL dataset.
 
@@ -93,6 +113,9 @@ def read_jsonl(path: str | Path) -> list[Record]:
     Returns:
         The records, in file order.
 
+    UTF-8 only (a byte-order mark at the start is accepted); a key given twice in one record, or a
+    line over :data:`MAX_RECORD_BYTES`, is refused.
+
     Raises:
         DataError: ``file:line: field 'x': problem`` for the first bad line; missing or empty file.
     """
@@ -100,12 +123,28 @@ def read_jsonl(path: str | Path) -> list[Record]:
     if not p.is_file():
         raise DataError(f"{p}: dataset file not found")
     records: list[Record] = []
-    with p.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    try:
+        fh = p.open("rb")
+    except OSError as e:
+        raise DataError(f"{p}: cannot read the dataset: {e.strerror}") from None
+    with fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if len(raw) > MAX_RECORD_BYTES:
+                raise DataError(f"{p}:{lineno}: the line is {len(raw)} bytes, over the limit of {MAX_RECORD_BYTES} "
+                                "per record: split the text or drop the record")
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors write one): not part of the data
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{p}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of "
+                                "the line): save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=_unique_keys)
+            except _DuplicateKey as e:
+                raise DataError(f"{p}:{lineno}: field '{e.key}': given twice (JSON would silently keep the last)") from None
             except json.JSONDecodeError as e:
                 raise DataError(f"{p}:{lineno}: malformed JSON at column {e.colno}: {e.msg}") from None
             if not isinstance(obj, dict):

@@ -304,8 +304,12 @@ def run_conversion(cfg: ConvertConfig) -> ConversionResult:
     prompt_file = model_dir / PROMPT_FILE
     if prompt_file.is_file():
         load_decision_prompt(prompt_file)  # the training run's decision prompt travels with the GGUFs
-    converter = ensure_converter(cfg.llama_cpp_dir)
     out_dir = Path(cfg.out_dir).expanduser().resolve()
+    if out_dir == model_dir.resolve() or model_dir.resolve() in out_dir.parents:
+        # the GGUFs would become part of the model directory, whose content decides whether they are current
+        raise ConfigError(f"out_dir {out_dir} is inside model_dir {model_dir}: every conversion would change the "
+                          "model's content and start again; choose an out_dir outside the model directory")
+    converter = ensure_converter(cfg.llama_cpp_dir)
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -200,6 +200,7 @@ def test_failed_conversion_leaves_no_gguf(tiny_llama, tmp_path, capsys):
     ("unsupported_arch", r"converter failed on .*Model FooForCausalLM is not supported"),
     ("out_under_a_file", r"out_dir .*/afile/out: .*/afile is a file, so the directory cannot be created"),
     ("out_read_only_fs", r"out_dir /sys/so8t-test-out: cannot write there"),
+    ("out_inside_model", r"out_dir .*/model-copy/gguf is inside model_dir .*: every conversion would change"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(case, pattern, request, tmp_path, capsys):
     def unsupported():
@@ -218,13 +219,16 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, pattern, request, tm
              "phi3_name": lambda: request.getfixturevalue("tiny_phi3"),
              "unsupported_arch": unsupported,
              "out_under_a_file": lambda: request.getfixturevalue("tiny_llama"),
-             "out_read_only_fs": lambda: request.getfixturevalue("tiny_llama")}[case]()
+             "out_read_only_fs": lambda: request.getfixturevalue("tiny_llama"),
+             "out_inside_model": lambda: shutil.copytree(request.getfixturevalue("tiny_llama"), tmp_path / "model-copy")}[case]()
     out = tmp_path / "out"
     if case == "out_under_a_file":
         (tmp_path / "afile").write_text("not a directory")
         out = tmp_path / "afile" / "out"
     elif case == "out_read_only_fs":
         out = Path("/sys/so8t-test-out")
+    elif case == "out_inside_model":
+        out = Path(model) / "gguf"
     argv = ["convert", str(model), str(out), "Q9_Z" if case == "bad_quant" else "Q8_0"]
     rc = main(argv + (["--name", "phi3"] if case == "phi3_name" else []))
     err = capsys.readouterr().err.strip().splitlines()

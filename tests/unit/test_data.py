@@ -174,3 +174,23 @@ def test_a_label_record_whose_prompt_alone_is_too_long_is_cut_at_the_end(tok):
     rec = LabelledRecord(text="short request", label="ALLOW")
     ex, cut = encode_record(rec, tok, 8)
     assert cut and len(ex["input_ids"]) == 8 and all(t == IGNORE_INDEX for t in ex["labels"])
+
+
+@pytest.mark.parametrize("content, pattern", [
+    (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"d\.jsonl:2: not UTF-8 text \(byte 0xe9 at byte 14 of the line\)"),
+    (b'\x00\x01\x02\xff\xfe binary', r"d\.jsonl:1: not UTF-8 text"),
+    (b'{"text": "a", "label": "ALLOW", "label": "DENY"}\n', r"d\.jsonl:1: field 'label': given twice"),
+    (b'{"text": "' + b"x" * (1 << 20) + b'"}\n', r"d\.jsonl:1: the line is \d+ bytes, over the limit of 1048576"),
+])
+def test_bad_bytes_duplicate_keys_and_huge_lines_are_refused_with_file_and_line(tmp_path, content, pattern):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=pattern):
+        read_jsonl(p)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"text": "\xe3\x81\x93\xe3\x82\x93", "label": "ALLOW"}\n{"text": "b"}\n')
+    recs = read_jsonl(p)
+    assert [r.text for r in recs] == ["こん", "b"] and recs[0].label == "ALLOW"
