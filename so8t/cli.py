@@ -62,26 +62,36 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(command: str, verbose: bool = False) -> Path:
+def setup_logging(command: str, verbose: bool = False) -> Path | None:
     """Console logging plus a file ``logs/so8t-<command>-<time>.log`` (``$SO8T_LOG_DIR``).
 
-    Calling it again (several commands in one process) replaces the handlers it added before.
+    Calling it again (several commands in one process) replaces the handlers it added before. A log
+    directory that cannot be written costs the file, not the command: one warning on stderr, and
+    the path returned is ``None``.
     """
     log_dir = Path(os.environ.get("SO8T_LOG_DIR", "logs"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / f"so8t-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path: Path | None = log_dir / f"so8t-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_so8t_cli", False)]:
         root.removeHandler(old)
         old.close()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    fh = logging.FileHandler(path, encoding="utf-8")
-    fh.setFormatter(fmt)
+    handlers: list[logging.Handler] = []
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(path, encoding="utf-8")
+        fh.setFormatter(fmt)
+        handlers.append(fh)
+    except OSError as e:
+        print(f"so8t: warning: cannot write a log file in {log_dir} ({e.strerror or e}): logging to the console only; "
+              "set SO8T_LOG_DIR to a writable directory", file=sys.stderr)
+        path = None
     sh = _StderrHandler()
     sh.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     sh.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for h in (fh, sh):
+    handlers.append(sh)
+    for h in handlers:
         h._so8t_cli = True  # type: ignore[attr-defined]
         root.addHandler(h)
     for noisy in ("httpx", "urllib3", "filelock"):

@@ -44,3 +44,17 @@ def test_bool_flags_on_by_default_can_be_turned_off():
         assert getattr(parser.parse_args(base), name) is True
         assert getattr(parser.parse_args(base + [f"--no-{name}"]), name) is False
     assert parser.parse_args(base + ["--load_in_4bit"]).load_in_4bit is True
+
+
+def test_an_unwritable_log_dir_costs_the_log_file_not_the_command(tmp_path, monkeypatch, capsys):
+    from so8t.cli import main
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("SO8T_LOG_DIR", str(blocker / "logs"))
+    assert main(["base", "list"]) == 0
+    err = capsys.readouterr().err
+    assert "cannot write a log file in" in err and "Traceback" not in err
+    monkeypatch.setenv("SO8T_LOG_DIR", str(tmp_path / "ok"))
+    assert main(["base", "list"]) == 0
+    assert list((tmp_path / "ok").glob("so8t-base-*.log"))
