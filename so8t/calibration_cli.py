@@ -135,6 +135,9 @@ def calibrate_gguf(cfg: CalibrateCommandConfig) -> CalibrationOutcome:
     if missing:
         raise DataError(f"{data}: labels {missing} have no example (counts {counts}): calibration needs every label "
                         "in the validation data; add examples of the missing labels")
+    if max(counts.values()) < 2:  # calibrate() would refuse after scoring: refuse before, caching nothing
+        raise DataError(f"{data}: no label has 2 or more records (counts {counts}): nothing could be held out for the "
+                        "gate's metrics; add validation records (the runbook recommends >= 100)")
     prompt = resolve_prompt(cfg.decision_prompt, model)
     scores = score_gguf(model, texts, labels, mode=cfg.scoring_mode, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
                         use_cache=not cfg.no_cache, data_sha256=sha256_file(data), prompt=prompt)

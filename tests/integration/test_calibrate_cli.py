@@ -284,7 +284,7 @@ def test_runbook_shim_accepts_the_command_verbatim_and_warns_below_100(gguf, tmp
 
 
 def _bad_case(name: str, tmp_path: Path, gguf: Path) -> tuple[list[str], str]:
-    good = _val_records(1)
+    good = _val_records(2)  # 2 per label: enough to split, so each case fails on its own defect
     data = tmp_path / "val.jsonl"
     model = gguf
     if name == "missing_model":
@@ -308,22 +308,25 @@ def _bad_case(name: str, tmp_path: Path, gguf: Path) -> tuple[list[str], str]:
         pattern = r"val.jsonl:2: malformed JSON"
     elif name == "bad_label":
         write_jsonl(data, [*good, {"text": "hi", "label": "MAYBE"}])
-        pattern = r"val.jsonl:4: field 'label': 'MAYBE' is not one of"
+        pattern = r"val.jsonl:7: field 'label': 'MAYBE' is not one of"
     elif name == "no_label":
         write_jsonl(data, [*good, {"text": "hi"}])
-        pattern = r"val.jsonl:4: field 'label': missing"
+        pattern = r"val.jsonl:7: field 'label': missing"
     elif name == "empty_text":
         write_jsonl(data, [*good, {"text": "", "label": "ALLOW"}])
-        pattern = r"val.jsonl:4: field 'text'"
+        pattern = r"val.jsonl:7: field 'text'"
     elif name == "blank_text":
         write_jsonl(data, [*good, {"text": " \n ", "label": "DENY"}])
-        pattern = r"val.jsonl:4: field 'text': empty or only whitespace"
+        pattern = r"val.jsonl:7: field 'text': empty or only whitespace"
     elif name == "one_label_only":
         write_jsonl(data, [r for r in _val_records(5) if r["label"] == "DENY"])
         pattern = r"labels \['ALLOW', 'ESCALATE'\] have no example"
     elif name == "label_missing_from_data":
         write_jsonl(data, [r for r in _val_records(5) if r["label"] != "ESCALATE"])
         pattern = r"labels \['ESCALATE'\] have no example"
+    elif name == "one_record_per_label":
+        write_jsonl(data, [next(r for r in _val_records(5) if r["label"] == lab) for lab in ("ALLOW", "ESCALATE", "DENY")])
+        pattern = r"no label has 2 or more records"
     elif name == "bad_flag_value":
         write_jsonl(data, good)
         return [*_runbook_args(model, data, tmp_path / "out"), "--holdout_fraction", "1.5"], "holdout_fraction"
@@ -340,14 +343,16 @@ def _bad_case(name: str, tmp_path: Path, gguf: Path) -> tuple[list[str], str]:
 
 
 BAD_CASES = ["missing_model", "not_gguf", "truncated_gguf", "missing_val", "malformed_json", "bad_label", "no_label",
-             "empty_text", "blank_text", "one_label_only", "label_missing_from_data", "bad_flag_value", "bad_bounds",
+             "empty_text", "blank_text", "one_label_only", "label_missing_from_data", "one_record_per_label",
+             "bad_flag_value", "bad_bounds",
              "output_dir_is_a_file"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_is_one_line_exit_2_nothing_written(case, gguf, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_2_nothing_written(case, gguf, tmp_path, capsys, monkeypatch):
     import re
 
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))  # the score cache must stay empty too
     args, pattern = _bad_case(case, tmp_path, gguf)
     before = sorted(p.name for p in tmp_path.iterdir())
     rc = main(["calibrate", *args])
