@@ -33,7 +33,7 @@ from so8t.config import TrainConfig
 from so8t.data import IGNORE_INDEX, PadCollator, encode_dataset, read_jsonl
 from so8t.decision import PROMPT_FILE, load_decision_prompt, write_decision_prompt
 from so8t.errors import ConfigError, ModelError
-from so8t.gates import attach_gates, find_attention_layers, load_gates, resolve_layers, save_gates
+from so8t.gates import attach_gates, find_attention_layers, iter_gates, load_gates, resolve_layers, save_gates
 from so8t.pet import pet_energy, pet_schedule
 
 logger = logging.getLogger(__name__)
@@ -246,7 +246,8 @@ def _make_trainer_class():
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             super()._save(output_dir, state_dict)
             if self.args.should_save:  # transformers calls _save on every rank for some setups
-                save_gates(self.model, output_dir or self.args.output_dir)
+                if _has_gates(self.model):  # plain LoRA (--so8t_layers none) has none to save
+                    save_gates(self.model, output_dir or self.args.output_dir)
 
         def _save_checkpoint(self, model, trial) -> None:
             super()._save_checkpoint(model, trial)
@@ -259,10 +260,15 @@ def _make_trainer_class():
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-            load_gates(model or self.model, resume_from_checkpoint, attach=False)
+            if _has_gates(model or self.model):
+                load_gates(model or self.model, resume_from_checkpoint, attach=False)
             logger.info("resumed adapter and SO8T gates from %s", resume_from_checkpoint)
 
     return SO8TTrainer, LossLogCallback
+
+
+def _has_gates(model: nn.Module) -> bool:
+    return next(iter(iter_gates(model)), None) is not None
 
 
 def cpu_has_native_bf16() -> bool:
@@ -390,7 +396,8 @@ def train(cfg: TrainConfig) -> Path:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
         model.save_pretrained(str(out))
-        save_gates(model, out)
+        if _has_gates(model):
+            save_gates(model, out)
         tok.save_pretrained(str(out / "tokenizer"))
         resolved = {
             "config": cfg.model_dump(),

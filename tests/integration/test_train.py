@@ -201,6 +201,16 @@ def test_resuming_a_finished_run_takes_no_further_step(tiny_llama, tiny_dataset,
     assert [r["step"] for r in read_loss_log(out)] == [1, 2, 3, 4]
 
 
+def test_plain_lora_without_gates_trains_checkpoints_and_resumes(tiny_llama, tiny_dataset, tmp_path):
+    """--so8t_layers none (the ablation's baseline) used to fail at its first checkpoint."""
+    out = tmp_path / "lora"
+    argv = ["train", *_cli_args(tiny_llama, tiny_dataset, out, 2), "--so8t_layers", "none"]
+    assert main(argv) == 0
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "so8t_gates.safetensors").exists()
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+    assert main([*argv, "--resume_from_checkpoint", "latest"]) == 0
+
+
 def test_a_diverging_run_stops_with_an_error_not_nan_weights(tiny_llama, tiny_dataset, tmp_path, capsys):
     out = tmp_path / "diverged"
     args = _cli_args(tiny_llama, tiny_dataset, out, 6)
