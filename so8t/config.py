@@ -19,7 +19,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    base_model: str = Field(description="Base model: 'smollm2' (the embedded SmolLM2-135M-Instruct) or a local Hugging Face model directory.")
+    base_model: str = Field(description="Base model: an embedded one ('smollm2', the SmolLM2-135M-Instruct default; "
+                            "'gemma3-270m' after `make base-gemma`; see `so8t base list`) or a local Hugging Face model directory.")
     dataset: str = Field(description="Training data, JSONL (several files: comma-separated): {instruction, output[, thinking]}, {text} or {text, label} records.")
     output_dir: str = Field(description="Where checkpoints, the final adapter, gates, config and loss log go.")
     decision_prompt: str | None = Field(

@@ -18,7 +18,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Iterator, Literal, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -120,15 +120,32 @@ def read_jsonl(path: str | Path) -> list[Record]:
         DataError: ``file:line: field 'x': problem`` for the first bad line; missing or empty file.
     """
     p = Path(path)
+    records = [r for _, r in iter_jsonl(p)]
+    if not records:
+        raise DataError(f"{p}: no records (empty file): a dataset needs at least one JSON line")
+    return records
+
+
+def iter_jsonl(path: str | Path, digest: Any = None) -> Iterator[tuple[int, Record]]:
+    """``(line number, record)`` for each non-blank line, validated as :func:`read_jsonl` does, one at a time
+    (a file of any size streams through).
+
+    ``digest``, a ``hashlib`` object, is fed every byte of the file as it is read.
+
+    Raises:
+        DataError: as :func:`read_jsonl` (an empty file yields nothing).
+    """
+    p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: dataset file not found")
-    records: list[Record] = []
     try:
         fh = p.open("rb")
     except OSError as e:
         raise DataError(f"{p}: cannot read the dataset: {e.strerror}") from None
     with fh:
         for lineno, raw in enumerate(fh, start=1):
+            if digest is not None:
+                digest.update(raw)
             if len(raw) > MAX_RECORD_BYTES:
                 raise DataError(f"{p}:{lineno}: the line is {len(raw)} bytes, over the limit of {MAX_RECORD_BYTES} "
                                 "per record: split the text or drop the record")
@@ -151,12 +168,9 @@ def read_jsonl(path: str | Path) -> list[Record]:
                 raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             kind = _kind_of(obj)
             try:
-                records.append(kind.model_validate(obj))
+                yield lineno, kind.model_validate(obj)
             except ValidationError as e:
                 raise DataError(f"{p}:{lineno}: {_describe(e.errors()[0], obj)}") from None
-    if not records:
-        raise DataError(f"{p}: no records (empty file): a dataset needs at least one JSON line")
-    return records
 
 
 def record_messages(record: Record, prompt: DecisionPrompt | None = None) -> tuple[list[dict[str, str]], str] | None:
@@ -182,6 +196,22 @@ class EncodeStats:
     loss_tokens: int = 0
     no_loss_examples: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, tokens: int, loss_tokens: int, truncated: bool) -> None:
+        """Count one encoded example."""
+        self.examples += 1
+        self.truncated += int(truncated)
+        self.tokens += tokens
+        self.loss_tokens += loss_tokens
+        self.no_loss_examples += int(loss_tokens == 0)
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def warn(self, max_length: int) -> None:
+        """Log what truncation cost, if anything."""
+        if self.truncated:
+            logger.warning("%d of %d examples truncated to max_length=%d", self.truncated, self.examples, max_length)
+        if self.no_loss_examples:
+            logger.warning("%d example(s) lost every answer token to truncation: raise --max_length", self.no_loss_examples)
 
     def summary(self, max_length: int) -> str:
         return (
@@ -288,21 +318,22 @@ def encode_dataset(records: list[Record], tokenizer: Any, max_length: int, promp
     out, kinds = [], []
     for r in records:
         ex, truncated = encode_record(r, tokenizer, max_length, prompt, label_loss)
-        stats.examples += 1
-        stats.truncated += int(truncated)
-        stats.tokens += len(ex["input_ids"])
-        n_loss = sum(1 for t in ex["labels"] if t != IGNORE_INDEX)
-        stats.loss_tokens += n_loss
-        stats.no_loss_examples += int(n_loss == 0)
-        kind = type(r).__name__.removesuffix("Record").lower()
-        stats.kinds[kind] = stats.kinds.get(kind, 0) + 1
+        kind = record_kind(r)
+        stats.add(kind, len(ex["input_ids"]), loss_tokens(ex["labels"]), truncated)
         out.append(ex)
         kinds.append(kind)
-    if stats.truncated:
-        logger.warning("%d of %d examples truncated to max_length=%d", stats.truncated, stats.examples, max_length)
-    if stats.no_loss_examples:
-        logger.warning("%d example(s) lost every answer token to truncation: raise --max_length", stats.no_loss_examples)
+    stats.warn(max_length)
     return EncodedDataset(out, kinds), stats
+
+
+def record_kind(record: Record) -> str:
+    """``instruction``, ``text`` or ``labelled``."""
+    return type(record).__name__.removesuffix("Record").lower()
+
+
+def loss_tokens(labels: list[int]) -> int:
+    """How many positions carry loss."""
+    return sum(1 for t in labels if t != IGNORE_INDEX)
 
 
 class PadCollator:

@@ -30,7 +30,7 @@ from torch import nn
 
 from so8t.batching import GroupedBatchSampler, SharedPrefixCollator, forward_shared_prefix, sparse_head_matches, sparse_lm_loss
 from so8t.config import TrainConfig
-from so8t.data import IGNORE_INDEX, PadCollator, encode_dataset, read_jsonl
+from so8t.data import IGNORE_INDEX, PadCollator
 from so8t.decision import PROMPT_FILE, load_decision_prompt, write_decision_prompt
 from so8t.errors import ConfigError, ModelError
 from so8t.gates import attach_gates, find_attention_layers, iter_gates, load_gates, resolve_layers, save_gates
@@ -318,7 +318,10 @@ def train(cfg: TrainConfig) -> Path:
 
     from so8t.base_models import resolve_base_model
 
-    records = [r for part in cfg.dataset.split(",") if part.strip() for r in read_jsonl(part.strip())]
+    from so8t.train_data import check_file, dataset_files, load_training_data
+
+    # one-line errors on bad data before anything else (loading the model costs seconds)
+    checked = [check_file(f) for f in dataset_files(cfg.dataset)]
     prompt = load_decision_prompt(cfg.decision_prompt)
     check_output_dir(cfg)
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
@@ -330,7 +333,8 @@ def train(cfg: TrainConfig) -> Path:
     set_seed(cfg.seed)
     base, tok = load_base(model_dir, cfg)
     model, layers = build_so8t_model(base, cfg)
-    dataset, stats = encode_dataset(records, tok, cfg.max_length, prompt, label_loss=cfg.label_loss)
+    data, stats = load_training_data(cfg.dataset, tok, cfg.max_length, prompt, label_loss=cfg.label_loss,
+                                     checked=checked)
     logger.info("data: %s", stats.summary(cfg.max_length))
     if stats.loss_tokens == 0:
         raise ConfigError(f"max_length {cfg.max_length} leaves no answer token in {cfg.dataset}: raise --max_length")
@@ -378,12 +382,11 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.share_prompt_prefix and not share:
         logger.info("share_prompt_prefix: off in a %d-process run (one forward per batch under DDP)", args.world_size)
     trainer = SO8TTrainer(
-        model=model, args=args, train_dataset=dataset,
+        model=model, args=args, train_dataset=data.dataset,
         data_collator=SharedPrefixCollator(tok.pad_token_id) if share else PadCollator(tok.pad_token_id),
         callbacks=[LossLogCallback(loss_log)], pet_lambda=cfg.pet_lambda, sparse_head=sparse,
         batch_sampler_factory=(lambda a: GroupedBatchSampler(
-            dataset.kinds, [len(e["input_ids"]) for e in dataset.examples], a.train_batch_size, a.data_seed,
-            strata=[getattr(r, "label", None) for r in records])) if share else None,
+            data.kinds, data.lengths, a.train_batch_size, a.data_seed, strata=data.labels)) if share else None,
     )
     done = _checkpoint_step(resume) if resume is not None else 0
     if resume is not None and cfg.max_steps > 0 and done >= cfg.max_steps:
@@ -408,7 +411,9 @@ def train(cfg: TrainConfig) -> Path:
             "global_step": trainer.state.global_step,
             "resumed_from": str(resume) if resume else None,
             "data": {"examples": stats.examples, "truncated": stats.truncated, "tokens": stats.tokens,
-                     "loss_tokens": stats.loss_tokens, "kinds": stats.kinds},
+                     "loss_tokens": stats.loss_tokens, "kinds": stats.kinds,
+                     "files": [{"path": str(c.path), "sha256": c.sha256, "records": c.records} for c in data.files],
+                     "encoding_fingerprint": data.fingerprint},
             "world_size": trainer.args.world_size,
             "precision": "bf16" if use_bf16 else "fp32",
             "sparse_lm_head": sparse,
