@@ -37,7 +37,9 @@ def _evaluate(model: str, data: str, out: Path, registry_root: str | None, calib
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="ROOT::NAME@REF (registry) or a GGUF with calibration_results.json beside it.")
+    ap.add_argument("--model", default=None, help="ROOT::NAME@REF (registry) or a GGUF with calibration_results.json beside it "
+                                                 "(omitted: only the base is calibrated and evaluated).")
+    ap.add_argument("--base", default="smollm2", help="Embedded base model (so8t base list).")
     ap.add_argument("--quant", default="Q8_0", help="Quantization of the base GGUF (the served model's).")
     ap.add_argument("--val", default=str(ROOT / "data" / "decision_val.jsonl"), help="Calibration data of the base.")
     ap.add_argument("--data", default=str(ROOT / "data" / "decision_test.jsonl"), help="Held-out files, comma-separated.")
@@ -50,18 +52,21 @@ def main() -> int:
     from so8t.gguf import convert_to_gguf
 
     t0 = time.time()
-    base = convert_to_gguf(prepare_embedded("smollm2"), args.work / "gguf", [args.quant], name="smollm2-base",
+    base = convert_to_gguf(prepare_embedded(args.base), args.work / "gguf", [args.quant], name=f"{args.base}-base",
                            fidelity=False).path(args.quant)
     cal_dir = args.work / "calibration"
     outcome = calibrate_gguf(CalibrateCommandConfig(model=str(base), val_data=args.val, output_dir=str(cal_dir),
                                                     n_threads=os.cpu_count() or 1))
     write_calibration(outcome, cal_dir)
-    root, _, ref = args.model.rpartition("::")
-    tuned = _evaluate(ref, args.data, args.work / "eval-tuned", root or None)
     floor = _evaluate(str(base), args.data, args.work / "eval-base", None, str(cal_dir / "calibration_results.json"))
+    if args.model:
+        root, _, ref = args.model.rpartition("::")
+        tuned = _evaluate(ref, args.data, args.work / "eval-tuned", root or None)
+    else:
+        tuned = floor
     h = outcome.result.after.holdout
-    result = {"base_gguf": str(base), "base_calibration_holdout": {"ece": h.ece, "far": h.false_allow_rate,
-              "macro_f1": h.macro_f1, "passed": outcome.result.passed}, "tuned": tuned, "base": floor,
+    result = {"base_model": args.base, "base_gguf": str(base), "base_calibration_holdout": {"ece": h.ece, "far": h.false_allow_rate,
+              "macro_f1": h.macro_f1, "passed": outcome.result.passed}, "tuned": tuned if args.model else None, "base": floor,
               "seconds": time.time() - t0, "loadavg": os.getloadavg()}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 

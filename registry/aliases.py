@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from registry.errors import InvalidInputError, StateError
 from registry.fsio import append_lines, read_complete_lines, read_last_line, write_atomic
 from registry.locks import DEFAULT_TIMEOUT_S, file_lock
-from registry.models import PRODUCTION, HistoryEntry, ModelState, VersionState
+from registry.models import PRODUCTION, HistoryEntry, ModelState, VersionState, parse_stored
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +65,14 @@ class AliasLog:
     def read_state(self) -> ModelState:
         """Return the committed state (no lock needed: the file is replaced atomically)."""
         try:
-            return ModelState.model_validate_json(self.state_path.read_bytes())
+            return parse_stored(ModelState, self.state_path.read_bytes(), str(self.state_path))
         except FileNotFoundError:
             return ModelState()
 
     def history(self) -> list[HistoryEntry]:
         """Return every committed entry, oldest first, including a not yet appended tail."""
         lines, _ = read_complete_lines(self.history_path)
-        entries = [HistoryEntry.model_validate_json(ln) for ln in lines]
+        entries = [parse_stored(HistoryEntry, ln, f"{self.history_path}:{i}") for i, ln in enumerate(lines, start=1)]
         last = entries[-1].seq if entries else 0
         state = self.read_state()
         entries.extend(e for e in state.last_entries if e.seq > last)
@@ -125,7 +125,7 @@ class AliasLog:
         """Bring history.jsonl level with state.json (lock held). Returns (state, good_size)."""
         state = self.read_state()
         line, good_size = read_last_line(self.history_path)
-        last = HistoryEntry.model_validate_json(line).seq if line else 0
+        last = parse_stored(HistoryEntry, line, f"{self.history_path} (last line)").seq if line else 0
         missing = [e for e in state.last_entries if e.seq > last]
         if missing:
             logger.warning(

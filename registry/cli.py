@@ -256,7 +256,9 @@ def _run(args: argparse.Namespace) -> int:
             r = mirror.sync(args.name)
             _out(args, r, (f"{cfg.repo_id}: uploaded {', '.join(r.uploaded) or 'nothing'}; "
                            f"{len(r.main_commits)} commit(s) on main; pending: "
-                           f"{len(r.pending_versions)} version(s), {r.pending_changes} change(s)"))
+                           f"{len(r.pending_versions)} version(s), {r.pending_changes} change(s)"
+                           + (f"; skipped (cannot be pushed, see the log): {', '.join(r.skipped_versions)}"
+                              if r.skipped_versions else "")))
             if r.error:
                 print(f"{PROG}: error: {r.error}", file=sys.stderr)
                 return 2
@@ -266,7 +268,8 @@ def _run(args: argparse.Namespace) -> int:
         _out(args, {"state": st, "pending_versions": versions, "pending_changes": changes},
              f"{cfg.repo_id}: tagged {sorted(st.tags, key=lambda v: int(v[1:])) or 'none'}; main at seq "
              f"{st.main_seq}; pending {versions or 'no versions'}, {changes} change(s)"
-             + (f"\nlast error: {st.last_error}" if st.last_error else ""))
+             + (f"\nlast error: {st.last_error}" if st.last_error else "")
+             + "".join(f"\nskipped {v}: {why}" for v, why in sorted(st.skipped.items())))
     return 0
 
 

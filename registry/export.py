@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from registry.blobs import BlobStore, _copy_and_hash
@@ -32,7 +34,27 @@ def export_version(
         raise InvalidInputError(
             f"export destination {dest} exists and is not an empty directory: choose a new path"
         )
-    dest.mkdir(parents=True, exist_ok=True)
+    above = next((p for p in dest.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InvalidInputError(f"export destination {dest}: {above} is a file: choose a path in a directory")
+    # Atomic: everything lands in a hidden sibling, renamed to dest only when complete; a failure
+    # (corrupt blob, full disk) leaves no partial dest, so the retry is not refused.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.export-", dir=dest.parent))
+    try:
+        _export_into(blobs, m, staging, link=link, with_manifest=with_manifest)
+        if dest.is_dir():
+            dest.rmdir()  # the empty directory the caller made: replaced by the complete export
+        os.rename(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_dir(dest.parent)
+    logger.info("exported %s %s to %s", m.name, m.version, dest)
+    return dest
+
+
+def _export_into(blobs: BlobStore, m: VersionManifest, dest: Path, *, link: bool, with_manifest: bool) -> None:
     for f in m.files:
         target = dest / f.path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -48,8 +70,6 @@ def export_version(
     if with_manifest:
         (dest / "registry-manifest.json").write_text(m.model_dump_json(indent=1))
     fsync_dir(dest)
-    logger.info("exported %s %s to %s", m.name, m.version, dest)
-    return dest
 
 
 def _copy_verified(blob: Path, target: Path, f: FileEntry) -> None:

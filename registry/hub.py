@@ -107,6 +107,10 @@ class MirrorConfig(BaseModel):
             raise MirrorError(f"mirror setting {field} {err['msg'].removeprefix('Value error, ')}") from None
 
 
+class UnpushableVersion(MirrorError):
+    """A version the Hub repository cannot hold as it is (it will never push): skipped, not retried."""
+
+
 class MirrorState(BaseModel):
     """What the mirror knows is on the Hub (``<root>/mirror/<name>/<repo>.json``)."""
 
@@ -118,6 +122,8 @@ class MirrorState(BaseModel):
     main_seq: int = Field(default=0, description="Last history seq mirrored to main.")
     main_commit: str | None = Field(default=None, description="Commit of main after that change.")
     last_error: str | None = Field(default=None, description="Error of the last failed sync.")
+    skipped: dict[str, str] = Field(default_factory=dict,
+                                    description="Version -> why the mirror cannot push it (left out, said at each sync).")
     last_sync: datetime | None = Field(default=None, description="UTC time of the last sync.")
 
 
@@ -130,6 +136,7 @@ class SyncReport(BaseModel):
     uploaded: tuple[str, ...] = Field(default=(), description="Versions uploaded and tagged now.")
     main_commits: tuple[str, ...] = Field(default=(), description="Commits made on main now.")
     pending_versions: tuple[str, ...] = Field(default=(), description="Versions still not on the Hub.")
+    skipped_versions: tuple[str, ...] = Field(default=(), description="Versions the mirror cannot push (see the log).")
     pending_changes: int = Field(default=0, description="History entries not yet on main.")
     error: str | None = Field(default=None, description="Why the sync stopped early, if it did.")
 
@@ -193,7 +200,8 @@ class HubMirror:
     def pending(self, name: str) -> tuple[list[str], int]:
         """Versions not yet tagged on the Hub and history entries not yet on main."""
         state = self.load_state(name)
-        versions = [v.version for v in self.registry.list_versions(name) if v.version not in state.tags]
+        versions = [v.version for v in self.registry.list_versions(name)
+                    if v.version not in state.tags and v.version not in state.skipped]
         changes = sum(1 for e in self.registry.history(name) if e.seq > state.main_seq)
         return versions, changes
 
@@ -281,8 +289,17 @@ class HubMirror:
                 for summary in self.registry.list_versions(name):
                     if summary.version in state.tags:
                         continue
+                    if summary.version in state.skipped:
+                        logger.warning("mirror skips %s %s: %s", name, summary.version, state.skipped[summary.version])
+                        continue
                     m = self.registry.manifest(name, summary.version)
-                    state.tags[m.version] = self._upload_version(api, m)
+                    try:
+                        state.tags[m.version] = self._upload_version(api, m)
+                    except UnpushableVersion as e:  # never retried: later versions must not wait on it
+                        state.skipped[m.version] = str(e)
+                        logger.warning("mirror skips %s %s: %s", name, m.version, e)
+                        self._save(name, state)
+                        continue
                     self._save(name, state)
                     uploaded.append(m.version)
                 commits = self._sync_main(api, name, state)
@@ -296,7 +313,7 @@ class HubMirror:
         versions, changes = self.pending(name)
         report = SyncReport(repo_id=self.config.repo_id, uploaded=tuple(uploaded),
                             main_commits=tuple(commits), pending_versions=tuple(versions),
-                            pending_changes=changes, error=error)
+                            pending_changes=changes, error=error, skipped_versions=tuple(sorted(state.skipped)))
         if error and raise_on_error:
             raise MirrorError(error)
         return report
@@ -310,7 +327,7 @@ class HubMirror:
         """path -> (sha256, blob Path or bytes) for a tree holding version ``m`` plus ``extra``."""
         clash = sorted(RESERVED_PATHS & {f.path for f in m.files})
         if clash:
-            raise MirrorError(
+            raise UnpushableVersion(
                 f"{m.name} {m.version} contains {clash}, which the mirror writes itself: rename "
                 "those files and publish a new version"
             )
@@ -420,7 +437,7 @@ class HubMirror:
             states.update({v: s.value for v, s in e.state_changes.items()})
             if e.seq <= state.main_seq:
                 continue
-            oid = self._commit_main(api, name, e, dict(aliases), dict(states))
+            oid = self._commit_main(api, name, e, dict(aliases), dict(states), set(state.skipped))
             if oid is not None:
                 commits.append(oid)
                 state.main_commit = oid
@@ -429,14 +446,15 @@ class HubMirror:
         return commits
 
     def _commit_main(self, api: Any, name: str, e: HistoryEntry, aliases: dict[str, str],
-                     states: dict[str, str]) -> str | None:
+                     states: dict[str, str], skipped: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
         prod = aliases.get(PRODUCTION)
         m = self.registry.manifest(name, prod) if prod else None
         card = (render_card(m, license=self.config.license, aliases=aliases, role="production")
                 if m else render_empty_card(name, license=self.config.license))
         meta = registry_json(m, name=name, aliases=aliases, states=states, seq=e.seq, change=e)
         extra = {"README.md": card.encode(), REGISTRY_FILE: meta}
-        files = self._files_for(m, extra) if m else {
+        # a skipped production version: main gets the card and registry state, not files it cannot hold
+        files = self._files_for(m, extra) if m and prod not in skipped else {
             p: (hashlib.sha256(d).hexdigest(), d) for p, d in extra.items()}
         message = (f"{name}: {e.action} {e.alias or e.version} {e.from_version or '-'} -> "
                    f"{e.to_version or '-'} (seq {e.seq})")

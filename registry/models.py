@@ -13,9 +13,11 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path, PurePosixPath
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from typing import TypeVar
 
-from registry.errors import InvalidInputError, InvalidNameError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+
+from registry.errors import IntegrityError, InvalidInputError, InvalidNameError
 
 SCHEMA_VERSION = 1
 """Version of the on-disk manifest format; bump it when a field changes meaning."""
@@ -448,3 +450,40 @@ def check_json_payload(value: object, field: str) -> None:
     if size > MAX_JSON_BYTES:
         raise InvalidInputError(f"{field} is {size} bytes of JSON, over the {MAX_JSON_BYTES} limit: "
                                 "store it as a file of the version and reference it")
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def parse_stored(cls: type[_M], raw: bytes | str, where: str) -> _M:
+    """A registry record read back from disk; a corrupt one is an IntegrityError naming ``where``
+    (``path`` or ``path:line``) instead of pydantic's multi-line report.
+
+    Raises:
+        IntegrityError: the bytes are not valid JSON or not a valid ``cls``.
+    """
+    try:
+        return cls.model_validate_json(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        what = err["msg"] if err["type"] == "json_invalid" else f"field '{loc}': {err['msg']}"
+        raise IntegrityError(f"{where}: corrupt {cls.__name__} ({what}): restore it from a backup, or run "
+                             "`so8t registry verify` to see what else is damaged") from None
+
+
+def parse_parent(ref: str, name: str) -> tuple[str, str]:
+    """``vN`` (a version of ``name``) or ``<model>:vN`` as ``(model, version)``.
+
+    Raises:
+        InvalidInputError: any other form.
+    """
+    model, sep, version = ref.rpartition(":")
+    model = model if sep else name
+    try:
+        check_model_name(model)
+    except InvalidNameError:
+        raise InvalidInputError(f"parent {ref!r}: {model!r} is not a model name: use vN or <model>:vN") from None
+    if not is_version(version):
+        raise InvalidInputError(f"parent {ref!r}: {version!r} is not a version: use vN or <model>:vN, e.g. v3")
+    return model, version

@@ -51,6 +51,8 @@ from registry.models import (
     check_relpath,
     infer_kind,
     is_version,
+    parse_parent,
+    parse_stored,
 )
 
 logger = logging.getLogger(__name__)
@@ -166,6 +168,11 @@ class Registry:
                     description=description,
                 )
                 VersionManifest(version="v1", **draft)  # validate before claiming a number
+                for parent in lin.parents:
+                    pmodel, pversion = parse_parent(parent, name)
+                    if not self._manifest_path(pmodel, pversion).is_file():
+                        raise InvalidInputError(f"parent {parent!r}: model {pmodel!r} has no version {pversion} in "
+                                                f"{self.root}: see `so8t registry list {pmodel}`")
             except ValidationError as e:
                 err = e.errors()[0]
                 raise InvalidInputError(
@@ -262,7 +269,8 @@ class Registry:
     def manifest(self, name: str, ref: str = PRODUCTION) -> VersionManifest:
         """Read a manifest without touching blobs."""
         version = self.resolve(name, ref)
-        return VersionManifest.model_validate_json(self._manifest_path(name, version).read_bytes())
+        path = self._manifest_path(name, version)
+        return parse_stored(VersionManifest, path.read_bytes(), str(path))
 
     def state(self, name: str) -> ModelState:
         """Aliases and version states of ``name`` (one small file read)."""
@@ -295,7 +303,7 @@ class Registry:
                         key=lambda v: int(v[1:]))
         rows = []
         for v in labels:
-            m = VersionManifest.model_validate_json((vdir / f"{v}.json").read_bytes())
+            m = parse_stored(VersionManifest, (vdir / f"{v}.json").read_bytes(), str(vdir / f"{v}.json"))
             rows.append(VersionSummary(
                 version=v, state=state.state_of(v), created_at=m.created_at, files=len(m.files),
                 size=m.total_size, metrics=m.metrics, description=m.description,

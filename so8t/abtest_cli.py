@@ -36,6 +36,9 @@ def _cmd_ab(args: argparse.Namespace) -> int:
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs "Using default tokenizer." per scorer
     cfg = build_config(ABCommandConfig, config_values(args, ABCommandConfig))
+    from so8t.outpaths import check_output_dir
+
+    check_output_dir(cfg.output_dir, "--output_dir")  # before minutes of generation, not after
     report = run_ab(cfg.ab_config())
     js, md = write_ab_report(report, cfg.output_dir)
     q, s, p = report.quality.overall, report.safety, report.performance

@@ -203,7 +203,7 @@ def bake(cfg: BakeConfig) -> BakeReport:
     Raises:
         ModelError: no adapter/gates, failed verification, existing output without overwrite.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from so8t.base_models import resolve_base_model
     from so8t.gates import load_gates
@@ -215,6 +215,9 @@ def bake(cfg: BakeConfig) -> BakeReport:
     gate_tensors, meta = read_gates(src)  # refuses a directory without gates
     if not gate_tensors:
         raise ModelError(f"{src}: the gates file holds no gates: nothing to bake")
+    from so8t.outpaths import check_output_dir
+
+    check_output_dir(out, "output_path")  # a file, under a file, or unwritable: refused before any load
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ModelError(f"output_path {out} exists and is not empty: choose another path or pass --overwrite")
     lora = read_adapter(src)
@@ -225,10 +228,14 @@ def bake(cfg: BakeConfig) -> BakeReport:
         load_decision_prompt(prompt_file)  # a broken file fails here, before anything is written
     base_dir = resolve_base_model(_base_spec(cfg))
     tok_dir = _from_run(src, "tokenizer") or base_dir
-    tok = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=cfg.trust_remote_code)
+    from so8t.base_models import load_causal_lm, load_error
 
+    try:
+        tok = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - anything transformers raises on a user's model is a bad model
+        raise load_error(tok_dir, e) from None
     # Full precision reload: LoRA is never merged into 4-bit weights.
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    model = load_causal_lm(base_dir, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
     device = _bake_device(cfg.device)
     model.to(device).eval()
     hooks = attach_unmerged(model, lora)

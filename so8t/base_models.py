@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from so8t.errors import ModelError
 
@@ -99,6 +100,27 @@ def cache_root() -> Path:
     return Path(os.environ.get("SO8T_CACHE", Path.home() / ".cache" / "so8t")).expanduser()
 
 
+def cache_dir(*parts: str) -> Path:
+    """``cache_root()/parts``, created if needed.
+
+    Raises:
+        ConfigError: one line when the cache cannot hold it (``SO8T_CACHE`` is a file, lies under one,
+            or is not writable).
+    """
+    from so8t.errors import ConfigError
+
+    d = cache_root().joinpath(*parts)
+    where = f"SO8T_CACHE={os.environ['SO8T_CACHE']}" if os.environ.get("SO8T_CACHE") else f"the cache {cache_root()}"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".so8t-write-probe-", dir=d)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot write {d} ({e.strerror or e}): set SO8T_CACHE to a writable directory") from None
+    return d
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file."""
     h = hashlib.sha256()
@@ -144,8 +166,7 @@ def _assembled_gguf(model: EmbeddedModel) -> Path:
     from filelock import FileLock
 
     module, _, func = (model.assemble or "").partition(":")
-    target = cache_root() / "gguf" / model.gguf_file
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = cache_dir("gguf") / model.gguf_file
     with FileLock(str(target) + ".lock"):
         if target.is_file() and (target.parent / (model.gguf_file + ".ok")).is_file():
             return target
@@ -206,7 +227,7 @@ def prepare_embedded(name: str = "smollm2", force: bool = False, full_verify: bo
     if name not in EMBEDDED:
         raise ModelError(f"embedded base model {name!r} is unknown: choose one of {', '.join(EMBEDDED)} or pass a directory")
     model = EMBEDDED[name]
-    target = cache_root() / "base_models" / name
+    target = cache_dir("base_models") / name
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +294,106 @@ def _dequantize_to_hf(gguf: Path, out: Path, chat_template: str | None = None) -
         raise ModelError(f"{gguf}: no chat template in the GGUF tokenizer metadata")
 
 
+_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def check_model_dir(path: Path, tokenizer: bool = True) -> Path:
+    """A Hugging Face model directory that transformers can be asked to load without a traceback.
+
+    Reads what is cheap to read: ``config.json`` (valid JSON, an object with ``model_type``), the
+    weight files (present; every safetensors header readable and consistent with the file's size),
+    and, when ``tokenizer``, that tokenizer files exist. Shapes are checked by the load itself
+    (:func:`load_error`).
+
+    Raises:
+        ModelError: one line naming the file and what is wrong with it.
+    """
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
+    try:
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ModelError(f"{cfg}: not UTF-8 text: not a transformers config") from None
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{cfg}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{cfg}: expected a JSON object, got {type(meta).__name__}")
+    if not isinstance(meta.get("model_type"), str):
+        raise ModelError(f"{cfg}: field 'model_type': missing: not a transformers model config")
+    weights = sorted(w for pattern in _WEIGHTS for w in path.glob(pattern))
+    if not weights:
+        raise ModelError(f"{path}: no weights (model.safetensors or pytorch_model.bin)")
+    for w in weights:
+        if w.suffix == ".safetensors":
+            _check_safetensors(w)
+    if tokenizer and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelError(f"{path}: no tokenizer (tokenizer.json or tokenizer.model): save the tokenizer with the model")
+    return path
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header parses and the tensors' byte ranges fit the file (a truncated or text file fails)."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or n > min(size - 8, 100 << 20):
+                raise ValueError("no safetensors header")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ModelError(f"{path}: not a readable safetensors file ({e}): re-save the model") from None
+    if 8 + n + end > size:
+        raise ModelError(f"{path}: truncated ({size} bytes, the header needs {8 + n + end}): re-save or re-copy the model")
+
+
+def load_error(path: Path, e: BaseException) -> ModelError:
+    """A one-line ModelError for an exception transformers raised while loading ``path``."""
+    logger.debug("loading %s failed", path, exc_info=e)  # the whole traceback goes to the log file
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    # pydantic-style wrappers put the cause on the last line ("Class validation error...: / ValueError: ...")
+    first = (lines[-1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]) if lines else type(e).__name__
+    return ModelError(f"{path}: transformers could not load the model: {first[:300]}")
+
+
+def load_causal_lm(path: Path, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` that refuses, in one line, what would otherwise be a traceback
+    or a silently re-initialised model: weights missing from the checkpoint, or of the wrong shape.
+
+    Raises:
+        ModelError: the load failed, or left weights uninitialised.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    # transformers' multi-line load report would precede our one-line error; the checks below say it in one
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True,
+                                                           ignore_mismatched_sizes=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 - anything transformers raises on a user's model is a bad model
+        raise load_error(path, e) from None
+    finally:
+        hf_logging.set_verbosity(level)
+    missing = [k for k in info.get("missing_keys", ()) if not (k.endswith("lm_head.weight")
+                                                              and getattr(model.config, "tie_word_embeddings", False))]
+    mismatched = list(info.get("mismatched_keys", ()))
+    if mismatched:
+        k = mismatched[0]
+        raise ModelError(f"{path}: weight {k[0] if isinstance(k, tuple) else k} has the wrong shape for config.json "
+                         f"({len(mismatched)} such): the weights and the config are from different models")
+    if missing:
+        raise ModelError(f"{path}: {len(missing)} weight(s) that config.json needs are not in the checkpoint "
+                         f"(first: {missing[0]}): the weights and the config are from different models")
+    return model
+
+
 def resolve_base_model(spec: str) -> Path:
     """``--base_model``: an embedded name (prepared on first use) or a local HF directory.
 
@@ -287,6 +408,4 @@ def resolve_base_model(spec: str) -> Path:
             f"base model {spec!r} not found: pass a local Hugging Face model directory or one of "
             f"{', '.join(EMBEDDED)} (nothing is downloaded)"
         )
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
-    return path
+    return check_model_dir(path)

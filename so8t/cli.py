@@ -96,6 +96,9 @@ def setup_logging(command: str, verbose: bool = False) -> Path | None:
         root.addHandler(h)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns on import, on every CPU, that an optional kernel package ("kernels") is
+    # missing: not actionable (4-bit CPU training works without it) and it would precede every error.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     return path
 
 

@@ -181,6 +181,9 @@ def _check_inputs(cfg: ConvertConfig) -> tuple[Path, Path, str, tuple[str, ...]]
         raise ModelError(f"model directory {cfg.model_dir!r} does not exist: pass a Hugging Face model directory (config.json, safetensors, tokenizer)")
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"{model_dir}: not a Hugging Face model directory (no config.json); pass the directory that save_pretrained wrote")
+    from so8t.base_models import check_model_dir
+
+    check_model_dir(model_dir)
     quants = validate_quants(cfg.quants)
     out_dir = Path(cfg.out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():

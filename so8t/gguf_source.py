@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from so8t.base_models import cache_root, sha256_file
+from so8t.base_models import cache_dir, sha256_file
 from so8t.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _checkout(llama_cpp_dir: str) -> ConverterSource:
 
 
 def _cached_dir(version: str) -> Path:
-    return cache_root() / "llama_cpp_src" / version
+    return cache_dir("llama_cpp_src") / version
 
 
 def describe_converter(llama_cpp_dir: str | None) -> dict:

@@ -68,6 +68,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.set_defaults(handler=_cmd_modelfile)
 
 
+def _utf8(raw: bytes, where: str) -> str:
+    """``raw`` as text; a prompt that is not UTF-8 is refused in one line (llama.cpp tokenises UTF-8)."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1}): "
+                          "convert the prompt to UTF-8") from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from so8t.inference import generate
 
@@ -75,7 +86,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if prompt is None:
         if sys.stdin.isatty():
             raise ConfigError("no prompt: pass -p PROMPT or pipe the prompt on stdin")
-        prompt = sys.stdin.read()
+        prompt = _utf8(sys.stdin.buffer.read(), "stdin")
+    else:
+        prompt = _utf8(prompt.encode("utf-8", "surrogateescape"), "-p/--prompt")
+    if args.system is not None:
+        args.system = _utf8(args.system.encode("utf-8", "surrogateescape"), "-s/--system")
     pieces = generate(args.model, prompt, n_predict=args.n_predict, threads=args.threads, temperature=args.temp,
                       repeat_penalty=args.repeat_penalty, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       raw=args.raw, system=args.system, n_ctx=args.ctx_size)

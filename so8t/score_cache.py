@@ -59,8 +59,13 @@ def save_cached(key: str, z: np.ndarray, y: np.ndarray, info: dict[str, Any]) ->
     np.savez(buf, z=z, y=y)
     npz = buf.getvalue()
     meta = info | {"npz_sha256": hashlib.sha256(npz).hexdigest()}
-    atomic_write_bytes(d / f"{key}.npz", npz)
-    atomic_write_bytes(d / f"{key}.json", (json.dumps(meta, indent=2) + "\n").encode())
+    try:
+        atomic_write_bytes(d / f"{key}.npz", npz)
+        atomic_write_bytes(d / f"{key}.json", (json.dumps(meta, indent=2) + "\n").encode())
+    except OSError as e:  # the scores are right; only the reuse is lost
+        logger.warning("could not cache the scores in %s (%s): the next run scores again; set SO8T_CACHE to a "
+                       "writable directory", d, e.strerror or e)
+        return
     logger.info("cached scores: %s", d / f"{key}.json")
 
 

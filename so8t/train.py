@@ -115,9 +115,14 @@ def _device_is_cuda() -> bool:
 
 def load_base(model_dir: Path, cfg: TrainConfig) -> tuple[nn.Module, Any]:
     """Tokenizer and base model (fp32 on CPU, bf16 on CUDA; NF4 when ``load_in_4bit``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoTokenizer, BitsAndBytesConfig
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=cfg.trust_remote_code)
+    from so8t.base_models import load_error
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - anything transformers raises on a user's model is a bad model
+        raise load_error(model_dir, e) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     compute = torch.bfloat16 if _device_is_cuda() else torch.float32
@@ -127,8 +132,9 @@ def load_base(model_dir: Path, cfg: TrainConfig) -> tuple[nn.Module, Any]:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
         )
         kwargs["device_map"] = {"": 0} if _device_is_cuda() else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-    return model, tok
+    from so8t.base_models import load_causal_lm
+
+    return load_causal_lm(model_dir, **kwargs), tok
 
 
 def build_so8t_model(base: nn.Module, cfg: TrainConfig) -> tuple[nn.Module, list[int]]:
@@ -296,8 +302,10 @@ def resolve_precision(precision: str, cuda: bool, load_in_4bit: bool) -> str:
 
 
 def check_output_dir(cfg: TrainConfig) -> None:
-    """Refuse to train into a directory that holds another run's checkpoints without resume."""
-    out = Path(cfg.output_dir)
+    """Refuse an output_dir that cannot be written, or that holds another run's checkpoints without resume."""
+    from so8t.outpaths import check_output_dir as check_writable
+
+    out = check_writable(cfg.output_dir, "output_dir")
     if cfg.resume_from_checkpoint is None and list_checkpoints(out, complete_only=False):
         raise ConfigError(
             f"output_dir {out} already holds checkpoints: pass --resume_from_checkpoint latest to continue, "

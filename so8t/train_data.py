@@ -151,15 +151,18 @@ def load_training_data(spec: str, tokenizer: Any, max_length: int, prompt: Decis
     """
     import datasets
 
-    from so8t.base_models import cache_root
+    from so8t.base_models import cache_dir as so8t_cache_dir
 
     paths = dataset_files(spec)
     if not paths:
         raise DataError("--dataset names no file")
     if checked is None or [c.path for c in checked] != paths:
         checked = [check_file(p) for p in paths]  # every error surfaces here, before datasets sees a byte
-    cache = Path(cache_dir) if cache_dir is not None else cache_root() / "datasets"
-    cache.mkdir(parents=True, exist_ok=True)
+    if cache_dir is not None:
+        cache = Path(cache_dir)
+        cache.mkdir(parents=True, exist_ok=True)
+    else:
+        cache = so8t_cache_dir("datasets")
     if not progress:
         datasets.disable_progress_bars()
     try:

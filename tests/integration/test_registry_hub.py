@@ -284,3 +284,33 @@ def test_live_hub_round_trip(tmp_path: Path) -> None:
     assert {"v1", "v2"} <= {t.name for t in refs.tags}
     path = api.hf_hub_download(repo_id, "model.gguf", cache_dir=str(tmp_path / "dl"))
     assert Path(path).read_bytes() == reg.get(name).path("model.gguf").read_bytes()
+
+
+def test_a_version_that_cannot_be_pushed_is_skipped_and_said(hub_env: HubStandin, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A version holding a path the mirror writes itself (published before publish refused it) never
+    blocks the versions after it: it is skipped, recorded and reported at every sync."""
+    hub = hub_env
+    reg = Registry(tmp_path / "store")
+    _publish(reg, "a")
+    bad = reg.publish(NAME, {"model.gguf": b"b" * 4000, "Modelfile": b"FROM ./model.gguf\n"}).version
+    # what an older registry let through: rewrite the manifest's file name to a reserved path
+    mpath = reg.root / "models" / NAME / "versions" / f"{bad}.json"
+    mpath.write_text(mpath.read_text().replace('"Modelfile"', '"so8t-registry.json"'))
+    _publish(reg, "c", 5000)
+    reg.promote(NAME, bad)  # even production may be the unpushable one
+    mirror = _mirror(reg, hub)
+    with caplog.at_level(logging.WARNING, logger="registry.hub"):
+        r = mirror.sync(NAME)
+    assert r.error is None and r.ok, r
+    assert r.uploaded == ("v1", "v3") and r.skipped_versions == (bad,)
+    assert set(hub.repos[REPO_ID].tags) == {"v1", "v3"}
+    assert any(f"mirror skips {NAME} {bad}" in m and "so8t-registry.json" in m for m in caplog.messages)
+    main = _main_files(hub)
+    assert "model.gguf" not in main and json.loads(main["so8t-registry.json"])["aliases"]["production"] == bad
+    assert mirror.pending(NAME) == ([], 0)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="registry.hub"):
+        again = mirror.sync(NAME)
+    assert again.uploaded == () and again.skipped_versions == (bad,)
+    assert any(f"mirror skips {NAME} {bad}" in m for m in caplog.messages)  # said at every sync

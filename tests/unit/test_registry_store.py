@@ -381,3 +381,64 @@ def test_unicode_digits_are_not_version_numbers(tmp_path):
     for ref in ("\u0661", "\uff11", "\u00b9"):  # Arabic-Indic one, fullwidth one, superscript one
         with pytest.raises((InvalidNameError, NotFoundError)):
             reg.resolve("m", ref)
+
+
+def test_parents_must_name_existing_versions(reg: Registry, capsys) -> None:
+    reg.publish("m", _files("a"))
+    reg.publish("other", _files("o"))
+    for bad, msg in (("v99", "model 'm' has no version v99"), ("bad name", "is not a version"),
+                     ("other:v7", "model 'other' has no version v7"), ("Bad/../x:v1", "is not a model name"),
+                     ("v١", "is not a version")):
+        with pytest.raises(InvalidInputError, match=msg):
+            reg.publish("m", _files("b"), lineage={"parents": (bad,)})
+    assert [v.version for v in reg.list_versions("m")] == ["v1"]  # nothing claimed a number
+    assert reg.publish("m", _files("c"), lineage={"parents": ("v1", "other:v1")}).lineage.parents == ("v1", "other:v1")
+    src = Path(reg.root).parent / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    assert cli_main(["--root", str(reg.root), "publish", "m", str(src), "--parent", "v42"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "parent 'v42'" in err[0]
+
+
+def test_a_failed_export_leaves_nothing_and_the_retry_is_not_refused(reg: Registry, tmp_path: Path) -> None:
+    m = reg.publish("m", _files("a"))
+    blob = reg.blobs.path(m.file("calibration.json").sha256)
+    good = blob.read_bytes()
+    os.chmod(blob, 0o644)
+    blob.write_bytes(b"X" + good[1:])  # same size, other content
+    dest = tmp_path / "out" / "release"
+    with pytest.raises(IntegrityError, match="calibration.json is corrupted"):
+        reg.export("m", "v1", dest)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []  # no partial directory, no staging left
+    blob.write_bytes(good)  # repaired: the retry goes through
+    reg.export("m", "v1", dest)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(_files("a"))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InvalidInputError, match="afile is a file"):
+        reg.export("m", "v1", tmp_path / "afile" / "x")
+
+
+@pytest.mark.parametrize("target, damage, where", [
+    ("state.json", b"{bad\n", r"state\.json: corrupt ModelState"),
+    ("state.json", b'{"aliases": 5}\n', r"state\.json: corrupt ModelState \(field 'aliases'"),
+    ("history.jsonl", b'{"seq": "x"}\n', r"history\.jsonl:2: corrupt HistoryEntry"),
+    ("versions/v1.json", b"[]", r"versions/v1\.json: corrupt VersionManifest"),
+])
+def test_corrupt_registry_files_are_named_with_their_line(reg: Registry, capsys, target, damage, where) -> None:
+    reg.publish("m", _files("a"))
+    reg.promote("m", "v1")
+    path = reg.root / "models" / "m" / target
+    if target.endswith(".jsonl"):
+        with path.open("ab") as f:
+            f.write(damage)
+    else:
+        os.chmod(path, 0o644)
+        path.write_bytes(damage)
+    cmd = ["history", "m"] if target.endswith(".jsonl") else ["show", "m", "v1"] if "versions" in target else ["list", "m"]
+    assert cli_main(["--root", str(reg.root), *cmd]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    import re
+
+    assert re.search(where, err[0]), err[0]
