@@ -312,7 +312,14 @@ class Registry:
         return rows
 
     def history(self, name: str, alias: str | None = None) -> list[HistoryEntry]:
-        """Alias and state changes of ``name``, oldest first (optionally of one alias)."""
+        """Alias and state changes of ``name``, oldest first (optionally of one alias).
+
+        Raises:
+            NotFoundError: ``name`` has never been published here.
+        """
+        check_model_name(name)
+        if not self._model_dir(name).is_dir():
+            raise NotFoundError(f"model {name!r} not found in {self.root}: see `so8t registry list`")
         entries = self._log(name).history()
         return [e for e in entries if alias is None or e.alias == check_alias(alias)]
 

@@ -141,6 +141,15 @@ def check_gguf(path: str | Path) -> Path:
     if magic != GGUF_MAGIC:
         raise ModelError(f"{p}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}): "
                          "convert the model with so8t gguf convert first")
+    # llama.cpp's vocabulary-only load (~0.1 s) reads the header, metadata and tensor table and checks
+    # that the tensor data lies within the file: a truncated or corrupt file fails here, not after setup
+    from so8t.inference import _open_vocab
+
+    try:
+        _open_vocab(p).close()
+    except ModelError:
+        raise ModelError(f"{p}: llama.cpp cannot load this GGUF (truncated or corrupt?): re-copy it or convert "
+                         "the model again") from None
     return p
 
 

@@ -397,7 +397,7 @@ def test_parents_must_name_existing_versions(reg: Registry, capsys) -> None:
     src.mkdir()
     (src / "f.txt").write_text("x")
     assert cli_main(["--root", str(reg.root), "publish", "m", str(src), "--parent", "v42"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]  # INFO lines may precede it
     assert len(err) == 1 and "parent 'v42'" in err[0]
 
 
@@ -437,8 +437,9 @@ def test_corrupt_registry_files_are_named_with_their_line(reg: Registry, capsys,
         path.write_bytes(damage)
     cmd = ["history", "m"] if target.endswith(".jsonl") else ["show", "m", "v1"] if "versions" in target else ["list", "m"]
     assert cli_main(["--root", str(reg.root), *cmd]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0]
+    out = capsys.readouterr().err
+    err = [ln for ln in out.splitlines() if "error:" in ln]  # INFO lines of the setup may precede it
+    assert len(err) == 1 and "Traceback" not in out
     import re
 
     assert re.search(where, err[0]), err[0]
