@@ -148,7 +148,7 @@ def check_gguf(path: str | Path) -> Path:
     try:
         _open_vocab(p).close()
     except ModelError:
-        raise ModelError(f"{p}: llama.cpp cannot load this GGUF (truncated or corrupt?): re-copy it or convert "
+        raise ModelError(f"{p}: llama.cpp could not load the model (a truncated or corrupt GGUF?): re-copy it or convert "
                          "the model again") from None
     return p
 

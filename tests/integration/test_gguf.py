@@ -177,8 +177,9 @@ def test_dry_run_prints_plan_and_writes_nothing(tiny_llama, tmp_path, capsys):
 def test_failed_conversion_leaves_no_gguf(tiny_llama, tmp_path, capsys):
     model = tmp_path / "broken"
     shutil.copytree(tiny_llama, model)
-    weights = model / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])  # truncated: the converter fails mid-way
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["num_attention_heads"] = cfg["hidden_size"] + 1  # passes our cheap checks; the converter fails mid-way
+    (model / "config.json").write_text(json.dumps(cfg))
     out = tmp_path / "out"
     rc = main(["convert", str(model), str(out), "Q8_0", "--name", "m"])
     err = capsys.readouterr().err.strip().splitlines()
