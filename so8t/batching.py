@@ -127,6 +127,27 @@ class SharedPrefixCollator:
         return out
 
 
+def _prefix_then_suffixes(net: torch.nn.Module, prefix: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                          prefix_kwargs: dict[str, Any], **suffix_kwargs: Any) -> tuple[Any, Any, torch.Tensor]:
+    """Run ``net`` (a causal LM or its decoder) on the shared prefix once, repeat its key/value cache over
+    the batch, then on every suffix at the positions after the prefix.
+
+    Returns:
+        The prefix's output, the suffixes' output and the attention mask of the full sequences ``(B, P + S)``.
+    """
+    b, s = ids.shape
+    p = prefix.shape[1]
+    pre = net(input_ids=prefix, use_cache=True, **prefix_kwargs)
+    cache = getattr(pre, "past_key_values", None)
+    cache = cache if cache is not None else pre.cache
+    cache.batch_repeat_interleave(b)
+    full_mask = torch.cat([mask.new_ones(b, p), mask], dim=1)  # (B, P + S)
+    positions = torch.arange(p, p + s, device=ids.device).expand(b, s)
+    out = net(input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True,
+              **suffix_kwargs)
+    return pre, out, full_mask
+
+
 def forward_shared_prefix(model: torch.nn.Module, inputs: dict[str, torch.Tensor], output_hidden_states: bool = False,
                           **kwargs: Any) -> tuple[Any, torch.Tensor | None, torch.Tensor | None]:
     """Forward a :class:`SharedPrefixCollator` batch as if the prefix were part of every record.
@@ -136,16 +157,11 @@ def forward_shared_prefix(model: torch.nn.Module, inputs: dict[str, torch.Tensor
         ``output_hidden_states``, the final hidden states of the full sequences ``(B, P + S, D)`` with
         their attention mask (the PET term's input), else ``(None, None)``.
     """
-    prefix, ids, mask = inputs["prefix_ids"], inputs["input_ids"], inputs["attention_mask"]
-    b, s = ids.shape
-    p = prefix.shape[1]
-    pre = model(input_ids=prefix, use_cache=True, output_hidden_states=output_hidden_states)
-    cache = pre.past_key_values
-    cache.batch_repeat_interleave(b)
-    full_mask = torch.cat([mask.new_ones(b, p), mask], dim=1)  # (B, P + S)
-    positions = torch.arange(p, p + s, device=ids.device).expand(b, s)
-    out = model(input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache,
-                use_cache=True, labels=inputs.get("labels"), output_hidden_states=output_hidden_states, **kwargs)
+    ids = inputs["input_ids"]
+    b = ids.shape[0]
+    pre, out, full_mask = _prefix_then_suffixes(
+        model, inputs["prefix_ids"], ids, inputs["attention_mask"], {"output_hidden_states": output_hidden_states},
+        labels=inputs.get("labels"), output_hidden_states=output_hidden_states, **kwargs)
     if not output_hidden_states:
         return out, None, None
     hidden = torch.cat([pre.hidden_states[-1].expand(b, -1, -1), out.hidden_states[-1]], dim=1)  # (B, P + S, D)
@@ -202,14 +218,8 @@ def sparse_lm_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_
         hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         full_hidden, full_mask = hidden, mask
     else:
-        p = prefix.shape[1]
-        pre = decoder(input_ids=prefix, use_cache=True)
-        cache = pre.cache
-        cache.batch_repeat_interleave(b)
-        full_mask = torch.cat([mask.new_ones(b, p), mask], dim=1)
-        positions = torch.arange(p, p + s, device=ids.device).expand(b, s)
-        hidden = decoder(input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache,
-                         use_cache=True).last_hidden_state
+        pre, out, full_mask = _prefix_then_suffixes(decoder, prefix, ids, mask, {})
+        hidden = out.last_hidden_state
         full_hidden = torch.cat([pre.last_hidden_state.expand(b, -1, -1), hidden], dim=1) if want_hidden else None
     target = labels[:, 1:]
     keep = target != IGNORE_INDEX
