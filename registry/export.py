@@ -6,6 +6,7 @@ blob never reaches the export. Each file lands through a temporary name and a re
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -46,6 +47,12 @@ def export_version(
         if dest.is_dir():
             dest.rmdir()  # the empty directory the caller made: replaced by the complete export
         os.rename(staging, dest)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise InvalidInputError(f"export to {dest}: {e.strerror}: free space and retry (nothing was left "
+                                    "behind)") from None
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

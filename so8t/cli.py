@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
-from so8t.errors import So8tError
+from so8t.errors import So8tError, storage_problem
 
 logger = logging.getLogger("so8t")
 
@@ -185,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.debug("user error", exc_info=True)
         print(f"so8t: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # noqa: BLE001 - only the storage refusing a write is turned into one line
+        problem = storage_problem(e)
+        if problem is None:
+            raise
+        logger.debug("storage error", exc_info=True)
+        print(f"so8t: error: {problem}: free space (or choose a writable location) and run the command again",
+              file=sys.stderr)
+        return 2
     finally:
         logging.getLogger().debug("log file: %s", log_path)
 

@@ -22,8 +22,10 @@ import logging
 import math
 import os
 import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -32,7 +34,7 @@ from so8t.batching import GroupedBatchSampler, SharedPrefixCollator, forward_sha
 from so8t.config import TrainConfig
 from so8t.data import IGNORE_INDEX, PadCollator
 from so8t.decision import PROMPT_FILE, load_decision_prompt, write_decision_prompt
-from so8t.errors import ConfigError, ModelError
+from so8t.errors import ConfigError, ModelError, storage_problem
 from so8t.gates import attach_gates, find_attention_layers, iter_gates, load_gates, resolve_layers, save_gates
 from so8t.pet import pet_energy, pet_schedule
 
@@ -313,6 +315,29 @@ def check_output_dir(cfg: TrainConfig) -> None:
         )
 
 
+@contextmanager
+def _disk_full_is_one_line(out: Path) -> Iterator[None]:
+    """A full disk while training or saving: unfinished checkpoints and a partly written final adapter
+    removed (``latest`` never picks an unfinished checkpoint anyway), then one line (exit 2) that says
+    how to go on."""
+    before = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a full disk
+        problem = storage_problem(e, out)
+        if problem is None:
+            raise
+        complete = set(list_checkpoints(out))
+        for ck in list_checkpoints(out, complete_only=False):
+            if ck not in complete:
+                shutil.rmtree(ck, ignore_errors=True)
+        for p in out.iterdir() if out.is_dir() else ():
+            if p.name not in before and not _CKPT_RE.match(p.name):  # the final adapter, half written
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        raise ConfigError(f"output_dir {out}: {problem} while saving: free space, then resume with "
+                          "--resume_from_checkpoint latest (unfinished checkpoints were removed)") from None
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run SO8T training; returns the output directory.
 
@@ -396,38 +421,39 @@ def train(cfg: TrainConfig) -> Path:
         batch_sampler_factory=(lambda a: GroupedBatchSampler(
             data.kinds, data.lengths, a.train_batch_size, a.data_seed, strata=data.labels)) if share else None,
     )
-    done = _checkpoint_step(resume) if resume is not None else 0
-    if resume is not None and cfg.max_steps > 0 and done >= cfg.max_steps:
-        # a finished run: transformers would take one more step on every resume (3 -> 4 -> 5)
-        logger.info("resume: %s is at step %d of max_steps %d: nothing left to train; final outputs from it",
-                    resume, done, cfg.max_steps)
-        trainer._load_from_checkpoint(str(resume))
-        trainer.state.global_step = done
-    else:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if trainer.is_world_process_zero():
-        model.save_pretrained(str(out))
-        if _has_gates(model):
-            save_gates(model, out)
-        tok.save_pretrained(str(out / "tokenizer"))
-        resolved = {
-            "config": cfg.model_dump(),
-            "base_model_dir": str(model_dir),
-            "gated_layers": layers,
-            "decision_prompt_sha256": prompt.sha256(),
-            "lora_target_modules": sorted(model.peft_config["default"].target_modules),
-            "global_step": trainer.state.global_step,
-            "resumed_from": str(resume) if resume else None,
-            "data": {"examples": stats.examples, "truncated": stats.truncated, "tokens": stats.tokens,
-                     "loss_tokens": stats.loss_tokens, "kinds": stats.kinds,
-                     "files": [{"path": str(c.path), "sha256": c.sha256, "records": c.records} for c in data.files],
-                     "encoding_fingerprint": data.fingerprint},
-            "world_size": trainer.args.world_size,
-            "precision": "bf16" if use_bf16 else "fp32",
-            "sparse_lm_head": sparse,
-        }
-        (out / CONFIG_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
-        logger.info("training done: %d steps, output in %s", trainer.state.global_step, out)
+    with _disk_full_is_one_line(out):
+        done = _checkpoint_step(resume) if resume is not None else 0
+        if resume is not None and cfg.max_steps > 0 and done >= cfg.max_steps:
+            # a finished run: transformers would take one more step on every resume (3 -> 4 -> 5)
+            logger.info("resume: %s is at step %d of max_steps %d: nothing left to train; final outputs from it",
+                        resume, done, cfg.max_steps)
+            trainer._load_from_checkpoint(str(resume))
+            trainer.state.global_step = done
+        else:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if trainer.is_world_process_zero():
+            model.save_pretrained(str(out))
+            if _has_gates(model):
+                save_gates(model, out)
+            tok.save_pretrained(str(out / "tokenizer"))
+            resolved = {
+                "config": cfg.model_dump(),
+                "base_model_dir": str(model_dir),
+                "gated_layers": layers,
+                "decision_prompt_sha256": prompt.sha256(),
+                "lora_target_modules": sorted(model.peft_config["default"].target_modules),
+                "global_step": trainer.state.global_step,
+                "resumed_from": str(resume) if resume else None,
+                "data": {"examples": stats.examples, "truncated": stats.truncated, "tokens": stats.tokens,
+                         "loss_tokens": stats.loss_tokens, "kinds": stats.kinds,
+                         "files": [{"path": str(c.path), "sha256": c.sha256, "records": c.records} for c in data.files],
+                         "encoding_fingerprint": data.fingerprint},
+                "world_size": trainer.args.world_size,
+                "precision": "bf16" if use_bf16 else "fp32",
+                "sparse_lm_head": sparse,
+            }
+            (out / CONFIG_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
+            logger.info("training done: %d steps, output in %s", trainer.state.global_step, out)
     return out
 
 
