@@ -394,6 +394,57 @@ class EvalInputs:
     output_dir: Path
 
 
+@dataclass(frozen=True)
+class CalibratedModel:
+    """A GGUF with the calibration and decision prompt that go with it (checked, not loaded)."""
+
+    model: ResolvedModel
+    calibration: Calibration
+    calibration_doc: dict[str, Any]
+    calibration_sha256: str
+    prompt: DecisionPrompt
+    prompt_source: str
+
+
+def resolve_calibrated(model: str, calibration: str | None = None, decision_prompt: str | None = None,
+                       registry_root: str | None = None) -> CalibratedModel:
+    """``--model`` (a GGUF file or ``NAME@REF``) with its calibration and decision prompt: the given files,
+    else the registry version's, else those beside the GGUF (the prompt: else the built-in one).
+
+    The one resolution rule of ``so8t evaluate``, ``so8t decide`` and ``so8t serve``.
+
+    Raises:
+        ConfigError / ModelError / DataError: one line naming the flag or file.
+    """
+    resolved = resolve_model(model, registry_root)
+    if calibration is not None:
+        cal_path = Path(calibration).expanduser()
+    elif resolved.calibration is not None:
+        cal_path = resolved.calibration
+    elif resolved.registry is not None:
+        r = resolved.registry
+        raise ConfigError(f"--calibration: {r.name} {r.version} holds no {VERSION_CALIBRATION}: pass --calibration "
+                          "PATH (the calibration_results.json of so8t calibrate)")
+    else:
+        raise ConfigError(f"--calibration: no {CALIBRATION_FILE} beside {resolved.gguf}: pass --calibration PATH (the "
+                          "calibration_results.json of so8t calibrate)")
+    if cal_path.is_dir():
+        cal_path = cal_path / CALIBRATION_FILE
+    if not cal_path.is_file():
+        raise DataError(f"{cal_path}: calibration file not found (--calibration): pass the calibration_results.json "
+                        "that so8t calibrate wrote")
+    cal = load_calibration(cal_path)
+    doc = json.loads(cal_path.read_text(encoding="utf-8"))  # valid: load_calibration read it
+    if decision_prompt is not None:
+        prompt, prompt_source = load_decision_prompt(decision_prompt), str(Path(decision_prompt).expanduser())
+    elif resolved.decision_prompt is not None:
+        prompt, prompt_source = load_decision_prompt(resolved.decision_prompt), str(resolved.decision_prompt)
+    else:
+        prompt, prompt_source = DEFAULT_DECISION_PROMPT, "built-in"
+    return CalibratedModel(model=resolved, calibration=cal, calibration_doc=doc, calibration_sha256=sha256_file(cal_path),
+                           prompt=prompt, prompt_source=prompt_source)
+
+
 def check_inputs(cfg: EvaluateConfig) -> EvalInputs:
     """Check every input before anything is scored or written.
 
@@ -403,34 +454,11 @@ def check_inputs(cfg: EvaluateConfig) -> EvalInputs:
     from so8t.scoring import read_labelled_records
 
     out = check_output_dir(cfg.output_dir)
-    model = resolve_model(cfg.model, cfg.registry_root)
-    if cfg.calibration is not None:
-        cal_path = Path(cfg.calibration).expanduser()
-    elif model.calibration is not None:
-        cal_path = model.calibration
-    elif model.registry is not None:
-        r = model.registry
-        raise ConfigError(f"--calibration: {r.name} {r.version} holds no {VERSION_CALIBRATION}: pass --calibration "
-                          "PATH (the calibration_results.json of so8t calibrate)")
-    else:
-        raise ConfigError(f"--calibration: no {CALIBRATION_FILE} beside {model.gguf}: pass --calibration PATH (the "
-                          "calibration_results.json of so8t calibrate)")
-    if cal_path.is_dir():
-        cal_path = cal_path / CALIBRATION_FILE
-    if not cal_path.is_file():
-        raise DataError(f"{cal_path}: calibration file not found (--calibration): pass the calibration_results.json "
-                        "that so8t calibrate wrote")
-    cal = load_calibration(cal_path)
-    doc = json.loads(cal_path.read_text(encoding="utf-8"))  # valid: load_calibration read it
-    if cfg.decision_prompt is not None:
-        prompt, prompt_source = load_decision_prompt(cfg.decision_prompt), str(Path(cfg.decision_prompt).expanduser())
-    elif model.decision_prompt is not None:
-        prompt, prompt_source = load_decision_prompt(model.decision_prompt), str(model.decision_prompt)
-    else:
-        prompt, prompt_source = DEFAULT_DECISION_PROMPT, "built-in"
+    c = resolve_calibrated(cfg.model, cfg.calibration, cfg.decision_prompt, cfg.registry_root)
     data = [(p, read_labelled_records(p)) for p in data_paths(cfg.data)]
-    return EvalInputs(model=model, calibration=cal, calibration_doc=doc, calibration_sha256=sha256_file(cal_path),
-                      prompt=prompt, prompt_source=prompt_source, data=data, output_dir=out)
+    return EvalInputs(model=c.model, calibration=c.calibration, calibration_doc=c.calibration_doc,
+                      calibration_sha256=c.calibration_sha256, prompt=c.prompt, prompt_source=c.prompt_source,
+                      data=data, output_dir=out)
 
 
 # ----------------------------------------------------------------------------- metrics

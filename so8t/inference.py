@@ -374,14 +374,9 @@ def build_modelfile(gguf: str | Path, *, calibration: str | Path | None = None, 
 
 def write_modelfile(gguf: str | Path, output: str | Path = "Modelfile", *, calibration: str | Path | None = None) -> Path:
     """Write :func:`build_modelfile`'s text to ``output`` (nothing is written on error)."""
-    out = Path(output).expanduser()
-    if out.is_dir():
-        raise ConfigError(f"--output {out}: is a directory: pass a file path (e.g. {out / 'Modelfile'})")
-    from so8t.outpaths import check_output_dir
+    from so8t.outpaths import check_output_file
 
-    if out.parent.exists() and not out.parent.is_dir():
-        raise ConfigError(f"--output {out}: {out.parent} is a file, not a directory: pass a path in a directory")
-    check_output_dir(out.parent, f"--output {out}: directory")
+    out = check_output_file(output, "--output")
     text = build_modelfile(gguf, calibration=calibration, modelfile_dir=out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     from so8t.atomic import atomic_write_text

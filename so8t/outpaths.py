@@ -39,3 +39,20 @@ def check_output_dir(path: str | Path, flag: str = "--output_dir") -> Path:
     os.close(fd)
     os.unlink(tmp)
     return out
+
+
+def check_output_file(path: str | Path, flag: str = "--output") -> Path:
+    """``path`` as a Path when a file can be written there (its directory exists or can be created, and is
+    writable); nothing is left behind.
+
+    Raises:
+        ConfigError: one line naming ``flag``: the path is a directory, its parent is a file, or the directory
+            cannot be written.
+    """
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise ConfigError(f"{flag} {out}: is a directory: pass a file path inside it")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ConfigError(f"{flag} {out}: {out.parent} is a file, not a directory: pass a path in a directory")
+    check_output_dir(out.parent, f"{flag} {out}: directory")
+    return out

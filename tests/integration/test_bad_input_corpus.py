@@ -188,6 +188,16 @@ def _bake(ctx: Ctx, *extra: str, base: str | None = None, out: str | None = None
             *(["--base_model", base] if base else []), *extra]
 
 
+def _decide(ctx: Ctx, *extra: str, data: str | None = None, out: str | None = None) -> list[str]:
+    return ["decide", "--model", str(ctx.gguf), "--calibration", str(ctx.cal), "--input", data or str(GOOD_LABELS),
+            "--output", out or str(ctx.work / "decisions.jsonl"), "--n_threads", "1", *extra]
+
+
+#: BAD_DATA entries that are bad request files too (decide reads {"text"} and ignores labels and other fields)
+DECIDE_BAD_DATA = ("not_utf8", "binary", "malformed", "array", "duplicate_key", "text_not_string", "text_null",
+                   "empty_file", "blank_lines_only", "huge_line", "missing_file", "directory")
+
+
 def _reg(ctx: Ctx, *args: str) -> list[str]:
     return ["registry", "--root", str(ctx.inputs / "registry"), *args]
 
@@ -210,6 +220,8 @@ def _cases() -> list[Case]:
         add(f"ab-safety-{name}", lambda c, n=name: _ab(c, safety=_data(c, n)), pat)
         add(f"ab-quality-{name}", lambda c, n=name: _ab(c, quality=_data(c, n)),
             pat if name not in ("bad_label", "empty_source") else r"field|no reference|instruction")
+    for name in DECIDE_BAD_DATA:
+        add(f"decide-input-{name}", lambda c, n=name: _decide(c, data=_data(c, n)), BAD_DATA[name][1])
     for cmd, build in (("calibrate", _calibrate), ("evaluate", _evaluate)):
         add(f"{cmd}-data-text_without_label", lambda c, b=build: b(c, data=_label_only_data(c)), r":2: field 'label': missing")
     add("train-data-second_file_bad", lambda c: _train(c, data=f"{GOOD_LABELS},{_data(c, 'bad_label')}"), r"bad_label\.jsonl:1")
@@ -229,6 +241,8 @@ def _cases() -> list[Case]:
         add(f"ab-out-{kind}", lambda c, p=path: [*_ab(c)[:-2], "--output_dir", p(c)], pat)
         add(f"convert-out-{kind}", lambda c, p=path: ["convert", str(c.tiny), p(c), "Q8_0"], pat)
         add(f"modelfile-out-{kind}", lambda c, p=path: ["modelfile", "--model", str(c.gguf), "--output", p(c) + "/Modelfile"],
+            r"is a file|not a directory|cannot write|No such file")
+        add(f"decide-out-{kind}", lambda c, p=path: _decide(c, out=p(c) + "/decisions.jsonl"),
             r"is a file|not a directory|cannot write|No such file")
         add(f"registry-export-{kind}", lambda c, p=path: _reg(c, "export", "m", "v1", p(c)),
             r"not an empty directory|is a file|Permission|No such file|Read-only|cannot")
@@ -261,6 +275,8 @@ def _cases() -> list[Case]:
         add(f"calibrate-gguf-{kind}", lambda c, k=kind: _calibrate(c, model=_bad_gguf(c, k)), pat)
         add(f"evaluate-gguf-{kind}", lambda c, k=kind: _evaluate(c, model=_bad_gguf(c, k)), pat + r"|model file not found")
         add(f"ab-gguf-{kind}", lambda c, k=kind: _ab(c, model_a=_bad_gguf(c, k)), pat)
+        add(f"decide-gguf-{kind}", lambda c, k=kind: ["decide", "hi", "--model", _bad_gguf(c, k), "--calibration",
+                                                      str(c.cal)], pat + r"|model file not found")
 
     deep = '{"a": ' * 300 + "1" + "}" * 300
     for id_, args, pat in (
@@ -292,6 +308,11 @@ def _cases() -> list[Case]:
         r"SO8T_CACHE=.*cannot write")
     add("base-prepare-cache-unwritable", lambda c: _env(c, "SO8T_CACHE", "/proc/so8t-cache", ["base", "prepare", "smollm2"]),
         r"SO8T_CACHE=.*cannot write")
+    add("decide-stdin-not-utf8", lambda c: _stdin(c, b"\xff\xfe bad", ["decide", "--model", str(c.gguf), "--calibration",
+                                                                       str(c.cal)]), r"stdin: not UTF-8")
+    add("decide-calibration-missing", lambda c: ["decide", "hi", "--model", str(c.gguf)], r"--calibration: no")
+    add("decide-text-blank", lambda c: ["decide", " ", "--model", str(c.gguf), "--calibration", str(c.cal)],
+        r"TEXT: empty")
     add("run-stdin-not-utf8", lambda c: _stdin(c, b"\xff\xfe bad", ["run", "-m", str(c.gguf), "-n", "2"]), r"stdin: not UTF-8")
     add("run-prompt-not-utf8", lambda c: ["run", "-m", str(c.gguf), "-n", "2", "-p", b"a\xffb".decode("utf-8", "surrogateescape")],
         r"--prompt: not UTF-8")
@@ -358,6 +379,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case: Case, shared, tiny_l
 
     monkeypatch.setattr(scoring, "score_gguf", tripwire)
     monkeypatch.setattr(abtest, "GreedyGenerator", tripwire)
+    monkeypatch.setattr(scoring, "_load_model", tripwire)  # so8t decide loads its model through it
     work, inputs = tmp_path / "work", tmp_path / "inputs"
     work.mkdir()
     inputs.mkdir()
@@ -394,5 +416,6 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case: Case, shared, tiny_l
 def test_the_corpus_is_large_and_covers_every_command():
     assert len(CASES) >= 150 and len({c.id for c in CASES}) == len(CASES)
     commands = {c.id.split("-")[0].split("--")[0] for c in CASES}
-    assert {"train", "calibrate", "evaluate", "ab", "bake", "convert", "modelfile", "run", "registry", "base"} <= commands
+    assert {"train", "calibrate", "evaluate", "ab", "bake", "convert", "modelfile", "run", "registry", "base",
+            "decide"} <= commands
     assert os.environ.get("SO8T_LOG_DIR")  # logs of the cases go to the test log dir, not the work dirs
