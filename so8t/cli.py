@@ -106,7 +106,7 @@ def setup_logging(command: str, verbose: bool = False) -> Path | None:
 #: and sets ``handler=fn(args) -> int`` as its default.
 STAGE_COMMANDS: tuple[str, ...] = (
     "so8t.bake_cli", "so8t.gguf_cli", "so8t.inference_cli", "so8t.calibration_cli", "so8t.abtest_cli",
-    "so8t.evaluate_cli", "so8t.decide_cli",
+    "so8t.evaluate_cli", "so8t.decide_cli", "so8t.serve_cli",
 )
 
 

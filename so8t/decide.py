@@ -230,6 +230,12 @@ class Decider:
     def decide_one(self, text: str, where: str = "text") -> Decision:
         return self.decide([text], where)[0]
 
+    def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """An OpenAI-shaped chat completion by llama-cpp-python's ``create_chat_completion`` (the GGUF's chat
+        template) on this model; the decision prefix is re-evaluated by the next decision that needs it."""
+        with self._lock:
+            return self._llm.create_chat_completion(messages=messages, **kwargs)
+
     def close(self) -> None:
         with self._lock:
             if self._llm is not None:

@@ -1,0 +1,520 @@
+"""``so8t serve``: the production gate as an HTTP service that follows the registry alias.
+
+**Stack.** FastAPI on uvicorn (both already installed with Prefect, whose server runs on them; well
+kept, ASGI, pydantic models for the bodies) and ``prometheus_client`` (installed with Prefect too) for
+``/metrics``. llama-cpp-python's own OpenAI server (``llama_cpp.server``) needs ``sse-starlette``,
+``starlette-context`` and ``pydantic-settings`` and owns its model and app; it cannot swap models behind
+an alias, so ``/v1/chat/completions`` calls the same ``Llama.create_chat_completion`` it calls (its
+OpenAI-shaped response and the GGUF's own chat template) on the model being served.
+
+**Endpoints.** ``POST /v1/decide`` (``{"text"}`` or ``{"texts": [...]}``), ``GET /v1/model``,
+``POST /v1/chat/completions``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. The ``/v1``
+routes need ``Authorization: Bearer KEY`` when a key is set (``--api_key`` or ``$SO8T_API_KEY``); the
+key is compared in constant time and never logged or returned.
+
+**Following the alias** (``--model NAME --alias production``): a thread resolves the alias every
+``poll_interval`` seconds (one small file read). When it names another version, that version is loaded
+beside the serving one and checked (its calibration present, fitted on its GGUF's digest, the
+decision prompt loaded) before one reference swap; requests already running finish on the old model,
+which is closed when the last one returns. A version that fails to load or check is not swapped in:
+the old one keeps serving, ``/readyz`` reports ``stale`` with the error, the metrics count the
+failure, and the version is retried only when the alias moves again (or after ``retry_seconds``).
+
+**Limits.** Bodies over ``max_body_bytes`` get 413; more than ``max_queue`` requests admitted at once
+get 429 with ``Retry-After``; no model loaded yet gets 503 with ``Retry-After``; a malformed body or
+field gets 422 with one line naming the field.
+"""
+
+# no "from __future__ import annotations": FastAPI reads the route functions' annotations (Request, imported
+# inside create_app) as objects
+
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from so8t.decide import MAX_TEXT_CHARS, Decider
+from so8t.errors import ConfigError, So8tError
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "SO8T_API_KEY"
+
+
+class ServeConfig(BaseModel):
+    """Serve a calibrated model's ALLOW / ESCALATE / DENY decisions (and chat completions) over HTTP."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="A registry model name (served through --alias, followed), a reference NAME@REF "
+                                   "(followed when REF is an alias), or a GGUF file (served as is).")
+    alias: str | None = Field(None, description="The alias to follow for a model name (default: production).")
+    registry_root: str | None = Field(None, description="Registry root (default: $SO8T_REGISTRY, else "
+                                                        "~/.cache/so8t/registry).")
+    calibration: str | None = Field(None, description="For a GGUF file: its calibration_results.json (default: the "
+                                                      "one beside it). Registry versions bring their own.")
+    decision_prompt: str | None = Field(None, description="For a GGUF file: its decision_prompt.json (default: the "
+                                                          "one beside it, else the built-in prompt).")
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0: every interface; set an API key).")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port.")
+    api_key: str | None = Field(None, description="Bearer token the /v1 routes require (default: $SO8T_API_KEY; "
+                                                  "unset: no auth). Never logged.", repr=False)
+    poll_interval: float = Field(0.5, gt=0, le=60, description="Seconds between two reads of the alias.")
+    retry_seconds: float = Field(60.0, gt=0, description="Retry a version that failed to load after this long.")
+    max_queue: int = Field(32, ge=1, description="Requests admitted at once (running + waiting); more get HTTP 429.")
+    max_batch: int = Field(64, ge=1, description="Most texts in one /v1/decide request.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger gets HTTP 413.")
+    max_tokens: int = Field(512, ge=1, description="Most tokens one chat completion may generate.")
+    n_ctx: int = Field(2048, ge=16, description="llama.cpp context per model.")
+    n_threads: int = Field(0, ge=0, description="CPU threads for llama.cpp (0: half the logical cores).")
+
+    @field_validator("poll_interval", "retry_seconds")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
+# ----------------------------------------------------------------------------- request bodies
+class DecideRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, description="One request to decide.")
+    texts: list[str] | None = Field(None, description="Several requests, decided in order.")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields llama.cpp has no use for
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+
+
+def one_line(e: ValidationError) -> str:
+    """The first error of a pydantic validation as ``field: message``."""
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+    return f"{where}: {err.get('msg', 'invalid')}"
+
+
+# ----------------------------------------------------------------------------- the model being served
+@dataclass
+class Loaded:
+    """One loaded version and the requests using it."""
+
+    decider: Decider
+    version: str | None
+    since: float
+    load_seconds: float
+    evidence: dict[str, Any] = field(default_factory=dict)
+    in_use: int = 0
+    retired: bool = False
+
+
+class Metrics:
+    """Prometheus metrics of one service (its own registry, so tests can run several)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("so8t_requests", "HTTP requests by route and status.", ["route", "status"], registry=r)
+        self.latency = Histogram("so8t_request_seconds", "Request latency by route.", ["route"], registry=r,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.decisions = Counter("so8t_decisions", "Decisions by label.", ["decision"], registry=r)
+        self.swaps = Counter("so8t_model_swaps", "Models swapped in (the first load included).", registry=r)
+        self.swap_failures = Counter("so8t_model_swap_failures", "Versions that failed to load or check.", registry=r)
+        self.errors = Counter("so8t_errors", "Requests answered with an error, by kind.", ["kind"], registry=r)
+        self.queue = Gauge("so8t_queue_depth", "Requests admitted (running or waiting).", registry=r)
+        self.stale = Gauge("so8t_serving_stale", "1 when the alias names a version that could not be served.",
+                           registry=r)
+        self.model_info = Gauge("so8t_model_info", "The model being served (value 1).", ["version", "sha256"],
+                                registry=r)
+
+
+class ModelHolder:
+    """The served model, its swaps, and the alias follower (see the module docstring)."""
+
+    def __init__(self, cfg: ServeConfig, metrics: Metrics) -> None:
+        from so8t.evaluate import parse_registry_reference
+
+        self.cfg = cfg
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.current: Loaded | None = None
+        self.target: str | None = None  # the version the alias names
+        self.error: str | None = None  # why the target is not served
+        self._failed: dict[str, float] = {}
+        ref = parse_registry_reference(cfg.model)
+        path_like = cfg.model.lower().endswith(".gguf") or os.sep in cfg.model or os.path.exists(cfg.model)
+        if ref is not None:
+            self.name, self.ref = ref
+        elif path_like:
+            self.name, self.ref = None, None
+        else:
+            self.name, self.ref = cfg.model, cfg.alias or "production"
+        if ref is not None and cfg.alias is not None:
+            raise ConfigError(f"--alias {cfg.alias}: --model {cfg.model} names its reference already: pass --model "
+                              f"{self.name} --alias {cfg.alias}")
+        if self.name is None and cfg.alias is not None:
+            raise ConfigError(f"--alias {cfg.alias}: --model {cfg.model} is a GGUF file; an alias is followed for a "
+                              "registry model name")
+        from registry.models import is_version
+
+        self.follows = self.name is not None and not is_version(self.ref) and not re.fullmatch(r"[0-9]+", self.ref)
+
+    # ------------------------------------------------------------------------- loading
+    def _registry(self):
+        from registry import Registry
+
+        return Registry(self.cfg.registry_root)
+
+    def _resolve_target(self) -> str:
+        from registry import RegistryError
+
+        try:
+            return self._registry().resolve(self.name, self.ref)
+        except RegistryError as e:
+            raise ConfigError(f"--model {self.name}@{self.ref}: {e}") from None
+
+    def _evidence(self, version: str) -> dict[str, Any]:
+        """The promotion that made ``version`` the alias's value: when, by whom, why, with what evidence."""
+        try:
+            for e in reversed(self._registry().history(self.name, self.ref if self.follows else None)):
+                if e.to_version == version:
+                    return {"action": e.action, "alias": e.alias, "time": e.time.isoformat(), "actor": e.actor,
+                            "reason": e.reason, "evidence": e.evidence, "flow_run_id": e.flow_run_id}
+        except Exception:  # noqa: BLE001 - evidence is informative; the model serves without it
+            logger.debug("no history for %s", self.name, exc_info=True)
+        return {}
+
+    def load(self, version: str | None) -> Loaded:
+        """Load and check ``version`` (None: the GGUF file of --model). Raises So8tError on a bad version."""
+        t0 = time.monotonic()
+        cfg = self.cfg
+        if version is None:
+            decider = Decider(cfg.model, cfg.calibration, cfg.decision_prompt, None, n_ctx=cfg.n_ctx,
+                              n_threads=cfg.n_threads)
+        else:
+            # the version's own calibration and prompt (resolve_calibrated refuses a version without one)
+            decider = Decider(f"{self.name}@{version}", None, None, cfg.registry_root, n_ctx=cfg.n_ctx,
+                              n_threads=cfg.n_threads)
+        return Loaded(decider=decider, version=version, since=time.time(), load_seconds=time.monotonic() - t0,
+                      evidence=self._evidence(version) if version else {})
+
+    def start(self) -> None:
+        """Load the first model (errors are the caller's: the service does not start) and start following."""
+        version = self._resolve_target() if self.name is not None else None
+        self.target = version
+        self._swap(self.load(version))
+        if self.follows:
+            self._thread = threading.Thread(target=self._follow, name="so8t-alias-follower", daemon=True)
+            self._thread.start()
+
+    def _swap(self, new: Loaded) -> None:
+        with self._lock:
+            old, self.current = self.current, new
+            self.error = None
+            if old is not None:
+                old.retired = True
+                close_now = old.in_use == 0
+        if old is not None and close_now:
+            old.decider.close()
+        self.metrics.swaps.inc()
+        self.metrics.stale.set(0)
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(version=new.version or "file", sha256=new.decider.info.sha256).set(1)
+        logger.info("serving %s (%s), loaded in %.2f s", new.version or new.decider.info.gguf,
+                    new.decider.info.sha256[:12], new.load_seconds)
+
+    def poll_once(self) -> None:
+        """Resolve the alias; load and swap in a new version (see the module docstring)."""
+        try:
+            version = self._resolve_target()
+        except So8tError as e:
+            self._fail(None, str(e))
+            return
+        self.target = version
+        cur = self.current
+        if cur is not None and cur.version == version:
+            if self.error is not None:
+                with self._lock:
+                    self.error = None
+                self.metrics.stale.set(0)
+            return
+        failed_at = self._failed.get(version)
+        if failed_at is not None and time.monotonic() - failed_at < self.cfg.retry_seconds:
+            return
+        logger.info("%s@%s moved to %s: loading it", self.name, self.ref, version)
+        try:
+            new = self.load(version)
+        except So8tError as e:
+            self._fail(version, str(e))
+            return
+        except Exception as e:  # noqa: BLE001 - any failure keeps the old model serving
+            logger.exception("loading %s %s failed", self.name, version)
+            self._fail(version, f"{type(e).__name__}: {e}")
+            return
+        self._failed.pop(version, None)
+        self._swap(new)
+
+    def _fail(self, version: str | None, why: str) -> None:
+        if version is not None:
+            self._failed[version] = time.monotonic()
+            self.metrics.swap_failures.inc()
+        with self._lock:
+            self.error = why if version is None else f"{self.name} {version}: {why}"
+        self.metrics.stale.set(1)
+        logger.error("not swapped, still serving %s: %s", self.current.version if self.current else None, self.error)
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.cfg.poll_interval):
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001 - the follower never dies
+                logger.exception("alias follower")
+
+    @contextmanager
+    def use(self) -> Iterator[Loaded | None]:
+        """The current model, held for the duration of one request (None: nothing loaded)."""
+        with self._lock:
+            cur = self.current
+            if cur is not None:
+                cur.in_use += 1
+        try:
+            yield cur
+        finally:
+            if cur is not None:
+                with self._lock:
+                    cur.in_use -= 1
+                    close = cur.retired and cur.in_use == 0
+                if close:
+                    cur.decider.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            cur, self.current = self.current, None
+        if cur is not None:
+            cur.decider.close()
+
+    @property
+    def stale(self) -> bool:
+        cur = self.current
+        return self.error is not None or (self.follows and cur is not None and self.target != cur.version)
+
+    def describe(self) -> dict[str, Any]:
+        cur = self.current
+        out: dict[str, Any] = {"follows": f"{self.name}@{self.ref}" if self.follows else None,
+                               "alias_version": self.target, "stale": self.stale, "error": self.error}
+        if cur is not None:
+            info = cur.decider.info
+            out.update({
+                "version": cur.version, "model": info.model_dump(mode="json"),
+                "thresholds": cur.decider.thresholds.model_dump(), "decision_rule": cur.decider.decision_rule,
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cur.since)),
+                "load_seconds": round(cur.load_seconds, 3), "gate": cur.evidence or None,
+                "warnings": cur.decider.warnings,
+            })
+        return out
+
+
+# ----------------------------------------------------------------------------- the app
+def create_app(cfg: ServeConfig, holder: ModelHolder | None = None, metrics: Metrics | None = None):
+    """The FastAPI app of a service (the holder is started by the caller, or by the app's lifespan)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
+    metrics = metrics or Metrics()
+    holder = holder or ModelHolder(cfg, metrics)
+    key = cfg.api_key if cfg.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    admitted = {"n": 0}
+    admit_lock = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        if holder.current is None:
+            await run_in_threadpool(holder.start)
+        yield
+        await run_in_threadpool(holder.stop)
+
+    app = FastAPI(title="so8t serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.holder = holder
+    app.state.metrics = metrics
+
+    def error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        metrics.errors.labels(kind=kind).inc()
+        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+
+    async def guarded(request: Request, route: str, handler) -> Response:
+        t0 = time.perf_counter()
+        resp = await _guarded(request, handler)
+        metrics.requests.labels(route=route, status=str(resp.status_code)).inc()
+        metrics.latency.labels(route=route).observe(time.perf_counter() - t0)
+        return resp
+
+    async def _guarded(request: Request, handler) -> Response:
+        if key is not None:
+            auth = request.headers.get("authorization", "")
+            given = auth[7:] if auth[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                return error(401, "missing or wrong bearer token: send Authorization: Bearer <key>", "auth",
+                             {"WWW-Authenticate": "Bearer"})
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
+            return error(413, f"body of {length} bytes, over the limit of {cfg.max_body_bytes}", "too_large")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cfg.max_body_bytes:
+                return error(413, f"body over the limit of {cfg.max_body_bytes} bytes", "too_large")
+        try:
+            doc = json.loads(body.decode("utf-8")) if body else None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return error(422, f"body: not JSON ({e})", "invalid")
+        with admit_lock:
+            if admitted["n"] >= cfg.max_queue:
+                full = True
+            else:
+                full = False
+                admitted["n"] += 1
+                metrics.queue.set(admitted["n"])
+        if full:
+            return error(429, f"{cfg.max_queue} requests already admitted: retry shortly", "overloaded",
+                         {"Retry-After": "1"})
+        try:
+            return await run_in_threadpool(handler, doc)
+        finally:
+            with admit_lock:
+                admitted["n"] -= 1
+                metrics.queue.set(admitted["n"])
+
+    def _decide(doc: Any) -> Response:
+        try:
+            req = DecideRequest.model_validate(doc)
+        except ValidationError as e:
+            return error(422, one_line(e), "invalid")
+        if (req.text is None) == (req.texts is None):
+            return error(422, "body: give either 'text' or 'texts'", "invalid")
+        texts = [req.text] if req.text is not None else req.texts
+        if not texts:
+            return error(422, "texts: empty list", "invalid")
+        if len(texts) > cfg.max_batch:
+            return error(422, f"texts: {len(texts)} texts, over the limit of {cfg.max_batch} per request", "invalid")
+        with holder.use() as cur:
+            if cur is None:
+                return error(503, "no model loaded yet", "unavailable", {"Retry-After": "1"})
+            t0 = time.perf_counter()
+            try:
+                out = cur.decider.decide(texts, "text" if req.text is not None else "texts")
+            except So8tError as e:
+                return error(422, str(e), "invalid")
+            for d in out:
+                metrics.decisions.labels(decision=d.decision).inc()
+            info = cur.decider.info
+            body = {"decisions": [d.model_dump() for d in out], "version": cur.version, "sha256": info.sha256,
+                    "thresholds": cur.decider.thresholds.model_dump(),
+                    "latency_ms": (time.perf_counter() - t0) * 1000.0}
+        if req.text is not None:
+            body = {**body.pop("decisions")[0], **body}
+        return JSONResponse(body)
+
+    def _chat(doc: Any) -> Response:
+        try:
+            req = ChatRequest.model_validate(doc)
+        except ValidationError as e:
+            return error(422, one_line(e), "invalid")
+        if req.stream:
+            return error(422, "stream: streaming responses are not served; send stream false", "invalid")
+        if sum(len(m.content) for m in req.messages) > MAX_TEXT_CHARS:
+            return error(422, f"messages: over {MAX_TEXT_CHARS} characters in all", "invalid")
+        with holder.use() as cur:
+            if cur is None:
+                return error(503, "no model loaded yet", "unavailable", {"Retry-After": "1"})
+            try:
+                out = cur.decider.chat([m.model_dump() for m in req.messages],
+                                       max_tokens=min(req.max_tokens or cfg.max_tokens, cfg.max_tokens),
+                                       temperature=req.temperature, top_p=req.top_p, stop=req.stop, seed=req.seed)
+            except ValueError as e:  # llama.cpp: the prompt does not fit the context
+                return error(422, f"messages: {e}", "invalid")
+            out["model"] = f"{holder.name}@{cur.version}" if cur.version else cur.decider.info.gguf
+        return JSONResponse(out)
+
+    @app.post("/v1/decide")
+    async def decide(request: Request):
+        return await guarded(request, "/v1/decide", _decide)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        return await guarded(request, "/v1/chat/completions", _chat)
+
+    @app.get("/v1/model")
+    async def model(request: Request):
+        return await guarded(request, "/v1/model", lambda _doc: JSONResponse(holder.describe()))
+
+    @app.get("/healthz")
+    async def healthz():
+        metrics.requests.labels(route="/healthz", status="200").inc()
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        d = holder.describe()
+        ready = holder.current is not None
+        status = 200 if ready else 503
+        metrics.requests.labels(route="/readyz", status=str(status)).inc()
+        return JSONResponse({"ready": ready, "version": d.get("version"), "alias_version": d["alias_version"],
+                             "stale": d["stale"], "error": d["error"]}, status_code=status)
+
+    @app.get("/metrics")
+    async def prom():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(cfg: ServeConfig) -> int:
+    """Load the model (bad input: So8tError before listening), then serve until interrupted."""
+    import uvicorn
+
+    metrics = Metrics()
+    holder = ModelHolder(cfg, metrics)
+    holder.start()
+    app = create_app(cfg, holder, metrics)
+    auth = "bearer token required" if (cfg.api_key or os.environ.get(API_KEY_ENV)) else "no auth"
+    logger.info("listening on http://%s:%d (%s)", cfg.host, cfg.port, auth)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=True)
+    return 0

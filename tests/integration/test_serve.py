@@ -1,0 +1,346 @@
+"""``so8t serve``: a real uvicorn server on 127.0.0.1 and a real HTTP client, a tiny GGUF in a real registry.
+
+Versions of one model differ in their calibration: v1 a fitted one, v2 one that allows everything
+(tau_deny above 1, tau_escalate 0), v3 one fitted on another GGUF (must never be swapped in). The
+decisions are checked against :class:`so8t.decide.Decider` (itself checked against calibration's
+scorer in test_decide.py), the swap time against the issue's 2 s.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from so8t.base_models import sha256_file
+from so8t.cli import main
+from so8t.decision import DecisionPrompt
+from tests.fixtures.required import require_module
+
+REPO = Path(__file__).resolve().parents[2]
+require_module("llama_cpp")
+PROMPT = DecisionPrompt(system="You review requests. Answer with one word: ALLOW, ESCALATE or DENY.",
+                        user_template="Request: {text}\nDecision:")
+TEXTS = [json.loads(x)["text"] for x in (REPO / "data" / "safety_val.jsonl").read_text(encoding="utf-8").splitlines()[:12]]
+SWAP_DEADLINE_S = 2.0
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SO8T_REGISTRY", raising=False)
+    monkeypatch.delenv("SO8T_API_KEY", raising=False)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_llama, tmp_path_factory) -> dict:
+    from so8t.gguf import convert_to_gguf
+
+    from so8t.scoring import score_gguf
+    from tests.integration.test_decide import _between, _probs
+
+    d = tmp_path_factory.mktemp("serve")
+    gguf = convert_to_gguf(tiny_llama, d / "convert", ["Q8_0"], name="tinyserve", fidelity=False).path("Q8_0")
+    sha = sha256_file(gguf)
+    (d / "prompt.json").write_text(json.dumps(PROMPT.model_dump()))
+    p = _probs(score_gguf(gguf, TEXTS, ["ALLOW"] * len(TEXTS), use_cache=False, n_threads=1, n_ctx=1024, prompt=PROMPT,
+                          progress=False).z, 0.5)
+    tau_deny = _between(p[:, 2], 0.65)
+    tau_escalate = _between(p[p[:, 2] < tau_deny, 0], 0.4)
+    cals = {
+        "fitted": {"temperature": 0.5, "tau_deny": tau_deny, "tau_escalate": tau_escalate, "model_sha256": sha},
+        "allow_all": {"temperature": 1.0, "tau_deny": 1.5, "tau_escalate": 0.0, "model_sha256": sha},
+        "other_model": {"temperature": 1.0, "tau_deny": 0.5, "tau_escalate": 0.5, "model_sha256": "0" * 64},
+    }
+    for k, v in cals.items():
+        (d / f"{k}.json").write_text(json.dumps(v))
+    return {"gguf": gguf, "dir": d, "cals": cals}
+
+
+def _publish(root: Path, model: dict, cal: str):
+    from registry import Registry
+
+    return Registry(root).publish("so8t-tiny", {
+        "gguf/tinyserve_Q8_0.gguf": model["gguf"], "gguf/decision_prompt.json": model["dir"] / "prompt.json",
+        "calibration/calibration_results.json": model["dir"] / f"{cal}.json"})
+
+
+class Running:
+    """A uvicorn server in a thread, as ``so8t serve`` runs it."""
+
+    def __init__(self, **cfg) -> None:
+        import uvicorn
+
+        from so8t.serve import Metrics, ModelHolder, ServeConfig, create_app
+
+        self.cfg = ServeConfig(**{"n_threads": 1, "n_ctx": 1024, "poll_interval": 0.1, **cfg})
+        self.metrics = Metrics()
+        self.holder = ModelHolder(self.cfg, self.metrics)
+        self.holder.start()
+        self.server = uvicorn.Server(uvicorn.Config(create_app(self.cfg, self.holder, self.metrics), host="127.0.0.1",
+                                                    port=0, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture()
+def running():
+    servers: list[Running] = []
+
+    def start(**cfg) -> Running:
+        s = Running(**cfg)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def _wait_for(client: httpx.Client, version: str) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:
+        if client.get("/v1/model").json().get("version") == version:
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    raise AssertionError(f"{version} not served after 10 s")
+
+
+def test_follows_promotion_and_rollback_within_2s_without_failing_a_request(model, tmp_path, running):
+    from registry import Registry
+    from so8t.decide import Decider
+
+    root = tmp_path / "reg"
+    reg = Registry(root)
+    v1 = _publish(root, model, "fitted").version
+    v2 = _publish(root, model, "allow_all").version
+    reg.promote("so8t-tiny", v1, "production", reason="gate passed", evidence={"ece": 0.03})
+    srv = running(model="so8t-tiny", registry_root=str(root))
+    c = srv.client
+
+    with Decider(str(model["gguf"]), str(model["dir"] / "fitted.json"), str(model["dir"] / "prompt.json"),
+                 n_threads=1, n_ctx=1024) as ref:
+        want = [d.decision for d in ref.decide(TEXTS)]
+    r = c.post("/v1/decide", json={"texts": TEXTS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [d["decision"] for d in body["decisions"]] == want and body["version"] == v1
+    assert len(set(want)) >= 2, "the fitted calibration should not decide everything alike"
+    one = c.post("/v1/decide", json={"text": TEXTS[0]}).json()
+    assert one["decision"] == want[0] and set(one["probabilities"]) == {"ALLOW", "ESCALATE", "DENY"}
+    info = c.get("/v1/model").json()
+    assert info["version"] == v1 and info["gate"]["evidence"] == {"ece": 0.03} and info["stale"] is False
+    assert info["thresholds"]["tau_deny"] == model["cals"]["fitted"]["tau_deny"]
+
+    # requests keep flowing while the alias moves: none may fail
+    stop, failures, answered = threading.Event(), [], []
+
+    def hammer() -> None:
+        with httpx.Client(base_url=srv.url, timeout=60) as h:
+            while not stop.is_set():
+                resp = h.post("/v1/decide", json={"text": TEXTS[1]})
+                (answered if resp.status_code == 200 else failures).append(resp.status_code)
+
+    workers = [threading.Thread(target=hammer) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        reg.promote("so8t-tiny", v2, "production", reason="test")
+        took_promote = _wait_for(c, v2)
+        assert all(d["decision"] == "ALLOW" for d in c.post("/v1/decide", json={"texts": TEXTS}).json()["decisions"])
+        reg.rollback("so8t-tiny", reason="test")
+        took_rollback = _wait_for(c, v1)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert took_promote < SWAP_DEADLINE_S and took_rollback < SWAP_DEADLINE_S, (took_promote, took_rollback)
+    assert failures == [] and len(answered) > 0
+    assert [d["decision"] for d in c.post("/v1/decide", json={"texts": TEXTS}).json()["decisions"]] == want
+
+    metrics = c.get("/metrics").text
+    assert "so8t_model_swaps_total 3.0" in metrics
+    assert 'so8t_decisions_total{decision="ALLOW"}' in metrics
+    assert 'so8t_requests_total{route="/v1/decide",status="200"}' in metrics
+    assert "so8t_request_seconds_bucket" in metrics
+
+
+def test_a_version_that_fails_its_check_is_not_swapped_in(model, tmp_path, running):
+    from registry import Registry
+
+    root = tmp_path / "reg"
+    reg = Registry(root)
+    v1 = _publish(root, model, "fitted").version
+    bad = _publish(root, model, "other_model").version
+    reg.promote("so8t-tiny", v1, "production")
+    srv = running(model="so8t-tiny", alias="production", registry_root=str(root))
+    c = srv.client
+    assert c.get("/readyz").json() == {"ready": True, "version": v1, "alias_version": v1, "stale": False, "error": None}
+    reg.promote("so8t-tiny", bad, "production")
+    deadline = time.monotonic() + 10
+    while c.get("/readyz").json()["error"] is None:  # stale from the moment the alias moves; the error once loaded
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ready = c.get("/readyz")
+    assert ready.status_code == 200  # still serving: not taken out of rotation
+    doc = ready.json()
+    assert doc["version"] == v1 and doc["alias_version"] == bad and "fitted on another model" in doc["error"]
+    r = c.post("/v1/decide", json={"text": TEXTS[0]})
+    assert r.status_code == 200 and r.json()["version"] == v1
+    m = c.get("/metrics").text
+    assert "so8t_model_swap_failures_total 1.0" in m and "so8t_serving_stale 1.0" in m
+    time.sleep(0.5)  # not retried on every poll
+    assert "so8t_model_swap_failures_total 1.0" in c.get("/metrics").text
+    reg.rollback("so8t-tiny")
+    _wait_for(c, v1)
+    deadline = time.monotonic() + 10
+    while c.get("/readyz").json()["stale"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_auth_limits_and_one_line_errors(model, tmp_path, running, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    gdir = tmp_path / "m"
+    gdir.mkdir()
+    g = gdir / "tiny.gguf"
+    shutil.copyfile(model["gguf"], g)
+    shutil.copyfile(model["dir"] / "fitted.json", gdir / "calibration_results.json")
+    shutil.copyfile(model["dir"] / "prompt.json", gdir / "decision_prompt.json")
+    token = "s3cret-token-never-logged"
+    srv = running(model=str(g), api_key=token, max_queue=1, max_body_bytes=4096, max_batch=4)
+    c, auth = srv.client, {"Authorization": f"Bearer {token}"}
+    assert c.get("/healthz").status_code == 200 and c.get("/readyz").json()["ready"] is True
+    r = c.post("/v1/decide", json={"text": "hi"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert c.post("/v1/decide", json={"text": "hi"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = c.post("/v1/decide", json={"text": "hi"}, headers=auth)
+    assert ok.status_code == 200 and ok.json()["version"] is None
+    cases = [
+        (b"{not json", 422, "body: not JSON"),
+        (json.dumps({"txt": "a"}).encode(), 422, "txt: Extra inputs are not permitted"),
+        (json.dumps({}).encode(), 422, "either 'text' or 'texts'"),
+        (json.dumps({"text": 5}).encode(), 422, "text: Input should be a valid string"),
+        (json.dumps({"text": "  "}).encode(), 422, "text: empty or only whitespace"),
+        (json.dumps({"texts": []}).encode(), 422, "texts: empty list"),
+        (json.dumps({"texts": ["a"] * 5}).encode(), 422, "over the limit of 4"),
+        (json.dumps({"text": "a" * 5000}).encode(), 413, "over the limit of 4096"),
+    ]
+    for body, status, msg in cases:
+        r = c.post("/v1/decide", content=body, headers={**auth, "content-type": "application/json"})
+        assert r.status_code == status, (body[:40], r.text)
+        err = r.json()["error"]["message"]
+        assert msg in err and "\n" not in err, err
+    # the queue: hold the model so the one admitted request waits; the next one is refused at once
+    lock = srv.holder.current.decider._lock
+    lock.acquire()
+    try:
+        first: list[httpx.Response] = []
+        t = threading.Thread(target=lambda: first.append(httpx.post(srv.url + "/v1/decide", json={"text": "a"},
+                                                                    headers=auth, timeout=60)))
+        t.start()
+        deadline = time.monotonic() + 10
+        while 'so8t_queue_depth 1.0' not in c.get("/metrics").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        busy = c.post("/v1/decide", json={"text": "b"}, headers=auth)
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+    finally:
+        lock.release()
+    t.join(timeout=60)
+    assert first[0].status_code == 200
+    chat = c.post("/v1/chat/completions", headers=auth,
+                  json={"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4, "temperature": 0})
+    assert chat.status_code == 200, chat.text
+    doc = chat.json()
+    assert doc["object"] == "chat.completion" and isinstance(doc["choices"][0]["message"]["content"], str)
+    assert doc["usage"]["completion_tokens"] <= 4
+    # decisions after a chat completion are unchanged (the decision prefix is rebuilt)
+    again = c.post("/v1/decide", json={"text": "hi"}, headers=auth).json()
+    assert again["probabilities"] == ok.json()["probabilities"]
+    m = c.get("/metrics").text
+    assert 'so8t_errors_total{kind="auth"} 2.0' in m and 'so8t_errors_total{kind="overloaded"} 1.0' in m
+    assert token not in m and token not in caplog.text and token not in json.dumps(c.get("/v1/model", headers=auth).json())
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["serve", "--model", "nosuch", "--registry_root", "{root}"], r"--model nosuch@production: .*not"),
+    (["serve", "--model", "{gguf}", "--alias", "production"], r"--alias production: .* is a GGUF file"),
+    (["serve", "--model", "so8t-tiny@production", "--alias", "staging", "--registry_root", "{root}"],
+     r"--alias staging: .*names its reference"),
+    (["serve", "--model", "{gguf}", "--port", "70000"], r"port"),
+    (["serve", "--model", "{gguf}", "--poll_interval", "nan"], r"poll_interval"),
+])
+def test_serve_bad_input_is_one_line_exit_2_before_listening(model, tmp_path, capsys, argv, pattern):
+    import re
+
+    argv = [a.format(root=tmp_path / "reg", gguf=model["gguf"]) for a in argv]
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert rc == 2 and "Traceback" not in err and len(lines) == 1 and re.search(pattern, lines[0]), err
+
+
+def test_the_command_serves_and_stops_on_sigterm(model, tmp_path):
+    """``so8t serve`` as a user starts it: a process, a port, SIGTERM; the key reaches no log."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    gdir = tmp_path / "m"
+    gdir.mkdir()
+    shutil.copyfile(model["gguf"], gdir / "tiny.gguf")
+    shutil.copyfile(model["dir"] / "fitted.json", gdir / "calibration_results.json")
+    shutil.copyfile(model["dir"] / "prompt.json", gdir / "decision_prompt.json")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "k3y-from-the-environment"
+    env = {**os.environ, "SO8T_API_KEY": token, "SO8T_LOG_DIR": str(tmp_path / "logs")}
+    proc = subprocess.Popen([sys.executable, "-m", "so8t.cli", "serve", "--model", str(gdir / "tiny.gguf"), "--port",
+                             str(port), "--n_threads", "1", "--n_ctx", "1024"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/decide", json={"text": TEXTS[0]},
+                       headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 200 and r.json()["decision"] in ("ALLOW", "ESCALATE", "DENY")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status says what stopped it
+    assert proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in out, out
+    assert "POST /v1/decide" in out  # the access log
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "logs").rglob("*") if p.is_file())
+    assert token not in out and token not in logs
