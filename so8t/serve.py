@@ -403,6 +403,8 @@ def create_app(cfg: ServeConfig, holder: ModelHolder | None = None, metrics: Met
             doc = json.loads(body.decode("utf-8")) if body else None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             return error(422, f"body: not JSON ({e})", "invalid")
+        if doc is None and request.method == "POST":
+            return error(422, "body: empty: send a JSON object", "invalid")
         with admit_lock:
             if admitted["n"] >= cfg.max_queue:
                 full = True

@@ -344,3 +344,79 @@ def test_the_command_serves_and_stops_on_sigterm(model, tmp_path):
     assert "POST /v1/decide" in out  # the access log
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "logs").rglob("*") if p.is_file())
     assert token not in out and token not in logs
+
+
+# ----------------------------------------------------------------------------- the HTTP bad-input corpus
+TOKEN = "corpus-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
+_J = lambda obj: json.dumps(obj).encode()  # noqa: E731
+HTTP_CASES: list[tuple[str, str, bytes, dict | None, int, str]] = [
+    # id, route, body, headers (None: AUTH), status, message part
+    ("no-token", "/v1/decide", _J({"text": "a"}), {"content-type": "application/json"}, 401, "bearer token"),
+    ("wrong-token", "/v1/decide", _J({"text": "a"}), {"Authorization": "Bearer nope"}, 401, "bearer token"),
+    ("basic-auth", "/v1/decide", _J({"text": "a"}), {"Authorization": "Basic Y29ycHVzOnRva2Vu"}, 401, "bearer token"),
+    ("token-on-model", "/v1/model", b"", {}, 401, "bearer token"),
+    ("not-json", "/v1/decide", b"{text: a}", None, 422, "body: not JSON"),
+    ("not-utf8", "/v1/decide", b'{"text": "caf\xe9"}', None, 422, "body: not JSON"),
+    ("empty-body", "/v1/decide", b"", None, 422, "body: empty"),
+    ("json-null", "/v1/decide", b"null", None, 422, "body: empty"),
+    ("array-body", "/v1/decide", _J(["a"]), None, 422, "Input should be a valid dictionary"),
+    ("string-body", "/v1/decide", _J("a"), None, 422, "Input should be a valid dictionary"),
+    ("null-text", "/v1/decide", _J({"text": None}), None, 422, "either 'text' or 'texts'"),
+    ("number-text", "/v1/decide", _J({"text": 1}), None, 422, "text: Input should be a valid string"),
+    ("object-text", "/v1/decide", _J({"text": {"a": 1}}), None, 422, "text: Input should be a valid string"),
+    ("blank-text", "/v1/decide", _J({"text": "\n\t "}), None, 422, "text: empty or only whitespace"),
+    ("both", "/v1/decide", _J({"text": "a", "texts": ["b"]}), None, 422, "either 'text' or 'texts'"),
+    ("unknown-field", "/v1/decide", _J({"text": "a", "lang": "en"}), None, 422, "lang: Extra inputs are not permitted"),
+    ("texts-not-list", "/v1/decide", _J({"texts": "a"}), None, 422, "texts: Input should be a valid list"),
+    ("texts-number", "/v1/decide", _J({"texts": ["a", 2]}), None, 422, "texts.1: Input should be a valid string"),
+    ("texts-empty", "/v1/decide", _J({"texts": []}), None, 422, "texts: empty list"),
+    ("texts-blank-item", "/v1/decide", _J({"texts": ["a", " "]}), None, 422, "texts[1]: empty or only whitespace"),
+    ("texts-too-many", "/v1/decide", _J({"texts": ["a"] * 5}), None, 422, "over the limit of 4"),
+    ("text-too-long", "/v1/decide", _J({"text": "a " * 16_001}), None, 422, "characters, over the limit"),
+    ("body-too-large", "/v1/decide", _J({"text": "a" * 70_000}), None, 413, "over the limit of 65536"),
+    ("chat-no-messages", "/v1/chat/completions", _J({}), None, 422, "messages: Field required"),
+    ("chat-empty-messages", "/v1/chat/completions", _J({"messages": []}), None, 422, "messages: List should have"),
+    ("chat-message-no-role", "/v1/chat/completions", _J({"messages": [{"content": "hi"}]}), None, 422,
+     "messages.0.role: Field required"),
+    ("chat-content-number", "/v1/chat/completions", _J({"messages": [{"role": "user", "content": 3}]}), None, 422,
+     "messages.0.content: Input should be a valid string"),
+    ("chat-max-tokens-0", "/v1/chat/completions", _J({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}),
+     None, 422, "max_tokens: Input should be greater than or equal to 1"),
+    ("chat-temperature-high", "/v1/chat/completions",
+     _J({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}), None, 422, "temperature"),
+    ("chat-stream", "/v1/chat/completions", _J({"messages": [{"role": "user", "content": "hi"}], "stream": True}), None,
+     422, "stream: streaming responses are not served"),
+    ("chat-not-json", "/v1/chat/completions", b"[", None, 422, "body: not JSON"),
+]
+
+
+@pytest.fixture(scope="module")
+def corpus_server(model, tmp_path_factory):
+    gdir = tmp_path_factory.mktemp("corpus_model")
+    shutil.copyfile(model["gguf"], gdir / "tiny.gguf")
+    shutil.copyfile(model["dir"] / "fitted.json", gdir / "calibration_results.json")
+    shutil.copyfile(model["dir"] / "prompt.json", gdir / "decision_prompt.json")
+    srv = Running(model=str(gdir / "tiny.gguf"), api_key=TOKEN, max_body_bytes=65536, max_batch=4)
+    yield srv
+    srv.close()
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=[c[0] for c in HTTP_CASES])
+def test_http_bad_input_gets_its_status_and_one_line_and_the_server_keeps_serving(corpus_server, case):
+    _id, route, body, headers, status, part = case
+    c = corpus_server.client
+    method = c.get if route == "/v1/model" else c.post
+    kwargs = {"headers": AUTH if headers is None else headers}
+    if route != "/v1/model":
+        kwargs["content"] = body
+    r = method(route, **kwargs)
+    assert r.status_code == status, r.text
+    msg = r.json()["error"]["message"]
+    assert part in msg and "\n" not in msg and TOKEN not in msg, msg
+    ok = c.post("/v1/decide", json={"text": "still there?"}, headers=AUTH)
+    assert ok.status_code == 200
+
+
+def test_the_http_corpus_is_large():
+    assert len(HTTP_CASES) >= 20 and len({c[0] for c in HTTP_CASES}) == len(HTTP_CASES)
