@@ -36,6 +36,7 @@ from tasks.mirror import mirror_if_configured
 from tasks.registry import (earlier_production_versions, find_candidate, production_version, promote_task,
                             publish_task, reject_task, resolve_version, rollback_task)
 from tasks.release import Staged, calibrated_files, calibration_metrics, export_version, lineage_of, write_calibrated_modelfile
+from tasks.serving import wait_served_task
 from tasks.smoke import main_gguf, smoke_test_task
 
 
@@ -173,6 +174,7 @@ def calibrate_gate_promote(params: CalibrateAndPromoteParams) -> PromotionSummar
     show_checklist("before-inference", "推論前 (before inference)", before_inference_items(
         gguf, served.path("gguf/Modelfile").read_text(), run.result.temperature))
     mirror_if_configured(params.mirror, root, name)
+    wait_served_task(params.service, name, release.version)
     return PromotionSummary(name=name, action="promoted", version=release.version, candidate=candidate,
                             verdict=decision.summary, gguf=str(gguf))
 
@@ -195,6 +197,7 @@ def recalibrate_production(p: CalibrateAndPromoteParams, production: str) -> Pro
                           reason=f"production {production} failed the gate on {p.calibration.val_data}: {decision.summary}")
             emit_model_event(PRODUCTION_ROLLED_BACK, name, version, {"from": production, "summary": decision.summary})
             mirror_if_configured(p.mirror, root, name)
+            wait_served_task(p.service, name, version)
             return PromotionSummary(name=name, action="rolled_back", version=version, verdict=verdict.summary)
     raise PromotionFailed(
         f"production {name} {production} fails the gate on {p.calibration.val_data} ({decision.summary}) and no earlier "

@@ -88,6 +88,19 @@ class MirrorSettings(BaseModel):
     endpoint: str | None = Field(None, description="Hub URL; None: $SO8T_HF_ENDPOINT / $HF_ENDPOINT / huggingface.co.")
 
 
+class ServiceSettings(BaseModel):
+    """A decision service (``so8t serve``) that follows the alias: after a promotion or rollback the flow waits
+    until it serves the new version (skipped when no URL is configured; the alias itself is the contract)."""
+
+    model_config = _FROZEN
+
+    url: str | None = Field(None, description="Base URL of the service, e.g. http://127.0.0.1:8080; None: do not wait.")
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="Fail the run when the service does not serve the new "
+                                                              "version within this many seconds.")
+    api_key_env: str = Field("SO8T_API_KEY", description="Environment variable holding the service's bearer token "
+                                                         "(never a parameter: parameters are stored by Prefect).")
+
+
 class RetrainParams(BaseModel):
     """so8t-retrain: train, bake, convert, quantize, publish a candidate."""
 
@@ -114,6 +127,7 @@ class CalibrateAndPromoteParams(BaseModel):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description="Held-out evaluation of the calibrated candidate.")
     smoke: SmokeSettings = Field(default_factory=SmokeSettings, description="Post-promotion smoke test.")
     mirror: MirrorSettings = Field(default_factory=MirrorSettings, description="Hub mirror after a promotion or rollback.")
+    service: ServiceSettings = Field(default_factory=ServiceSettings, description="Decision service to wait for.")
 
 
 class PipelineParams(BaseModel):
@@ -131,6 +145,7 @@ class PipelineParams(BaseModel):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description="Held-out evaluation of the calibrated candidate.")
     smoke: SmokeSettings = Field(default_factory=SmokeSettings, description="Post-promotion smoke test.")
     mirror: MirrorSettings = Field(default_factory=MirrorSettings, description="Hub mirror.")
+    service: ServiceSettings = Field(default_factory=ServiceSettings, description="Decision service to wait for.")
 
 
 class RollbackParams(BaseModel):
@@ -142,6 +157,7 @@ class RollbackParams(BaseModel):
     to: str | None = Field(None, description="Version to restore ('vN'); None: the previous production version.")
     reason: str = Field("manual rollback", description="Why (recorded in the registry history).")
     mirror: MirrorSettings = Field(default_factory=MirrorSettings, description="Hub mirror after the rollback.")
+    service: ServiceSettings = Field(default_factory=ServiceSettings, description="Decision service to wait for.")
 
 
 def train_config(settings: BaseModel, output_dir: str | Path) -> TrainConfig:

@@ -33,5 +33,6 @@ def pipeline(params: PipelineParams = PipelineParams()) -> PipelineSummary:  # n
                                               convert=params.convert, emit_event=False))
     promotion = calibrate_gate_promote(CalibrateAndPromoteParams(
         model=params.model, version=candidate.version, work_dir=params.work_dir, calibration=params.calibration,
-        gate=params.gate, ab=params.ab, evaluation=params.evaluation, smoke=params.smoke, mirror=params.mirror))
+        gate=params.gate, ab=params.ab, evaluation=params.evaluation, smoke=params.smoke, mirror=params.mirror,
+        service=params.service))
     return PipelineSummary(candidate=candidate, promotion=promotion)

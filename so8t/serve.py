@@ -520,3 +520,48 @@ def serve(cfg: ServeConfig) -> int:
     logger.info("listening on http://%s:%d (%s)", cfg.host, cfg.port, auth)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=True)
     return 0
+
+
+# ----------------------------------------------------------------------------- clients
+class ServiceNotFollowing(So8tError):
+    """A running service did not serve the expected version in time."""
+
+
+def wait_until_served(url: str, name: str, version: str, timeout_s: float = 30.0, *, api_key: str | None = None,
+                      poll_s: float = 0.2) -> dict[str, Any]:
+    """Poll ``GET {url}/v1/model`` until the service serves ``name`` at ``version``; returns its answer.
+
+    The registry alias is the contract between a flow and the services that follow it: a flow that
+    moved the alias calls this to learn that the move reached a service it was told about.
+
+    Raises:
+        ServiceNotFollowing: not served within ``timeout_s``; the message says what is served instead
+            and why (the service's own error, e.g. a version that failed its check), or that the service
+            could not be reached.
+    """
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, Any] | None = None
+    problem = "no answer yet"
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=min(10.0, max(timeout_s, 1.0))) as client:
+        while True:
+            try:
+                r = client.get("/v1/model")
+                if r.status_code == 200:
+                    last = r.json()
+                    reg = ((last.get("model") or {}).get("registry") or {})
+                    if reg.get("name") == name and last.get("version") == version:
+                        return last
+                    problem = (f"it serves {reg.get('name') or last.get('model', {}).get('gguf')} "
+                               f"{last.get('version')}" + (f" (its alias names {last.get('alias_version')}; "
+                                                           f"{last['error']})" if last.get("error") else ""))
+                else:
+                    problem = f"GET /v1/model answered HTTP {r.status_code}"
+            except httpx.HTTPError as e:
+                problem = f"unreachable ({type(e).__name__})"
+            if time.monotonic() >= deadline:
+                raise ServiceNotFollowing(f"the service at {url} does not serve {name} {version} after {timeout_s:g} s: "
+                                          f"{problem}")
+            time.sleep(poll_s)

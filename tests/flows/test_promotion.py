@@ -6,6 +6,7 @@ tiny model (Q4_0 instead of Q8_0): different files, different real calibration r
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -162,6 +163,37 @@ def test_manual_rollback_flow(pipeline_scenario, reg_root):
     reg.promote(NAME, v3)
     entry = rollback(RollbackParams(model=ModelRef(name=NAME, registry_root=str(reg_root)), reason="test"))
     assert (entry.from_version, entry.to_version) == (v3, "v2")
+    assert reg.state(NAME).aliases["production"] == "v2"
+
+
+def test_rollback_flow_waits_until_the_service_serves_the_restored_version(pipeline_scenario, reg_root):
+    """A service follows production; a hand-promoted version without a calibration cannot be served (the
+    service stays on v2, stale); the rollback flow restores v2 and waits until the service serves it. A
+    service that cannot be reached fails the run with a clear message, the registry change standing."""
+    from flows.params import ModelRef, RollbackParams, ServiceSettings
+    from flows.rollback import rollback
+    from registry import Registry
+    from tests.integration.test_serve import Running
+
+    reg = Registry(reg_root)
+    srv = Running(model=NAME, registry_root=str(reg_root))
+    try:
+        assert srv.client.get("/v1/model").json()["version"] == "v2"
+        v3 = publish_variant(reg_root, Q4)  # no calibration: the service refuses it
+        reg.promote(NAME, v3)
+        deadline = time.monotonic() + 10
+        while srv.client.get("/readyz").json()["error"] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        entry = rollback(RollbackParams(model=ModelRef(name=NAME, registry_root=str(reg_root)), reason="test",
+                                        service=ServiceSettings(url=srv.url, timeout_s=10)))
+        assert entry.to_version == "v2" and srv.client.get("/v1/model").json()["version"] == "v2"
+    finally:
+        srv.close()
+    reg.promote(NAME, v3)
+    state, _ = run_tagged(rollback, RollbackParams(model=ModelRef(name=NAME, registry_root=str(reg_root)),
+                                                   service=ServiceSettings(url="http://127.0.0.1:9", timeout_s=1)))
+    assert state.is_failed() and "does not serve tiny-so8t v2 after 1 s: unreachable" in state.message
     assert reg.state(NAME).aliases["production"] == "v2"
 
 

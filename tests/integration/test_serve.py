@@ -206,6 +206,12 @@ def test_a_version_that_fails_its_check_is_not_swapped_in(model, tmp_path, runni
     assert r.status_code == 200 and r.json()["version"] == v1
     m = c.get("/metrics").text
     assert "so8t_model_swap_failures_total 1.0" in m and "so8t_serving_stale 1.0" in m
+    from so8t.serve import ServiceNotFollowing, wait_until_served
+
+    with pytest.raises(ServiceNotFollowing, match=rf"does not serve so8t-tiny {bad} after 0.5 s: it serves so8t-tiny "
+                                                  rf"{v1} \(its alias names {bad}; .*fitted on another model"):
+        wait_until_served(srv.url, "so8t-tiny", bad, timeout_s=0.5)
+    assert wait_until_served(srv.url, "so8t-tiny", v1, timeout_s=5)["version"] == v1
     time.sleep(0.5)  # not retried on every poll
     assert "so8t_model_swap_failures_total 1.0" in c.get("/metrics").text
     reg.rollback("so8t-tiny")
