@@ -277,6 +277,12 @@ class Registry:
         check_model_name(name)
         return self._log(name).read_state()
 
+    def state_file(self, name: str) -> Path:
+        """The file whose replacement commits every alias change of ``name`` (``state.json``): a watcher
+        that ``os.stat``s it sees each change as a new inode, mtime or size, without reading it."""
+        check_model_name(name)
+        return self._model_dir(name) / "state.json"
+
     def get(self, name: str, ref: str = PRODUCTION, *, verify: bool = True) -> ResolvedVersion:
         """Look up a version and (by default) re-hash its blobs.
 

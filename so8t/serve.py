@@ -16,7 +16,10 @@ key is compared in constant time and never logged or returned.
 ``poll_interval`` seconds (one small file read). When it names another version, that version is loaded
 beside the serving one and checked (its calibration present, fitted on its GGUF's digest, the
 decision prompt loaded) before one reference swap; requests already running finish on the old model,
-which is closed when the last one returns. A version that fails to load or check is not swapped in:
+which is closed when the last one returns. Each request also ``stat``s the registry's state file (a read
+only when it changed): a request that starts after a promotion or rollback was committed waits for
+that version to be swapped in, so it is never decided by the version the change replaced. A version
+that fails to load or check is not swapped in:
 the old one keeps serving, ``/readyz`` reports ``stale`` with the error, the metrics count the
 failure, and the version is retried only when the alias moves again (or after ``retry_seconds``).
 
@@ -171,6 +174,8 @@ class ModelHolder:
         self.target: str | None = None  # the version the alias names
         self.error: str | None = None  # why the target is not served
         self._failed: dict[str, float] = {}
+        self._load_lock = threading.Lock()  # one loader at a time (the follower, or a request that saw a move)
+        self._seen: tuple[int, int, int] | None = None  # (inode, mtime, size) of state.json when last resolved
         ref = parse_registry_reference(cfg.model)
         path_like = cfg.model.lower().endswith(".gguf") or os.sep in cfg.model or os.path.exists(cfg.model)
         if ref is not None:
@@ -232,6 +237,8 @@ class ModelHolder:
         """Load the first model (errors are the caller's: the service does not start) and start following."""
         version = self._resolve_target() if self.name is not None else None
         self.target = version
+        if self.name is not None:
+            self._state_file = self._registry().state_file(self.name)
         self._swap(self.load(version))
         if self.follows:
             self._thread = threading.Thread(target=self._follow, name="so8t-alias-follower", daemon=True)
@@ -255,6 +262,31 @@ class ModelHolder:
 
     def poll_once(self) -> None:
         """Resolve the alias; load and swap in a new version (see the module docstring)."""
+        with self._load_lock:
+            self._poll_locked()
+
+    def _recently_failed(self, version: str) -> bool:
+        failed_at = self._failed.get(version)
+        return failed_at is not None and time.monotonic() - failed_at < self.cfg.retry_seconds
+
+    def _alias_moved(self) -> bool:
+        """Whether the alias names a version other than the one served and not known to fail: one ``stat``
+        of the state file per call, a read only when it changed."""
+        try:
+            st = os.stat(self._state_file)
+        except OSError:
+            return False
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key != self._seen:
+            try:
+                self.target = self._resolve_target()
+            except So8tError:
+                return False
+            self._seen = key
+        cur = self.current
+        return cur is not None and self.target != cur.version and not self._recently_failed(self.target)
+
+    def _poll_locked(self) -> None:
         try:
             version = self._resolve_target()
         except So8tError as e:
@@ -268,8 +300,7 @@ class ModelHolder:
                     self.error = None
                 self.metrics.stale.set(0)
             return
-        failed_at = self._failed.get(version)
-        if failed_at is not None and time.monotonic() - failed_at < self.cfg.retry_seconds:
+        if self._recently_failed(version):
             return
         logger.info("%s@%s moved to %s: loading it", self.name, self.ref, version)
         try:
@@ -302,7 +333,13 @@ class ModelHolder:
 
     @contextmanager
     def use(self) -> Iterator[Loaded | None]:
-        """The current model, held for the duration of one request (None: nothing loaded)."""
+        """The current model, held for the duration of one request (None: nothing loaded).
+
+        When the followed alias has moved since the last look (a ``stat``), the request first waits for
+        the new version to be loaded and swapped in (or to fail its check), so a request that starts after
+        a promotion or rollback is committed is decided by the version it made production."""
+        if self.follows and self._alias_moved():
+            self.poll_once()
         with self._lock:
             cur = self.current
             if cur is not None:
