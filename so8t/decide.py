@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,12 @@ class Decider:
         template) on this model; the decision prefix is re-evaluated by the next decision that needs it."""
         with self._lock:
             return self._llm.create_chat_completion(messages=messages, **kwargs)
+
+    def chat_stream(self, messages: list[dict[str, Any]], **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """:meth:`chat` as OpenAI-shaped chunks (``stream=True``); the model is held until the last chunk
+        (or until the consumer closes the generator)."""
+        with self._lock:
+            yield from self._llm.create_chat_completion(messages=messages, stream=True, **kwargs)
 
     def close(self) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ an alias, so ``/v1/chat/completions`` calls the same ``Llama.create_chat_complet
 OpenAI-shaped response and the GGUF's own chat template) on the model being served.
 
 **Endpoints.** ``POST /v1/decide`` (``{"text"}`` or ``{"texts": [...]}``), ``GET /v1/model``,
-``POST /v1/chat/completions``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. The ``/v1``
+``POST /v1/chat/completions`` (also streamed, as server-sent events), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. The ``/v1``
 routes need ``Authorization: Bearer KEY`` when a key is set (``--api_key`` or ``$SO8T_API_KEY``); the
 key is compared in constant time and never logged or returned.
 
@@ -32,6 +32,7 @@ field gets 422 with one line naming the field.
 # inside create_app) as objects
 
 import hmac
+import itertools
 import json
 import logging
 import math
@@ -390,7 +391,7 @@ def create_app(cfg: ServeConfig, holder: ModelHolder | None = None, metrics: Met
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.concurrency import run_in_threadpool
 
     metrics = metrics or Metrics()
@@ -452,12 +453,29 @@ def create_app(cfg: ServeConfig, holder: ModelHolder | None = None, metrics: Met
         if full:
             return error(429, f"{cfg.max_queue} requests already admitted: retry shortly", "overloaded",
                          {"Retry-After": "1"})
-        try:
-            return await run_in_threadpool(handler, doc)
-        finally:
+        def release() -> None:
             with admit_lock:
                 admitted["n"] -= 1
                 metrics.queue.set(admitted["n"])
+
+        streaming = False
+        try:
+            resp = await run_in_threadpool(handler, doc)
+            if isinstance(resp, StreamingResponse):  # admitted until its last byte is sent
+                inner, streaming = resp.body_iterator, True
+
+                async def until_done():
+                    try:
+                        async for part in inner:
+                            yield part
+                    finally:
+                        release()
+
+                resp.body_iterator = until_done()
+            return resp
+        finally:
+            if not streaming:
+                release()
 
     def _decide(doc: Any) -> Response:
         try:
@@ -494,21 +512,54 @@ def create_app(cfg: ServeConfig, holder: ModelHolder | None = None, metrics: Met
             req = ChatRequest.model_validate(doc)
         except ValidationError as e:
             return error(422, one_line(e), "invalid")
-        if req.stream:
-            return error(422, "stream: streaming responses are not served; send stream false", "invalid")
         if sum(len(m.content) for m in req.messages) > MAX_TEXT_CHARS:
             return error(422, f"messages: over {MAX_TEXT_CHARS} characters in all", "invalid")
+        kwargs = dict(max_tokens=min(req.max_tokens or cfg.max_tokens, cfg.max_tokens), temperature=req.temperature,
+                      top_p=req.top_p, stop=req.stop, seed=req.seed)
+        messages = [m.model_dump() for m in req.messages]
+        if req.stream:
+            return _chat_stream(messages, kwargs)
         with holder.use() as cur:
             if cur is None:
                 return error(503, "no model loaded yet", "unavailable", {"Retry-After": "1"})
             try:
-                out = cur.decider.chat([m.model_dump() for m in req.messages],
-                                       max_tokens=min(req.max_tokens or cfg.max_tokens, cfg.max_tokens),
-                                       temperature=req.temperature, top_p=req.top_p, stop=req.stop, seed=req.seed)
+                out = cur.decider.chat(messages, **kwargs)
             except ValueError as e:  # llama.cpp: the prompt does not fit the context
                 return error(422, f"messages: {e}", "invalid")
             out["model"] = f"{holder.name}@{cur.version}" if cur.version else cur.decider.info.gguf
         return JSONResponse(out)
+
+    def _chat_stream(messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> Response:
+        """Server-sent events as OpenAI streams them (``data: {chunk}`` ... ``data: [DONE]``). The first chunk is
+        made before answering, so a prompt over the context is a 422, not a broken stream."""
+        use = holder.use()
+        cur = use.__enter__()
+        if cur is None:
+            use.__exit__(None, None, None)
+            return error(503, "no model loaded yet", "unavailable", {"Retry-After": "1"})
+        name = f"{holder.name}@{cur.version}" if cur.version else cur.decider.info.gguf
+        chunks = cur.decider.chat_stream(messages, **kwargs)
+        try:
+            first = next(chunks)
+        except ValueError as e:
+            chunks.close()
+            use.__exit__(None, None, None)
+            return error(422, f"messages: {e}", "invalid")
+        except BaseException:
+            chunks.close()
+            use.__exit__(None, None, None)
+            raise
+
+        def events() -> Iterator[str]:
+            try:
+                for chunk in itertools.chain([first], chunks):
+                    yield f"data: {json.dumps({**chunk, 'model': name}, ensure_ascii=False)}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                chunks.close()
+                use.__exit__(None, None, None)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/decide")
     async def decide(request: Request):

@@ -299,6 +299,17 @@ def test_auth_limits_and_one_line_errors(model, tmp_path, running, caplog):
     doc = chat.json()
     assert doc["object"] == "chat.completion" and isinstance(doc["choices"][0]["message"]["content"], str)
     assert doc["usage"]["completion_tokens"] <= 4
+    with httpx.stream("POST", srv.url + "/v1/chat/completions", headers=auth, timeout=60,
+                      json={"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4, "temperature": 0,
+                            "stream": True}) as streamed:
+        assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+        events = [ln[len("data: "):] for ln in streamed.iter_lines() if ln.startswith("data: ")]
+    assert events[-1] == "[DONE]" and len(events) >= 2
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(ch["object"] == "chat.completion.chunk" for ch in chunks)
+    streamed_text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks)
+    assert streamed_text == doc["choices"][0]["message"]["content"]  # greedy: the same words, in pieces
+    assert 'so8t_queue_depth 0.0' in c.get("/metrics").text  # the stream's admission was released at its end
     # decisions after a chat completion are unchanged (the decision prefix is rebuilt)
     again = c.post("/v1/decide", json={"text": "hi"}, headers=auth).json()
     assert again["probabilities"] == ok.json()["probabilities"]
@@ -410,8 +421,8 @@ HTTP_CASES: list[tuple[str, str, bytes, dict | None, int, str]] = [
      None, 422, "max_tokens: Input should be greater than or equal to 1"),
     ("chat-temperature-high", "/v1/chat/completions",
      _J({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}), None, 422, "temperature"),
-    ("chat-stream", "/v1/chat/completions", _J({"messages": [{"role": "user", "content": "hi"}], "stream": True}), None,
-     422, "stream: streaming responses are not served"),
+    ("chat-over-context", "/v1/chat/completions", _J({"messages": [{"role": "user", "content": "word " * 3000}],
+                                                       "stream": True}), None, 422, "messages: Requested tokens"),
     ("chat-not-json", "/v1/chat/completions", b"[", None, 422, "body: not JSON"),
 ]
 
