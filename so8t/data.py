@@ -126,22 +126,23 @@ def read_jsonl(path: str | Path) -> list[Record]:
     return records
 
 
-def iter_jsonl(path: str | Path, digest: Any = None) -> Iterator[tuple[int, Record]]:
-    """``(line number, record)`` for each non-blank line, validated as :func:`read_jsonl` does, one at a time
-    (a file of any size streams through).
+def iter_json_objects(path: str | Path, digest: Any = None, what: str = "dataset") -> Iterator[tuple[int, dict]]:
+    """``(line number, JSON object)`` for each non-blank line of a JSONL file, one at a time.
 
-    ``digest``, a ``hashlib`` object, is fed every byte of the file as it is read.
+    The rules every JSONL input shares: lines of at most :data:`MAX_RECORD_BYTES`, UTF-8 (a BOM on the
+    first line is dropped), one JSON object per line, no key given twice. ``digest``, a ``hashlib``
+    object, is fed every byte of the file as it is read; ``what`` names the file in messages.
 
     Raises:
-        DataError: as :func:`read_jsonl` (an empty file yields nothing).
+        DataError: ``FILE:LINE: rule`` for the first line that breaks one (an empty file yields nothing).
     """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{p}: dataset file not found")
+        raise DataError(f"{p}: {what} file not found")
     try:
         fh = p.open("rb")
     except OSError as e:
-        raise DataError(f"{p}: cannot read the dataset: {e.strerror}") from None
+        raise DataError(f"{p}: cannot read the {what}: {e.strerror}") from None
     with fh:
         for lineno, raw in enumerate(fh, start=1):
             if digest is not None:
@@ -166,11 +167,25 @@ def iter_jsonl(path: str | Path, digest: Any = None) -> Iterator[tuple[int, Reco
                 raise DataError(f"{p}:{lineno}: malformed JSON at column {e.colno}: {e.msg}") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            kind = _kind_of(obj)
-            try:
-                yield lineno, kind.model_validate(obj)
-            except ValidationError as e:
-                raise DataError(f"{p}:{lineno}: {_describe(e.errors()[0], obj)}") from None
+            yield lineno, obj
+
+
+def iter_jsonl(path: str | Path, digest: Any = None) -> Iterator[tuple[int, Record]]:
+    """``(line number, record)`` for each non-blank line, validated as :func:`read_jsonl` does, one at a time
+    (a file of any size streams through).
+
+    ``digest``, a ``hashlib`` object, is fed every byte of the file as it is read.
+
+    Raises:
+        DataError: as :func:`read_jsonl` (an empty file yields nothing).
+    """
+    p = Path(path)
+    for lineno, obj in iter_json_objects(p, digest):
+        kind = _kind_of(obj)
+        try:
+            yield lineno, kind.model_validate(obj)
+        except ValidationError as e:
+            raise DataError(f"{p}:{lineno}: {_describe(e.errors()[0], obj)}") from None
 
 
 def record_messages(record: Record, prompt: DecisionPrompt | None = None) -> tuple[list[dict[str, str]], str] | None:

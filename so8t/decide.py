@@ -263,46 +263,20 @@ def read_requests(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     Raises:
         DataError: ``FILE:LINE: field 'F': rule`` for the first bad line; a file with no record.
     """
-    import json
-
-    from so8t.data import MAX_RECORD_BYTES, _DuplicateKey, _unique_keys
+    from so8t.data import iter_json_objects
 
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"{p}: request file not found (--input): pass a JSONL file of {{\"text\"}} records")
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory (--input): pass a JSONL file of {{\"text\"}} records")
     out: list[tuple[int, dict[str, Any]]] = []
-    try:
-        fh = p.open("rb")
-    except OSError as e:
-        raise DataError(f"{p}: cannot read the request file: {e.strerror}") from None
-    with fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if len(raw) > MAX_RECORD_BYTES:
-                raise DataError(f"{p}:{lineno}: the line is {len(raw)} bytes, over the limit of {MAX_RECORD_BYTES}")
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{p}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of "
-                                "the line): save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line, object_pairs_hook=_unique_keys)
-            except _DuplicateKey as e:
-                raise DataError(f"{p}:{lineno}: field '{e.key}': given twice (JSON would silently keep the last)") from None
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{lineno}: malformed JSON at column {e.colno}: {e.msg}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{p}:{lineno}: expected a JSON object {{\"text\": ...}}, got {type(obj).__name__}")
-            if "text" not in obj:
-                raise DataError(f"{p}:{lineno}: field 'text': missing: every request needs the text to decide on")
-            check_text(obj["text"], f"{p}:{lineno}: field 'text'")
-            rid = obj.get("id")
-            if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
-                raise DataError(f"{p}:{lineno}: field 'id': expected a string or an integer, got {type(rid).__name__}")
-            out.append((lineno, obj))
+    for lineno, obj in iter_json_objects(p, what="request"):
+        if "text" not in obj:
+            raise DataError(f"{p}:{lineno}: field 'text': missing: every request needs the text to decide on")
+        check_text(obj["text"], f"{p}:{lineno}: field 'text'")
+        rid = obj.get("id")
+        if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
+            raise DataError(f"{p}:{lineno}: field 'id': expected a string or an integer, got {type(rid).__name__}")
+        out.append((lineno, obj))
     if not out:
         raise DataError(f"{p}: no records: pass a JSONL file of {{\"text\"}} records")
     return out

@@ -35,7 +35,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -381,20 +381,6 @@ def data_paths(spec: str) -> list[Path]:
 
 
 @dataclass(frozen=True)
-class EvalInputs:
-    """Every checked input of an evaluation."""
-
-    model: ResolvedModel
-    calibration: Calibration
-    calibration_doc: dict[str, Any]
-    calibration_sha256: str
-    prompt: DecisionPrompt
-    prompt_source: str
-    data: list[tuple[Path, list[Any]]]
-    output_dir: Path
-
-
-@dataclass(frozen=True)
 class CalibratedModel:
     """A GGUF with the calibration and decision prompt that go with it (checked, not loaded)."""
 
@@ -404,6 +390,14 @@ class CalibratedModel:
     calibration_sha256: str
     prompt: DecisionPrompt
     prompt_source: str
+
+
+@dataclass(frozen=True)
+class EvalInputs(CalibratedModel):
+    """Every checked input of an evaluation: the calibrated model, the data, the output directory."""
+
+    data: list[tuple[Path, list[Any]]]
+    output_dir: Path
 
 
 def resolve_calibrated(model: str, calibration: str | None = None, decision_prompt: str | None = None,
@@ -456,9 +450,7 @@ def check_inputs(cfg: EvaluateConfig) -> EvalInputs:
     out = check_output_dir(cfg.output_dir)
     c = resolve_calibrated(cfg.model, cfg.calibration, cfg.decision_prompt, cfg.registry_root)
     data = [(p, read_labelled_records(p)) for p in data_paths(cfg.data)]
-    return EvalInputs(model=c.model, calibration=c.calibration, calibration_doc=c.calibration_doc,
-                      calibration_sha256=c.calibration_sha256, prompt=c.prompt, prompt_source=c.prompt_source,
-                      data=data, output_dir=out)
+    return EvalInputs(**{f.name: getattr(c, f.name) for f in fields(c)}, data=data, output_dir=out)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -20,6 +20,7 @@ from so8t.base_models import sha256_file
 from so8t.cli import main
 from so8t.decision import LABELS, DecisionPrompt
 from tests.conftest import write_jsonl
+from tests.integration.test_evaluate import _between, _probs
 from tests.fixtures.required import require_module
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,21 +36,8 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("SO8T_REGISTRY", raising=False)
 
 
-def _probs(z: np.ndarray, t: float) -> np.ndarray:
-    u = np.asarray(z, dtype=np.float64) / t
-    u = u - u.max(axis=1, keepdims=True)
-    e = np.exp(u)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _decide(p: np.ndarray, tau_deny: float, tau_escalate: float) -> list[str]:
     return [LABELS[2 if row[2] >= tau_deny else 0 if row[0] >= tau_escalate else 1] for row in p.tolist()]
-
-
-def _between(values: np.ndarray, q: float) -> float:
-    v = np.unique(values)
-    k = min(max(1, int(q * len(v))), len(v) - 1)
-    return float((v[k - 1] + v[k]) / 2)
 
 
 @pytest.fixture(scope="module")

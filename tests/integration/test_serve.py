@@ -42,7 +42,7 @@ def model(tiny_llama, tmp_path_factory) -> dict:
     from so8t.gguf import convert_to_gguf
 
     from so8t.scoring import score_gguf
-    from tests.integration.test_decide import _between, _probs
+    from tests.integration.test_evaluate import _between, _probs
 
     d = tmp_path_factory.mktemp("serve")
     gguf = convert_to_gguf(tiny_llama, d / "convert", ["Q8_0"], name="tinyserve", fidelity=False).path("Q8_0")
