@@ -123,7 +123,7 @@ class Decider:
         c = calibrated or resolve_calibrated(model, calibration, decision_prompt, registry_root)
         self.calibrated = c
         self.warnings: list[str] = []
-        gguf_sha = sha256_file(c.model.gguf)
+        gguf_sha = c.model.gguf_sha256 or sha256_file(c.model.gguf)  # a registry blob was hashed on resolve
         doc = c.calibration_doc
         fitted_on = doc.get("model_sha256")
         if isinstance(fitted_on, str) and fitted_on != gguf_sha:

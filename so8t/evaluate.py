@@ -293,6 +293,8 @@ class ResolvedModel:
     calibration: Path | None
     decision_prompt: Path | None
     registry: RegistrySource | None = None
+    #: The GGUF's sha256 when already known (a registry blob, re-hashed while resolving); None: not computed.
+    gguf_sha256: str | None = None
 
 
 def resolve_registry_model(name: str, ref: str, root: str | None) -> ResolvedModel:
@@ -330,7 +332,8 @@ def resolve_registry_model(name: str, ref: str, root: str | None) -> ResolvedMod
                             calibration_file=cal_rel, decision_prompt_file=prompt_rel)
     logger.info("%s@%s is %s, serving %s", name, ref, manifest.version, gguf_rel)
     return ResolvedModel(gguf=paths[gguf_rel], calibration=paths.get(cal_rel) if cal_rel else None,
-                         decision_prompt=paths.get(prompt_rel) if prompt_rel else None, registry=source)
+                         decision_prompt=paths.get(prompt_rel) if prompt_rel else None, registry=source,
+                         gguf_sha256=entries[gguf_rel].sha256)
 
 
 def resolve_model(model: str, registry_root: str | None) -> ResolvedModel:
