@@ -1,10 +1,11 @@
 """Load and fault benchmark of ``so8t serve``: concurrent clients while production flips between versions.
 
-The embedded SmolLM2 GGUF (Q4_1) in a fresh registry as three versions that differ in their calibration
-(v1 and v2 fitted by hand on its scores, v3 "fitted on another model", which the service must refuse).
-``so8t serve`` runs as its own process (as a user runs it) following ``production``; ``--clients``
-threads post one request each at a time for ``--seconds`` while the alias flips ``--flips`` times
-between v1 and v2 and is pointed at the broken v3 once (then flipped on). Measured:
+The embedded SmolLM2 GGUF (Q4_1) in a fresh registry as ``--versions`` good versions, each its own GGUF
+blob (byte-different copies, as retrained versions are) with a calibration fitted by hand on its scores,
+and a broken one ("fitted on another model"), which the service must refuse. ``so8t serve`` runs as its
+own process (as a user runs it) following ``production``; ``--clients`` threads post one request each at
+a time for ``--seconds`` while the alias moves ``--flips`` times through the good versions and is pointed
+at the broken one once (``--broken 1``; then moved on). Measured:
 
 - failed requests (anything but 200 and deliberate 429s), and responses whose version was not
   production at any moment between the request's start and end (the alias timeline is recorded on
@@ -46,8 +47,18 @@ def _texts(n: int) -> list[str]:
     return [json.loads(r)["text"] for r in rows[:n]]
 
 
-def build_registry(root: Path, texts: list[str], threads: int) -> dict:
-    """v1, v2 (two hand-fitted calibrations of the embedded GGUF) and v3 (calibration of another model)."""
+def _variant(gguf: Path, out: Path, k: int) -> Path:
+    """A byte-different copy of ``gguf`` (same weights, one more description): another blob, another model to
+    load, as a retrained version would be. Written by the gguf package's own metadata tool."""
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", "--general-description",
+                    f"so8t bench_serve variant {k}", "--force", str(gguf), str(out)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out
+
+
+def build_registry(root: Path, texts: list[str], threads: int, good: int = 2) -> dict:
+    """``good`` versions v1..vN, each its own GGUF blob (v1 the embedded GGUF, the others byte-different copies)
+    with a hand-fitted calibration of its scores, and a broken one (calibration "fitted on another model")."""
     import numpy as np
 
     from registry import Registry
@@ -57,27 +68,26 @@ def build_registry(root: Path, texts: list[str], threads: int) -> dict:
     from so8t.scoring import score_gguf
 
     gguf = embedded_gguf("smollm2")
-    sha = sha256_file(gguf)
-    z = score_gguf(gguf, texts[:64], ["ALLOW"] * 64, n_threads=threads, progress=False).z
-    p = softmax(z, 1.0)
-    cals = {
-        "v1": {"temperature": 1.0, "tau_deny": float(np.quantile(p[:, 2], 0.7)),
-               "tau_escalate": float(np.quantile(p[:, 0], 0.3)), "model_sha256": sha},
-        "v2": {"temperature": 2.0, "tau_deny": float(np.quantile(softmax(z, 2.0)[:, 2], 0.5)),
-               "tau_escalate": float(np.quantile(softmax(z, 2.0)[:, 0], 0.5)), "model_sha256": sha},
-        "v3": {"temperature": 1.0, "tau_deny": 0.5, "tau_escalate": 0.5, "model_sha256": "0" * 64},
-    }
-    reg = Registry(root)
     work = root.parent / "cal"
     work.mkdir(exist_ok=True)
+    z = score_gguf(gguf, texts[:64], ["ALLOW"] * 64, n_threads=threads, progress=False).z
     (work / "prompt.json").write_text(json.dumps(DEFAULT_DECISION_PROMPT.model_dump()))
-    for v, cal in cals.items():
-        (work / f"{v}.json").write_text(json.dumps(cal))
-        m = reg.publish("so8t-bench", {"gguf/smollm2_Q4_1.gguf": gguf, "gguf/decision_prompt.json": work / "prompt.json",
-                                       "calibration/calibration_results.json": work / f"{v}.json"})
-        assert m.version == v, m.version
-    reg.promote("so8t-bench", "v1")
-    return {"gguf": str(gguf), "calibration_v1": str(work / "v1.json"), "prompt": str(work / "prompt.json")}
+    reg = Registry(root)
+    versions = []
+    for k in range(good + 1):
+        broken = k == good
+        g = gguf if k == 0 or broken else _variant(gguf, work / f"variant{k}.gguf", k)
+        t = 1.0 + k
+        p = softmax(z, t)  # the variants carry the same weights: the same scores
+        cal = {"temperature": t, "tau_deny": float(np.quantile(p[:, 2], 0.5 + 0.2 / (k + 1))),
+               "tau_escalate": float(np.quantile(p[:, 0], 0.3)), "model_sha256": "0" * 64 if broken else sha256_file(g)}
+        (work / f"cal{k}.json").write_text(json.dumps(cal))
+        m = reg.publish("so8t-bench", {"gguf/smollm2_Q4_1.gguf": g, "gguf/decision_prompt.json": work / "prompt.json",
+                                       "calibration/calibration_results.json": work / f"cal{k}.json"})
+        versions.append(m.version)
+    reg.promote("so8t-bench", versions[0])
+    return {"gguf": str(gguf), "calibration_v1": str(work / "cal0.json"), "prompt": str(work / "prompt.json"),
+            "good": versions[:good], "broken": versions[good]}
 
 
 def in_process_rate(built: dict, texts: list[str], seconds: float, threads: int) -> dict:
@@ -102,7 +112,8 @@ def run(args) -> dict:
     texts = _texts(256)
     tmp = Path(tempfile.mkdtemp(prefix="so8t-bench-serve-"))
     root = tmp / "registry"
-    built = build_registry(root, texts, args.threads)
+    built = build_registry(root, texts, args.threads, args.versions)
+    good, broken = built["good"], built["broken"]
     baseline = in_process_rate(built, texts, args.baseline_seconds, args.threads)
     print(f"in-process: {baseline['per_second']:.1f} decisions/s", flush=True)
 
@@ -113,7 +124,8 @@ def run(args) -> dict:
     env.pop("SO8T_API_KEY", None)
     server = subprocess.Popen(
         [sys.executable, "-m", "so8t.cli", "serve", "--model", "so8t-bench", "--registry_root", str(root), "--port",
-         str(port), "--n_threads", str(args.threads), "--max_queue", str(args.clients * 2), "--poll_interval", "0.5"],
+         str(port), "--n_threads", str(args.threads), "--max_queue", str(args.clients * 2), "--poll_interval", "0.5",
+         "--warm_versions", str(args.warm_versions)],
         cwd=ROOT, env=env, stdout=(tmp / "server.log").open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -145,21 +157,26 @@ def run(args) -> dict:
                     i += args.clients
 
         reg = Registry(root)
-        timeline: list[tuple[float, float, str]] = [(0.0, 0.0, "v1")]  # (before, after, new production)
+        timeline: list[tuple[float, float, str]] = [(0.0, 0.0, good[0])]  # (before, after, new production)
         workers = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
         t_start = time.monotonic()
         for w in workers:
             w.start()
-        gap = args.seconds / (args.flips + 2)
-        broken_at = args.flips // 2
-        rss_samples = []
-        for f in range(args.flips + 1):
+        changes = args.flips + (1 if args.broken else 0)
+        gap = args.seconds / (changes + 1)
+        broken_at = changes // 2 if args.broken else -1
+        rss_samples, served = [], 0
+        for f in range(changes):
             time.sleep(gap)
-            target = "v3" if f == broken_at else ("v2" if timeline[-1][2] != "v2" else "v1")
+            if f == broken_at:
+                target = broken
+            else:
+                served = (served + 1) % len(good)
+                target = good[served]
             t0 = time.monotonic()
             reg.promote("so8t-bench", target, reason="bench flip")
             timeline.append((t0, time.monotonic(), target))
-            if target == "v3":  # keep the broken version named until the service has tried it and said so
+            if target == broken:  # keep the broken version named until the service has tried it and said so
                 seen = time.monotonic() + 60
                 while httpx.get(url + "/readyz", timeout=60).json().get("error") is None and time.monotonic() < seen:
                     time.sleep(0.1)
@@ -180,12 +197,12 @@ def run(args) -> dict:
             server.kill()
 
     # Which versions were production during [start, end]. A change is committed somewhere in its
-    # (before, after) window. The broken v3 is never served: while the alias names it, the version served
+    # (before, after) window. The broken version is never served: while the alias names it, the version served
     # before it stays in effect (the service says stale), so that one counts as production then.
-    effective, served = [], "v1"
+    effective, current = [], good[0]
     for before, _after, v in timeline:
-        served = v if v != "v3" else served
-        effective.append((before, served))
+        current = v if v != broken else current
+        effective.append((before, current))
 
     def production_during(start: float, end: float) -> set[str]:
         out = set()
@@ -200,16 +217,20 @@ def run(args) -> dict:
     violations = [r for r in ok if r[3] not in production_during(r[0], r[1])]
     lat = np.array([(e - s) * 1000 for s, e, *_ in ok])
     per_second = len(ok) / wall
-    swaps = [ln for ln in metrics.splitlines() if ln.startswith(("so8t_model_swaps_total", "so8t_model_swap_failures_total"))]
+    swaps = [ln for ln in metrics.splitlines()
+             if ln.startswith(("so8t_model_swaps_total", "so8t_model_swaps_warm_total", "so8t_model_swap_failures_total",
+                               "so8t_models_loaded"))]
     return {
-        "clients": args.clients, "seconds": wall, "flips": args.flips, "broken_promotions": 1,
+        "clients": args.clients, "seconds": wall, "flips": args.flips, "broken_promotions": int(args.broken),
+        "good_versions": len(good), "warm_versions": args.warm_versions,
         "requests": len(results), "ok": len(ok), "rejected_429": sum(r[2] == 429 for r in results),
         "failed": len(failed), "version_violations": len(violations),
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
                        "max": float(lat.max())},
         "throughput_per_second": per_second, "in_process": baseline,
         "server_over_in_process": per_second / baseline["per_second"],
-        "rss_mb": {**rss, "during_min": min(rss_samples), "during_max": max(rss_samples)},
+        "rss_mb": {**rss, "during_min": min(rss_samples, default=float("nan")),
+                   "during_max": max(rss_samples, default=float("nan")), "samples": rss_samples},
         "swap_metrics": swaps, "final_model": {k: model_info.get(k) for k in ("version", "alias_version", "stale", "error")},
         "threads": args.threads, "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
     }
@@ -219,8 +240,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=16, help="Concurrent clients (one request in flight each).")
     ap.add_argument("--seconds", type=float, default=60.0, help="How long the clients run.")
-    ap.add_argument("--flips", type=int, default=20, help="Production changes during the run (one of them to the "
-                                                          "broken version).")
+    ap.add_argument("--flips", type=int, default=20, help="Production changes between good versions during the run "
+                                                          "(0: none, the HTTP overhead alone).")
+    ap.add_argument("--broken", type=int, choices=(0, 1), default=1, help="Promote the broken version once (1) or not.")
+    ap.add_argument("--versions", type=int, default=2, help="Good versions production cycles through, each its own "
+                                                            "GGUF blob (3 with --warm_versions 2: every flip loads).")
+    ap.add_argument("--warm_versions", type=int, default=2, help="The server's --warm_versions.")
     ap.add_argument("--baseline_seconds", type=float, default=20.0, help="How long the in-process baseline runs.")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads (server and baseline).")
     ap.add_argument("--json", type=Path, default=None, help="Write the results here.")

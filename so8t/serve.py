@@ -16,7 +16,10 @@ key is compared in constant time and never logged or returned.
 ``poll_interval`` seconds (one small file read). When it names another version, that version is loaded
 beside the serving one and checked (its calibration present, fitted on its GGUF's digest, the
 decision prompt loaded) before one reference swap; requests already running finish on the old model,
-which is closed when the last one returns. Each request also ``stat``s the registry's state file (a read
+which is closed when the last one returns, or kept loaded as a warm version (``warm_versions``, default 2:
+the previous production), so a rollback to it, or a flip back, swaps without loading; a warm version is
+swapped back in only if its checked files (GGUF, calibration, prompt) are unchanged on disk (inode, size,
+mtime), else it is loaded and checked again. Each request also ``stat``s the registry's state file (a read
 only when it changed): a request that starts after a promotion or rollback was committed waits for
 that version to be swapped in, so it is never decided by the version the change replaced. A version
 that fails to load or check is not swapped in:
@@ -40,6 +43,8 @@ import os
 import re
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -80,6 +85,10 @@ class ServeConfig(BaseModel):
     max_tokens: int = Field(512, ge=1, description="Most tokens one chat completion may generate.")
     n_ctx: int = Field(2048, ge=16, description="llama.cpp context per model.")
     n_threads: int = Field(0, ge=0, description="CPU threads for llama.cpp (0: half the logical cores).")
+    warm_versions: int = Field(2, ge=1, le=16, description=(
+        "Versions kept loaded when following an alias: the one served and the most recently served before it "
+        "(2: the previous production stays loaded, so rolling back to it swaps without loading). Each costs one "
+        "model's memory; 1 closes a replaced version as soon as its last request returns."))
 
     @field_validator("poll_interval", "retry_seconds")
     @classmethod
@@ -134,8 +143,30 @@ class Loaded:
     since: float
     load_seconds: float
     evidence: dict[str, Any] = field(default_factory=dict)
+    files: tuple[tuple[str, int, int, int], ...] = ()  # (path, inode, size, mtime_ns) of what was checked at load
     in_use: int = 0
     retired: bool = False
+
+
+def file_keys(paths: list[str]) -> tuple[tuple[str, int, int, int], ...]:
+    """``(path, inode, size, mtime_ns)`` of each file (a missing one as zeros): unchanged keys mean unchanged
+    files (registry blobs are written once and never modified in place)."""
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((p, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((p, 0, 0, 0))
+    return tuple(out)
+
+
+def _checked_files(decider: Decider) -> list[str]:
+    c = decider.calibrated
+    paths = [str(c.model.gguf), str(c.calibration.source)]
+    if c.prompt_source and os.path.isfile(c.prompt_source):
+        paths.append(str(c.prompt_source))
+    return paths
 
 
 class Metrics:
@@ -151,6 +182,10 @@ class Metrics:
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.decisions = Counter("so8t_decisions", "Decisions by label.", ["decision"], registry=r)
         self.swaps = Counter("so8t_model_swaps", "Models swapped in (the first load included).", registry=r)
+        self.warm_swaps = Counter("so8t_model_swaps_warm", "Swaps to a version still loaded (no load needed).",
+                                  registry=r)
+        self.loaded = Gauge("so8t_models_loaded", "Models loaded: the one served, warm ones, and replaced ones "
+                            "still finishing requests.", registry=r)
         self.swap_failures = Counter("so8t_model_swap_failures", "Versions that failed to load or check.", registry=r)
         self.errors = Counter("so8t_errors", "Requests answered with an error, by kind.", ["kind"], registry=r)
         self.queue = Gauge("so8t_queue_depth", "Requests admitted (running or waiting).", registry=r)
@@ -175,6 +210,8 @@ class ModelHolder:
         self.target: str | None = None  # the version the alias names
         self.error: str | None = None  # why the target is not served
         self._failed: dict[str, float] = {}
+        self._warm: "OrderedDict[str, Loaded]" = OrderedDict()  # loaded, not served; least recently served first
+        self._live: "weakref.WeakSet[Decider]" = weakref.WeakSet()  # every Decider this holder loaded
         self._load_lock = threading.Lock()  # one loader at a time (the follower, or a request that saw a move)
         self._seen: tuple[int, int, int] | None = None  # (inode, mtime, size) of state.json when last resolved
         ref = parse_registry_reference(cfg.model)
@@ -231,8 +268,9 @@ class ModelHolder:
             # the version's own calibration and prompt (resolve_calibrated refuses a version without one)
             decider = Decider(f"{self.name}@{version}", None, None, cfg.registry_root, n_ctx=cfg.n_ctx,
                               n_threads=cfg.n_threads)
+        self._live.add(decider)
         return Loaded(decider=decider, version=version, since=time.time(), load_seconds=time.monotonic() - t0,
-                      evidence=self._evidence(version) if version else {})
+                      evidence=self._evidence(version) if version else {}, files=file_keys(_checked_files(decider)))
 
     def start(self) -> None:
         """Load the first model (errors are the caller's: the service does not start) and start following."""
@@ -245,21 +283,56 @@ class ModelHolder:
             self._thread = threading.Thread(target=self._follow, name="so8t-alias-follower", daemon=True)
             self._thread.start()
 
-    def _swap(self, new: Loaded) -> None:
+    def _swap(self, new: Loaded, warm: bool = False) -> None:
+        """Serve ``new``; the replaced version stays warm (up to ``warm_versions`` in all) or is retired: closed
+        now when no request uses it, else by the last one to return."""
+        to_close = []
         with self._lock:
             old, self.current = self.current, new
+            self._warm.pop(new.version, None)
             self.error = None
-            if old is not None:
-                old.retired = True
-                close_now = old.in_use == 0
-        if old is not None and close_now:
-            old.decider.close()
+            if old is not None and old is not new:
+                if self.follows and old.version is not None and self.cfg.warm_versions > 1:
+                    self._warm[old.version] = old
+                else:
+                    to_close.append(old)
+            while len(self._warm) > self.cfg.warm_versions - 1:
+                to_close.append(self._warm.popitem(last=False)[1])
+            for gone in to_close:
+                gone.retired = True
+            to_close = [gone for gone in to_close if gone.in_use == 0]
+        for gone in to_close:
+            gone.decider.close()
         self.metrics.swaps.inc()
+        if warm:
+            self.metrics.warm_swaps.inc()
+        self._count_loaded()
         self.metrics.stale.set(0)
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(version=new.version or "file", sha256=new.decider.info.sha256).set(1)
-        logger.info("serving %s (%s), loaded in %.2f s", new.version or new.decider.info.gguf,
-                    new.decider.info.sha256[:12], new.load_seconds)
+        logger.info("serving %s (%s), %s", new.version or new.decider.info.gguf, new.decider.info.sha256[:12],
+                    "still loaded: swapped without loading" if warm else f"loaded in {new.load_seconds:.2f} s")
+
+    def _count_loaded(self) -> None:
+        self.metrics.loaded.set(sum(1 for d in self._live if not d.closed))
+
+    def _take_warm(self, version: str) -> Loaded | None:
+        """The warm copy of ``version`` if its checked files are unchanged since it was loaded (else closed)."""
+        with self._lock:
+            w = self._warm.get(version)
+        if w is None:
+            return None
+        if file_keys([f[0] for f in w.files]) == w.files:
+            w.since, w.evidence = time.time(), self._evidence(version)
+            return w
+        logger.warning("%s %s changed on disk since it was loaded: loading it again", self.name, version)
+        with self._lock:
+            self._warm.pop(version, None)
+            w.retired = True
+            close = w.in_use == 0
+        if close:
+            w.decider.close()
+        return None
 
     def poll_once(self) -> None:
         """Resolve the alias; load and swap in a new version (see the module docstring)."""
@@ -302,6 +375,10 @@ class ModelHolder:
                 self.metrics.stale.set(0)
             return
         if self._recently_failed(version):
+            return
+        warm = self._take_warm(version)
+        if warm is not None:
+            self._swap(warm, warm=True)
             return
         logger.info("%s@%s moved to %s: loading it", self.name, self.ref, version)
         try:
@@ -354,6 +431,7 @@ class ModelHolder:
                     close = cur.retired and cur.in_use == 0
                 if close:
                     cur.decider.close()
+                    self._count_loaded()
 
     def stop(self) -> None:
         self._stop.set()
@@ -361,8 +439,11 @@ class ModelHolder:
             self._thread.join(timeout=5)
         with self._lock:
             cur, self.current = self.current, None
-        if cur is not None:
-            cur.decider.close()
+            warm = list(self._warm.values())
+            self._warm.clear()
+        for loaded in [cur, *warm]:
+            if loaded is not None:
+                loaded.decider.close()
 
     @property
     def stale(self) -> bool:
@@ -379,7 +460,8 @@ class ModelHolder:
                 "version": cur.version, "model": info.model_dump(mode="json"),
                 "thresholds": cur.decider.thresholds.model_dump(), "decision_rule": cur.decider.decision_rule,
                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cur.since)),
-                "load_seconds": round(cur.load_seconds, 3), "gate": cur.evidence or None,
+                "load_seconds": round(cur.load_seconds, 3), "warm_versions": list(self._warm),
+                "gate": cur.evidence or None,
                 "warnings": cur.decider.warnings,
             })
         return out

@@ -9,6 +9,7 @@ scorer in test_decide.py), the swap time against the issue's 2 s.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -199,6 +200,69 @@ def test_follows_promotion_and_rollback_within_2s_without_failing_a_request(mode
     assert 'so8t_decisions_total{decision="ALLOW"}' in metrics
     assert 'so8t_requests_total{route="/v1/decide",status="200"}' in metrics
     assert "so8t_request_seconds_bucket" in metrics
+
+
+def _gauge(client: httpx.Client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.parametrize("warm", [2, 1])
+def test_warm_versions_make_flips_cheap_and_bound_the_models_loaded(model, tmp_path, running, warm):
+    """The previous production stays loaded (``warm_versions`` 2): flipping back swaps without loading; a third
+    version evicts the least recently served one, whose model is closed; with 1 every replaced model is closed.
+    A warm version whose files changed on disk is loaded and checked again."""
+    from registry import Registry
+    from so8t.decide import Decider
+
+    root = tmp_path / "reg"
+    reg = Registry(root)
+    v1 = _publish(root, model, "fitted").version
+    v2 = _publish(root, model, "allow_all").version
+    third = dict(model["cals"]["fitted"], temperature=0.75)
+    (tmp_path / "third.json").write_text(json.dumps(third))
+    v3 = reg.publish("so8t-tiny", {
+        "gguf/tinyserve_Q8_0.gguf": model["gguf"], "gguf/decision_prompt.json": model["dir"] / "prompt.json",
+        "calibration/calibration_results.json": tmp_path / "third.json"}).version
+    reg.promote("so8t-tiny", v1, "production")
+    srv = running(model="so8t-tiny", registry_root=str(root), warm_versions=warm)
+    c = srv.client
+    with Decider(str(model["gguf"]), str(model["dir"] / "fitted.json"), str(model["dir"] / "prompt.json"),
+                 n_threads=1, n_ctx=1024) as ref:
+        want = [d.probabilities for d in ref.decide(TEXTS[:3])]
+
+    def open_models() -> int:
+        return sum(1 for d in list(srv.holder._live) if not d.closed)
+
+    served = [v1]
+    for target in (v2, v1, v3, v1, v2):
+        reg.promote("so8t-tiny", target, "production")
+        assert c.post("/v1/decide", json={"text": TEXTS[0]}).json()["version"] == target  # read-your-writes
+        served.append(target)
+        expect = min(warm, len(set(served)))
+        assert open_models() == expect and _gauge(c, "so8t_models_loaded") == expect, served
+        info = c.get("/v1/model").json()
+        assert info["warm_versions"] == ([served[-2]] if warm == 2 else [])
+    # v2->v1 and v3->v1 were warm with 2; nothing is with 1
+    assert _gauge(c, "so8t_model_swaps_warm_total") == (2 if warm == 2 else 0)
+    assert _gauge(c, "so8t_model_swaps_total") == 6
+    if warm == 1:
+        return
+    # the warm v1 still decides exactly as a fresh load does (its prefix cache survived idling)
+    reg.promote("so8t-tiny", v1, "production")
+    got = c.post("/v1/decide", json={"texts": TEXTS[:3]}).json()
+    assert got["version"] == v1 and [d["probabilities"] for d in got["decisions"]] == want
+    assert _gauge(c, "so8t_model_swaps_warm_total") == 3
+    # a warm version whose checked files changed since it was loaded is loaded again, not trusted
+    warm_copy = srv.holder._warm[v2]
+    blob = Path(warm_copy.decider.calibrated.model.gguf)
+    os.utime(blob, ns=(blob.stat().st_atime_ns, blob.stat().st_mtime_ns + 1_000_000_000))
+    reg.promote("so8t-tiny", v2, "production")
+    assert c.post("/v1/decide", json={"text": TEXTS[0]}).json()["version"] == v2
+    assert _gauge(c, "so8t_model_swaps_warm_total") == 3 and warm_copy.decider.closed
+    assert srv.holder.current is not warm_copy and open_models() == 2
 
 
 def test_a_version_that_fails_its_check_is_not_swapped_in(model, tmp_path, running):
