@@ -71,7 +71,8 @@ def main() -> None:
 
     from so8t.calibration_cli import CalibrateCommandConfig, calibrate_gguf
     from so8t.evaluate import EvaluateConfig, run_evaluation
-    from so8t.scoring import default_threads, score_gguf
+    from so8t.llama import default_threads
+    from so8t.scoring import score_gguf
 
     threads = args.n_threads or default_threads()
     model = args.model or embedded_gguf("smollm2")

@@ -189,7 +189,7 @@ def main() -> None:
 
     import llama_cpp
 
-    from so8t.scoring import default_threads
+    from so8t.llama import default_threads
 
     threads = args.n_threads or default_threads()
     model = embedded_gguf("smollm2")

@@ -238,22 +238,17 @@ class HubMirror:
                         "`so8t registry mirror --sync` when the Hub is reachable"
                     )) from None
                 reason = f"HTTP {status}"
-            except (OSError, ConnectionError) as e:
-                if attempt == self.config.max_attempts:
-                    raise MirrorError(self._redact(
-                        f"{what} failed: cannot reach {self._endpoint()} ({type(e).__name__}) after "
-                        f"{attempt} attempt(s); local store unchanged, rerun `so8t registry mirror "
-                        "--sync` later"
-                    )) from None
-                reason = type(e).__name__
-            except Exception as e:  # httpx transport errors are not OSError subclasses
-                if not type(e).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
+            except Exception as e:
+                unreachable = isinstance(e, (OSError, ConnectionError))
+                # httpx transport errors are not OSError subclasses: retried too; anything else is a bug
+                if not unreachable and not type(e).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
                     raise
                 if attempt == self.config.max_attempts:
+                    cause = (f"cannot reach {self._endpoint()} ({type(e).__name__})" if unreachable
+                             else f"{type(e).__name__} talking to {self._endpoint()}")
                     raise MirrorError(self._redact(
-                        f"{what} failed: {type(e).__name__} talking to {self._endpoint()} after "
-                        f"{attempt} attempt(s); local store unchanged, rerun `so8t registry mirror "
-                        "--sync` later"
+                        f"{what} failed: {cause} after {attempt} attempt(s); local store unchanged, rerun "
+                        "`so8t registry mirror --sync` later"
                     )) from None
                 reason = type(e).__name__
             logger.warning("%s: %s (attempt %d/%d), retrying in %.2f s", what, reason, attempt,

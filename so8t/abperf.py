@@ -19,7 +19,8 @@ generation. Memory-mapped weights count once touched.
 
 Threads: ggml's worker threads spin while waiting, so more threads than free cores slows a model
 down several-fold (measured here: 45 vs 5 tokens/s with 1 vs 2 threads on a busy 2-core machine).
-``n_threads=0`` therefore means half the CPU cores, at least one.
+``n_threads=0`` therefore means half the CPU cores, at least one, for prompts and decoding alike
+(:func:`so8t.llama.thread_counts`, the loader's ``"half"`` default).
 """
 
 from __future__ import annotations
@@ -36,16 +37,16 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from so8t.chat_template import render_chat
 from so8t.errors import DataError, ModelError
+from so8t.llama import next_token_logits, open_llama, special_token_text, template_token_ids, thread_counts
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_threads(n_threads: int) -> int:
-    """``n_threads`` if positive, else :func:`so8t.scoring.default_threads` (half the cores, at least 1)."""
-    from so8t.scoring import default_threads
-
-    return n_threads if n_threads > 0 else default_threads()
+    """``n_threads`` if positive, else half the cores, at least 1 (:func:`so8t.llama.thread_counts`, ``"half"``)."""
+    return thread_counts(n_threads, "half")[0]
 
 
 @dataclass(frozen=True)
@@ -79,19 +80,9 @@ class GreedyGenerator:
     def __init__(self, path: str | Path, n_ctx: int, n_threads: int, seed: int = 0):
         import llama_cpp
 
-        from so8t.scoring import render_chat, template_token_ids
-
         self.path = Path(path)
-        self._render_chat = render_chat
-        self._template_ids = template_token_ids
-        threads = resolve_threads(n_threads)
         t0 = time.perf_counter()
-        try:
-            self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=512, logits_all=False,
-                                       verbose=False, seed=seed, n_threads=threads, n_threads_batch=threads)
-        except (ValueError, RuntimeError) as e:
-            raise ModelError(f"{self.path}: llama.cpp could not load the model ({e}): is it a complete, supported "
-                             "GGUF?") from None
+        self.llm = open_llama(self.path, n_ctx, n_threads=n_threads, seed=seed)  # 512-token batches, "half" threads
         self.load_seconds = time.perf_counter() - t0
         self.template = (self.llm.metadata or {}).get("tokenizer.chat_template")
         if not self.template:
@@ -100,13 +91,9 @@ class GreedyGenerator:
                              "use the model's chat template; convert the model with its tokenizer_config.json")
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._is_eog = llama_cpp.llama_vocab_is_eog
-        self._logits_ith = llama_cpp.llama_get_logits_ith
-        self.bos_text = self._special_text(self.llm.token_bos())
-        self.eos_text = self._special_text(self.llm.token_eos())
+        self.bos_text = special_token_text(self.llm, self.llm.token_bos())
+        self.eos_text = special_token_text(self.llm, self.llm.token_eos())
         self.n_ctx = n_ctx
-
-    def _special_text(self, token: int) -> str:
-        return "" if token < 0 else self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
     def __enter__(self) -> GreedyGenerator:
         return self
@@ -123,9 +110,9 @@ class GreedyGenerator:
 
     def prompt_ids(self, instruction: str) -> list[int]:
         """Tokens of the chat-templated prompt (a BOS printed by the template is not doubled)."""
-        prompt = self._render_chat(self.template, [{"role": "user", "content": instruction}],
-                                   self.bos_text, self.eos_text)
-        return self._template_ids(self.llm, prompt, self.bos_text)
+        prompt = render_chat(self.template, [{"role": "user", "content": instruction}], bos_token=self.bos_text,
+                             eos_token=self.eos_text)
+        return template_token_ids(self.llm, prompt, self.bos_text)
 
     def check_fits(self, instructions: list[str], max_new_tokens: int) -> None:
         """Raise before any generation when a prompt plus ``max_new_tokens`` exceeds ``n_ctx``.
@@ -140,8 +127,8 @@ class GreedyGenerator:
                                 f"{max_new_tokens} > n_ctx={self.n_ctx}: raise n_ctx or lower max_new_tokens")
 
     def _argmax(self) -> int:
-        logits = np.ctypeslib.as_array(self._logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),))
-        return int(np.argmax(logits))  # ties: lowest token id
+        # a view, not a copy: this runs once per generated token, inside the timings
+        return int(np.argmax(next_token_logits(self.llm, copy=False)))  # ties: lowest token id
 
     def generate(self, instruction: str, max_new_tokens: int) -> Generation:
         """Greedy answer to one instruction, with timings."""

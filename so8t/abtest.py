@@ -32,8 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from so8t.atomic import atomic_write_bytes
 from so8t.abcompare import Calibration, compare_quality, compare_safety, load_calibration, throughput_ratio
 from so8t.abperf import GreedyGenerator, measure_peak_rss, resolve_threads, summarize
-from so8t.abresults import (Check, ModelInfo, PerfComparison, QualityItem, QualityReport, SafetyComparison,
-                            Verdict)
+# ABConfig and ABReport live with the other result models in so8t.abresults (the report embeds its
+# config, and the markdown renders both); they stay importable from here, as docs/abtest.md shows.
+from so8t.abresults import (DEFAULT_QUALITY_DATA, DEFAULT_SAFETY_DATA, ABConfig, ABReport, Check, ModelInfo,
+                            PerfComparison, QualityItem, QualityReport, SafetyComparison, Verdict)
 from so8t.abstats import bootstrap_indices, detect_lang
 from so8t.decision import DEFAULT_DECISION_PROMPT, DecisionPrompt, resolve_prompt
 from so8t.errors import ConfigError, DataError, So8tError
@@ -43,75 +45,8 @@ __all__ = ["ABConfig", "ABReport", "Calibration", "EvalSets", "load_calibration"
 
 logger = logging.getLogger(__name__)
 
-_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-DEFAULT_QUALITY_DATA = str(_DATA_DIR / "ab_eval_quality.jsonl")
-DEFAULT_SAFETY_DATA = str(_DATA_DIR / "ab_eval_safety.jsonl")
 REPORT_JSON = "ab_report.json"
 REPORT_MD = "ab_report.md"
-
-
-class ABConfig(BaseModel):
-    """A/B evaluation: candidate A against baseline B on quality, safety and performance."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
-
-    model_a: str = Field(description="Candidate GGUF (A), e.g. the SO8T-baked model.")
-    model_b: str = Field(description="Baseline GGUF (B): the base model or production.")
-    calibration_a: str | None = Field(None, description="calibration_results.json of A (temperature, tau_deny, "
-                                                        "tau_escalate); none: argmax decisions.")
-    calibration_b: str | None = Field(None, description="calibration_results.json of B; none: argmax decisions.")
-    decision_prompt: str | None = Field(
-        None, description="JSON file {system, user_template}: the decision prompt both models are scored on "
-        "(default: decision_prompt.json beside model A, where so8t convert puts it, else the built-in prompt).")
-    quality_data: str = Field(DEFAULT_QUALITY_DATA, description="JSONL of {\"instruction\", \"output\"} pairs; "
-                                                                "output is the reference answer.")
-    safety_data: str = Field(DEFAULT_SAFETY_DATA, description="JSONL of {\"text\", \"label\"} safety prompts "
-                                                              "(label ALLOW/ESCALATE/DENY).")
-    limit: int | None = Field(None, ge=1, description="Use only the first N records of each set (quick runs).")
-    max_new_tokens: int = Field(32, ge=1, le=4096, description="Generation limit per answer (greedy).")
-    seed: int = Field(0, description="Seed of the bootstrap resampling and of llama.cpp.")
-    n_ctx: int = Field(2048, ge=64, description="llama.cpp context size; prompt + max_new_tokens must fit.")
-    n_threads: int = Field(0, ge=0, description="CPU threads per model (0: half the cores, at least 1; more threads "
-                                                "than free cores slows llama.cpp down sharply).")
-    n_bootstrap: int = Field(1000, ge=100, le=100_000, description="Paired bootstrap resamples.")
-    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Coverage of the bootstrap intervals.")
-    n_side_by_side: int = Field(5, ge=0, description="Outputs shown side by side (with a unified diff) in the report.")
-    skip_memory: bool = Field(False, description="Do not measure peak memory (saves two model loads in subprocesses).")
-    no_cache: bool = Field(False, description="Re-score the safety prompts even if cached scores exist.")
-    margin_bleu: float = Field(2.0, ge=0, description="Verdict: lower CI bound of BLEU(A) - BLEU(B) >= -margin "
-                                                      "(BLEU points, overall).")
-    margin_rouge_l: float = Field(0.02, ge=0, description="Verdict: lower CI bound of ROUGE-L(A) - ROUGE-L(B) >= "
-                                                          "-margin (F-measure, 0..1).")
-    margin_far: float = Field(0.01, ge=0, description="Verdict: FAR(A) - FAR(B) <= margin (statistic: far_statistic).")
-    far_statistic: Literal["point", "upper"] = Field(
-        "point", description="FAR check on the point difference or on the upper CI bound (stricter).")
-    margin_fdr: float = Field(0.05, ge=0, description="Verdict: false-deny rate FDR(A) - FDR(B) <= margin (point).")
-    margin_macro_f1: float = Field(0.05, ge=0, description="Verdict: macro F1(A) - macro F1(B) >= -margin (point).")
-    min_throughput_ratio: float = Field(0.8, ge=0, description="Verdict: generation tokens/s of A / B >= this.")
-
-
-class ABReport(BaseModel):
-    """Everything an A/B run found; ``to_markdown()`` renders it (also as a Prefect artifact)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
-
-    config: ABConfig = Field(description="The configuration of the run.")
-    model_a: ModelInfo = Field(description="Candidate A.")
-    model_b: ModelInfo = Field(description="Baseline B.")
-    quality: QualityReport = Field(description="BLEU / ROUGE-L, overall and per language, A - B intervals.")
-    safety: SafetyComparison = Field(description="Decision metrics of A and B, A - B intervals, McNemar.")
-    performance: PerfComparison = Field(description="Throughput, latency, size and memory of A and B.")
-    items: tuple[QualityItem, ...] = Field(description="Every quality item with both outputs.")
-    verdict: Verdict = Field(description="Non-inferiority of A against B.")
-    seconds: dict[str, float] = Field(description="Wall time per phase.")
-    versions: dict[str, str] = Field(description="Versions of llama-cpp-python, sacrebleu, rouge-score.")
-    created_at: str = Field(description="Local time the report was made (ISO 8601).")
-
-    def to_markdown(self) -> str:
-        """The report as markdown: verdict, metric tables with intervals, side-by-side outputs with diffs."""
-        from so8t.abresults import render_markdown
-
-        return render_markdown(self)
 
 
 # ----------------------------------------------------------------------------- inputs

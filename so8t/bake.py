@@ -14,13 +14,13 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from so8t.atomic import atomic_directory
 from so8t.decision import PROMPT_FILE, load_decision_prompt
 from so8t.errors import ModelError
 from so8t.gates import find_attention_layers, iter_gates, read_gates, remove_gates
@@ -291,9 +291,7 @@ def bake(cfg: BakeConfig) -> BakeReport:
 def _write_model(model: torch.nn.Module, tok: Any, base_dir: Path, out: Path, report: BakeReport,
                  prompt_file: Path | None = None) -> None:
     """save_pretrained into a temporary sibling, then rename into place (no half-written output)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         model.config.dtype = torch.float32
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
@@ -306,9 +304,3 @@ def _write_model(model: torch.nn.Module, tok: Any, base_dir: Path, out: Path, re
         (tmp / REPORT_FILE).write_text(report.model_dump_json(indent=2) + "\n")
         if prompt_file is not None:
             shutil.copy(prompt_file, tmp / PROMPT_FILE)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -15,16 +15,16 @@ opt-in: its weights are under the Gemma Terms of Use, which the user accepts by 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from so8t.atomic import atomic_directory
+from so8t.digests import sha256_file  # also imported from here by callers that predate so8t.digests
 from so8t.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -119,15 +119,6 @@ def cache_dir(*parts: str) -> Path:
     except OSError as e:
         raise ConfigError(f"{where}: cannot write {d} ({e.strerror or e}): set SO8T_CACHE to a writable directory") from None
     return d
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def embedded_gguf(name: str = "smollm2") -> Path:
@@ -237,8 +228,7 @@ def prepare_embedded(name: str = "smollm2", force: bool = False, full_verify: bo
             return target
         src = _source_gguf(model)
         logger.info("preparing %s from %s (dequantize to fp32, about a minute)", model.hf_name, src.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-        try:
+        with atomic_directory(target) as tmp:  # a killed or failed build leaves the old cache (or none)
             _dequantize_to_hf(src, tmp, model.chat_template)
             files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             meta = {
@@ -251,12 +241,6 @@ def prepare_embedded(name: str = "smollm2", force: bool = False, full_verify: bo
                 "stats": {rel: _stat_key(tmp / rel) for rel in files},
             }
             (tmp / MANIFEST).write_text(json.dumps(meta, indent=2) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return target
 
 

@@ -28,10 +28,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from so8t.base_models import sha256_file
+from so8t.digests import sha256_file
 from so8t.decision import PROMPT_FILE, load_decision_prompt
 from so8t.outpaths import check_output_dir
 from so8t.errors import ConfigError, ModelError
+from so8t.gguf_fidelity import Fidelity, measure_fidelity, probe_set  # so8t.gguf.Fidelity stays importable
 from so8t.gguf_quant import (
     K_TYPES,
     PARTIAL_TAG,
@@ -79,24 +80,6 @@ class ConvertConfig(BaseModel):
     threads: int = Field(0, ge=0, description="Threads for quantization and llama.cpp evaluation (0: all cores).")
     force: bool = Field(False, description="Rebuild every output even when a verified one exists.")
     verbose: bool = Field(False, description="Show llama.cpp's per-tensor log and the converter's output.")
-
-
-class Fidelity(BaseModel):
-    """GGUF vs HF (fp32) next-token distributions over every position of the probes."""
-
-    model_config = ConfigDict(frozen=True)
-
-    probes_sha256: str = Field(description="Hash of the probe token ids (fidelity is re-measured when they change).")
-    positions: int = Field(description="Positions compared (all positions of all probes).")
-    mean_kl: float = Field(description="Mean KL(HF || GGUF) of the next-token distribution, nats.")
-    median_kl: float | None = Field(None, description="Median per-position KL, nats (one sensitive position can dominate the mean).")
-    max_kl: float = Field(description="Largest per-position KL, nats.")
-    top1_agreement: float = Field(description="Fraction of positions whose argmax token agrees.")
-    max_abs_delta_logit: float = Field(description="Largest |logit_HF - logit_GGUF| over positions and vocabulary.")
-    per_probe_mean_kl: dict[str, float] = Field(default_factory=dict, description="Mean KL per probe (plain-i, chat-i).")
-    per_probe_max_kl: dict[str, float] = Field(default_factory=dict, description="Largest per-position KL per probe.")
-    tokenizer_match: bool = Field(description="llama.cpp's own tokenizer gives the HF ids for every probe (logits were compared on HF ids).")
-    tokenizer_mismatches: list[str] = Field(default_factory=list, description="Probes where the tokenizers disagree.")
 
 
 class FileReport(BaseModel):
@@ -401,8 +384,6 @@ def _act(cfg: ConvertConfig, plan: ConversionPlan, step: PlanStep, i: int, conve
 
 def _verify(cfg: ConvertConfig, plan: ConversionPlan, records: list[dict], out_dir: Path) -> tuple[list[FileReport], list[dict]]:
     """Measure fidelity where missing and apply the F16 gate; returns the reports and the re-measured records."""
-    from so8t.gguf_fidelity import measure_fidelity, probe_set
-
     todo: list[dict] = []
     if cfg.fidelity:
         probes = probe_set(Path(plan.model_dir), cfg.probes)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from so8t.errors import ModelError
+from so8t.llama import diagnosed_message, open_llama
 from so8t.logit_compare import compare_logits
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,24 @@ DEFAULT_CHAT_PROBES: tuple[str, ...] = (
     "What is the capital of France?",
     "Please summarise this article about rotation gates.",  # rendered as the decision prompt
 )
+
+
+class Fidelity(BaseModel):
+    """GGUF vs HF (fp32) next-token distributions over every position of the probes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    probes_sha256: str = Field(description="Hash of the probe token ids (fidelity is re-measured when they change).")
+    positions: int = Field(description="Positions compared (all positions of all probes).")
+    mean_kl: float = Field(description="Mean KL(HF || GGUF) of the next-token distribution, nats.")
+    median_kl: float | None = Field(None, description="Median per-position KL, nats (one sensitive position can dominate the mean).")
+    max_kl: float = Field(description="Largest per-position KL, nats.")
+    top1_agreement: float = Field(description="Fraction of positions whose argmax token agrees.")
+    max_abs_delta_logit: float = Field(description="Largest |logit_HF - logit_GGUF| over positions and vocabulary.")
+    per_probe_mean_kl: dict[str, float] = Field(default_factory=dict, description="Mean KL per probe (plain-i, chat-i).")
+    per_probe_max_kl: dict[str, float] = Field(default_factory=dict, description="Largest per-position KL per probe.")
+    tokenizer_match: bool = Field(description="llama.cpp's own tokenizer gives the HF ids for every probe (logits were compared on HF ids).")
+    tokenizer_mismatches: list[str] = Field(default_factory=list, description="Probes where the tokenizers disagree.")
 
 
 @dataclass(frozen=True)
@@ -99,35 +118,18 @@ def hf_logits(model_dir: Path, probes: ProbeSet) -> list[np.ndarray]:
     return out
 
 
-def open_llama(path: Path, n_ctx: int, threads: int = 0, logits_all: bool = False, seed: int | None = None):
-    """Load a GGUF with llama-cpp-python, quietly; the caller must ``close()`` it.
+def _open_gguf(path: Path, n_ctx: int, threads: int = 0, logits_all: bool = False):
+    """Load a GGUF for the fidelity check, quietly; the caller must ``close()`` it.
+
+    ``threads=0`` means all cores, and batches (every probe is one) run on all cores whatever
+    ``threads`` is: the ``"all"`` default of :func:`so8t.llama.thread_counts`, which
+    ``ConvertConfig.threads`` documents.
 
     Raises:
         ModelError: llama.cpp cannot load the file (with a hint for known causes).
     """
-    from llama_cpp import Llama
-
-    kwargs = {"seed": seed} if seed is not None else {}
-    try:
-        return Llama(str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 2048), logits_all=logits_all,
-                     n_threads=threads or os.cpu_count(), verbose=False, **kwargs)
-    except ValueError as e:
-        raise ModelError(f"llama.cpp cannot load {path} ({e}){_load_hint(path)}") from None
-
-
-def _load_hint(path: Path) -> str:
-    try:
-        from gguf import GGUFReader
-
-        r = GGUFReader(str(path))
-        name = r.fields["general.name"].contents().lower() if "general.name" in r.fields else ""
-        tokens = set(r.fields["tokenizer.ggml.tokens"].contents()) if "tokenizer.ggml.tokens" in r.fields else set()
-    except Exception:
-        return ": the file is not a valid GGUF; rebuild it with so8t convert"
-    if ("phi3" in name or "phi-3" in name) and "<|endoftext|>" not in tokens:
-        return (": llama.cpp applies Phi-3 vocabulary rules to models named 'phi3' and needs the token "
-                "<|endoftext|>, which this tokenizer lacks; convert with a --name without 'phi3' or add the token")
-    return ": run with --verbose to see llama.cpp's log"
+    return open_llama(path, n_ctx, n_threads=threads, default="all", n_batch=min(n_ctx, 2048), logits_all=logits_all,
+                      seed=None, message=diagnosed_message)
 
 
 def measure_fidelity(model_dir: Path, ggufs: list[Path], probes: ProbeSet, threads: int = 0) -> dict:
@@ -139,14 +141,12 @@ def measure_fidelity(model_dir: Path, ggufs: list[Path], probes: ProbeSet, threa
     Raises:
         ModelError: a GGUF cannot be loaded.
     """
-    from so8t.gguf import Fidelity
-
     logger.info("fidelity: HF fp32 logits on %d probes (%d positions)", len(probes.probes), sum(len(p.ids) for p in probes.probes))
     reference = hf_logits(model_dir, probes)
     n_ctx = max(64, max(len(p.ids) for p in probes.probes) + 8)
     results = {}
     for path in ggufs:
-        llm = open_llama(path, n_ctx, threads, logits_all=True)
+        llm = _open_gguf(path, n_ctx, threads, logits_all=True)
         try:
             kls, agree, delta, mismatches, per_probe = [], [], 0.0, [], {}
             for p, ref in zip(probes.probes, reference):
@@ -257,7 +257,7 @@ def corpus_fidelity(model_dir: Path, ggufs: list[Path], groups: dict[str, list[s
     llms = []
     try:
         for path in ggufs:
-            llms.append(open_llama(path, longest + 8, threads, logits_all=True))
+            llms.append(_open_gguf(path, longest + 8, threads, logits_all=True))
         kls: dict[tuple[str, str, str], list[np.ndarray]] = {}
         agree: dict[tuple[str, str, str], list[np.ndarray]] = {}
         for group, sample, ids, pos in units:

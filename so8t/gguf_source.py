@@ -11,7 +11,6 @@ killed fetch never leaves a half-extracted cache. A user with a llama.cpp checko
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,7 +24,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from so8t.base_models import cache_dir, sha256_file
+from so8t.base_models import cache_dir
+from so8t.digests import digest_files, directory_digest, sha256_file
 from so8t.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -50,12 +50,7 @@ def llama_cpp_version() -> str:
 
 def hash_model_dir(model_dir: Path) -> str:
     """sha256 over the relative paths and sha256 of every non-hidden file of a model directory."""
-    h = hashlib.sha256()
-    for p in sorted(model_dir.rglob("*")):
-        rel = p.relative_to(model_dir)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
-            h.update(f"{rel.as_posix()}\0{sha256_file(p)}\n".encode())
-    return h.hexdigest()
+    return directory_digest(model_dir)
 
 
 @dataclass
@@ -74,12 +69,9 @@ class ConverterSource:
     def sha256(self) -> str:
         """Hash of the converter's Python sources (script, conversion/, gguf-py/gguf/)."""
         if self._sha is None:
-            h = hashlib.sha256()
             files = [self.script, *sorted((self.root / "conversion").rglob("*.py")),
                      *sorted((self.root / "gguf-py" / "gguf").rglob("*.py"))]
-            for p in files:
-                h.update(f"{p.relative_to(self.root).as_posix()}\0{sha256_file(p)}\n".encode())
-            self._sha = h.hexdigest()
+            self._sha = digest_files(self.root, files)
         return self._sha
 
     def identity(self) -> dict:

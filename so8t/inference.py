@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from so8t.chat_template import render_chat
 from so8t.errors import ConfigError, DataError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ MODELFILE_DEFAULTS = {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "num_ctx": 
 #: decision logits, and a value at its fitting bound (e.g. 20 for an untrained model) would make
 #: generation noise.
 SAMPLING_TEMPERATURE_RANGE = (0.1, 2.0)
+_RAW_ADVICE = "; pass --raw to send the prompt as is"
 
 
 @dataclass(frozen=True)
@@ -84,24 +86,6 @@ def read_chat_info(path: str | Path) -> GgufChatInfo:
         model.close()
 
 
-def render_chat(template: str, messages: list[dict], *, bos_token: str = "", eos_token: str = "",
-                add_generation_prompt: bool = True) -> str:
-    """Render a Jinja chat template as transformers does (sandboxed, trim_blocks, lstrip_blocks).
-
-    Raises:
-        ModelError: the template fails to render.
-    """
-    import jinja2
-
-    from so8t.chat_template import render_chat_template
-
-    try:
-        return render_chat_template(template, messages, bos_token=bos_token, eos_token=eos_token,
-                                    add_generation_prompt=add_generation_prompt)
-    except jinja2.exceptions.TemplateError as e:
-        raise ModelError(f"the chat template failed to render ({e}); pass --raw to send the prompt as is") from None
-
-
 def build_prompt(info: GgufChatInfo, prompt: str, *, system: str | None = None, raw: bool = False) -> tuple[str, bool]:
     """The text to tokenize, and whether llama.cpp should add BOS itself.
 
@@ -113,7 +97,7 @@ def build_prompt(info: GgufChatInfo, prompt: str, *, system: str | None = None, 
     if not info.chat_template:
         raise ModelError(f"{info.path.name} has no chat template in its metadata: pass --raw to send the prompt as is")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    text = render_chat(info.chat_template, messages, bos_token=info.bos_token, eos_token=info.eos_token)
+    text = render_chat(info.chat_template, messages, bos_token=info.bos_token, eos_token=info.eos_token, advice=_RAW_ADVICE)
     # The template may write BOS itself; llama.cpp must not add a second one.
     return text, not (info.bos_token and text.startswith(info.bos_token))
 
@@ -141,7 +125,7 @@ def generate(gguf: str | Path, prompt: str, *, n_predict: int = 1024, threads: i
         ModelError: unreadable GGUF, no chat template, or a prompt longer than the context.
         ConfigError: bad sampling values.
     """
-    from so8t.gguf_fidelity import open_llama
+    from so8t.llama import diagnosed_message, open_llama
 
     problems = []
     if n_predict < 1:
@@ -159,7 +143,9 @@ def generate(gguf: str | Path, prompt: str, *, n_predict: int = 1024, threads: i
     if len(ids) >= ctx:
         raise ModelError(f"the prompt has {len(ids)} tokens but the context holds {ctx}: shorten the prompt "
                          f"(the model was trained for {info.context_length})")
-    llm = open_llama(info.path, ctx, threads, seed=seed)
+    # `so8t run --threads 0` means all cores (its documented default), batches on every core.
+    llm = open_llama(info.path, ctx, n_threads=threads, default="all", n_batch=min(ctx, 2048), seed=seed,
+                     message=diagnosed_message)
     try:
         stream = llm.create_completion(ids, max_tokens=min(n_predict, ctx - len(ids)), temperature=temperature,
                                        repeat_penalty=repeat_penalty, top_k=top_k, top_p=top_p, seed=seed, stream=True)
@@ -216,7 +202,7 @@ def translate_template(template: str, bos_token: str = "", eos_token: str = "", 
         ModelError: the template is not a per-turn template (names the reason and the fix).
     """
     family = template_family(render_chat(template, [{"role": "user", "content": "x"}], bos_token=bos_token,
-                                         eos_token=eos_token) if "messages" in template else template)
+                                         eos_token=eos_token, advice=_RAW_ADVICE) if "messages" in template else template)
 
     def fail(reason: str) -> ModelError:
         return ModelError(f"chat template family {family!r} cannot be translated to an Ollama TEMPLATE ({reason}): "
@@ -226,7 +212,8 @@ def translate_template(template: str, bos_token: str = "", eos_token: str = "", 
         # BOS is rendered as a sentinel so that a template starting with a token equal to BOS's text
         # (SmolLM2's BOS is <|im_start|>) is not mistaken for one that writes BOS.
         try:
-            return render_chat(template, msgs, bos_token=bos, eos_token=eos_token, add_generation_prompt=gen)
+            return render_chat(template, msgs, bos_token=bos, eos_token=eos_token, add_generation_prompt=gen,
+                               advice=_RAW_ADVICE)
         except ModelError as e:
             raise fail(f"it does not render {[m['role'] for m in msgs]}: {e}") from None
 

@@ -18,7 +18,6 @@ import logging
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.stats import beta
 
 from so8t.decision import LABELS
 from so8t.errors import ConfigError, DataError
@@ -295,6 +294,10 @@ def clopper_pearson_upper(k: int, n: int, confidence: float = 0.95) -> float | N
         return None
     if k == n:
         return 1.0
+    # scipy.stats is imported here, not with the module: it takes about a second, and every scorer
+    # (so8t.scoring, so8t.logit_compare, hence so8t.gguf) imports this module for log_softmax.
+    from scipy.stats import beta
+
     return float(beta.ppf(confidence, k + 1, n - k))
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,11 +33,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from so8t.score_cache import cache_key, load_cached, save_cached
-from so8t.base_models import sha256_file
+from so8t.chat_template import render_chat
 from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, DecisionPrompt
+from so8t.digests import sha256_file
 from so8t.errors import DataError, ModelError
+from so8t.llama import N_BATCH, next_token_logits, open_llama, special_token_text, template_token_ids
 from so8t.metrics import log_softmax
+from so8t.score_cache import cache_key, load_cached, save_cached
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ ScoringMode = Literal["auto", "first-token", "sequence"]
 ResolvedMode = Literal["first-token", "sequence"]
 
 GGUF_MAGIC = b"GGUF"
-#: Tokens per llama.cpp decode call; part of the cache key (batch shape can change the last bits).
-N_BATCH = 512
+# N_BATCH (so8t.llama), the tokens per llama.cpp decode call, is part of the cache key: batch shape can
+# change the last bits of the logits.
 
 
 @dataclass(frozen=True)
@@ -162,79 +163,13 @@ def records_digest(texts: Sequence[str], labels: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def render_chat(template: str, messages: list[dict[str, str]], bos_token: str = "", eos_token: str = "") -> str:
-    """Render a chat template the way Hugging Face does, in a sandboxed jinja2 environment.
-
-    Args:
-        template: The jinja source (``tokenizer.chat_template``).
-        messages: Chat messages.
-        bos_token: Text of the BOS token (templates may print it).
-        eos_token: Text of the EOS token.
-
-    Returns:
-        The prompt text, ending with the generation prompt (``add_generation_prompt=True``).
-
-    Raises:
-        ModelError: The template does not compile or raises.
-    """
-    from jinja2 import TemplateError
-
-    from so8t.chat_template import render_chat_template
-
-    try:
-        return render_chat_template(template, messages, bos_token=bos_token, eos_token=eos_token)
-    except TemplateError as e:
-        raise ModelError(f"chat template from the GGUF metadata failed to render: {e}") from None
-
-
 # ----------------------------------------------------------------------------- model access
-def default_threads() -> int:
-    """Half the logical cores (about the physical ones), at least 1."""
-    return max(1, (os.cpu_count() or 2) // 2)
-
-
 def _load_model(path: Path, n_ctx: int, n_threads: int):
-    """Open a GGUF with llama-cpp-python (next-token logits only)."""
-    try:
-        import llama_cpp
-    except ImportError as e:
-        raise ModelError(f"llama-cpp-python is not importable ({e}): pip install -e '.[llama]'") from None
-    kwargs: dict[str, Any] = dict(model_path=str(path), n_ctx=n_ctx, n_batch=N_BATCH, logits_all=False,
-                                  verbose=False, seed=0)
-    # One count for single-token and batch decoding: llama-cpp-python's default uses every logical
-    # core for batches, whose spin barriers stall badly when the machine is shared or oversubscribed.
-    threads = n_threads if n_threads > 0 else default_threads()
-    kwargs.update(n_threads=threads, n_threads_batch=threads)
-    try:
-        return llama_cpp.Llama(**kwargs)
-    except (ValueError, RuntimeError) as e:
-        raise ModelError(f"{path}: llama.cpp could not load the model ({e}): is it a complete, supported GGUF?") from None
+    """Open a GGUF for scoring: next-token logits only, :data:`N_BATCH`, seed 0, the ``"half"`` thread default.
 
-
-def last_logits(llm) -> np.ndarray:
-    """Copy of the next-token logits after the last ``llm.eval`` (``(n_vocab,)`` float32)."""
-    import llama_cpp
-
-    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
-
-
-def _token_text(llm, token: int) -> str:
-    if token < 0:
-        return ""
-    return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
-
-
-def template_token_ids(llm, text: str, bos_text: str) -> list[int]:
-    """Tokens of a chat-templated ``text`` with one BOS where the model uses one.
-
-    A template that prints BOS itself (Llama's ``{{ bos_token }}``) is tokenized without adding
-    another; otherwise the model's own rule (``tokenizer.ggml.add_bos_token``) decides. Asking
-    llama.cpp for a second BOS and dropping it would give the same ids, plus a warning on stderr
-    for every prompt.
+    The one place scoring, ``so8t decide`` and ``so8t serve`` load a model (tests replace it here).
     """
-    printed = bool(bos_text) and text.startswith(bos_text)
-    return llm.tokenize(text.encode("utf-8"), add_bos=not printed, special=True)
+    return open_llama(path, n_ctx, n_threads=n_threads, n_batch=N_BATCH, logits_all=False, seed=0)
 
 
 class _Prompter:
@@ -250,11 +185,11 @@ class _Prompter:
         self.llm = llm
         self.prompt = prompt
         self.template = template
-        self.bos_text = _token_text(llm, llm.token_bos())
-        self.eos_text = _token_text(llm, llm.token_eos())
+        self.bos_text = special_token_text(llm, llm.token_bos())
+        self.eos_text = special_token_text(llm, llm.token_eos())
 
     def render(self, text: str) -> str:
-        return render_chat(self.template, self.prompt.messages(text), self.bos_text, self.eos_text)
+        return render_chat(self.template, self.prompt.messages(text), bos_token=self.bos_text, eos_token=self.eos_text)
 
     def tokenize(self, prompt: str) -> list[int]:
         return template_token_ids(self.llm, prompt, self.bos_text)
@@ -322,7 +257,7 @@ def _score_sample(llm, ids: list[int], n_prefix: int, label_ids: list[list[int]]
     """Scores of one prompt; the KV cache holds the shared prefix (``n_prefix`` tokens)."""
     llm.n_tokens = n_prefix
     llm.eval(ids[n_prefix:])
-    logits = last_logits(llm)  # (n_vocab,)
+    logits = next_token_logits(llm)  # (n_vocab,)
     if mode == "first-token":
         return np.array([logits[t[0]] for t in label_ids], dtype=np.float64)
     n_prompt = len(ids)
@@ -333,7 +268,7 @@ def _score_sample(llm, ids: list[int], n_prefix: int, label_ids: list[list[int]]
         llm.n_tokens = n_prompt
         for k in range(1, len(toks)):
             llm.eval([toks[k - 1]])  # teacher forcing: feed the label's previous token
-            total += float(log_softmax(last_logits(llm))[toks[k]])
+            total += float(log_softmax(next_token_logits(llm))[toks[k]])
         out[c] = total
     return out
 
@@ -364,7 +299,7 @@ def score_gguf(
         label_texts: Spellings of ``LABELS`` as the model is to answer them (column order unchanged).
         chat_template: Override of the GGUF's chat template (normally None).
         n_ctx: Context size; every prompt plus its longest label must fit.
-        n_threads: CPU threads for llama.cpp, prompt batches included (0: :func:`default_threads`).
+        n_threads: CPU threads for llama.cpp, prompt batches included (0: :func:`so8t.llama.default_threads`).
         use_cache: Read and write the score cache (``cache_root()/scores``).
         data_sha256: Hash reported for the data (the file's sha256); default: the records' digest.
         progress: Show a tqdm bar (None: only on a terminal).
@@ -378,11 +313,52 @@ def score_gguf(
         DataError: No records, unknown labels, a prompt longer than ``n_ctx``.
     """
     import llama_cpp
-    from tqdm.auto import tqdm
-
-    from so8t.calibration import encode_labels
 
     path = check_gguf(model_path)
+    y = _check_records(texts, labels, label_texts)
+    t0 = time.monotonic()
+    model_sha = sha256_file(path)
+    rec_sha = records_digest(texts, labels)
+    prompt = prompt or DEFAULT_DECISION_PROMPT
+    key = cache_key(model_sha, rec_sha, chat_template, label_texts, mode, n_batch=N_BATCH, scorer_version=SCORER_VERSION,
+                    prompt=prompt)
+    # What a cached and a fresh result share: the inputs' identity, not how the scores were made.
+    inputs: dict[str, Any] = dict(y=y, model_sha256=model_sha, data_sha256=data_sha256 or rec_sha, records_sha256=rec_sha,
+                                  cache_key=key, model_path=str(path), label_texts=tuple(label_texts), prompt=prompt)
+    if use_cache:
+        hit = _cached_scores(key, len(texts), inputs)
+        if hit is not None:
+            return hit
+
+    llm = _load_model(path, n_ctx, n_threads)
+    try:
+        run = _score_texts(llm, texts, mode=mode, label_texts=label_texts, chat_template=chat_template, n_ctx=n_ctx,
+                           prompt=prompt, progress=progress, model_name=path.name)
+    finally:
+        llm.close()
+    if not np.all(np.isfinite(run.z)):
+        bad = int(np.flatnonzero(~np.isfinite(run.z).all(axis=1))[0])
+        raise ModelError(f"{path}: non-finite scores for record {bad + 1} ({run.z[bad].tolist()}): the model is broken")
+    scores = Scores(
+        z=run.z, label_token_ids=run.label_token_ids, mode=run.mode, chat_template=run.chat_template,
+        prompt_example=run.prompt_example, from_cache=False, n_prefix_tokens=run.n_prefix_tokens,
+        seconds=time.monotonic() - t0, llama_cpp_version=llama_cpp.__version__, **inputs,
+    )
+    logger.info("scored %d samples in %.1f s", len(texts), scores.seconds)
+    if use_cache:
+        save_cached(scores.cache_key, scores.z, scores.y, scores.info())
+    return scores
+
+
+def _check_records(texts: Sequence[str], labels: Sequence[str], label_texts: Sequence[str]) -> np.ndarray:
+    """The true label indices ``(n,)``, after checking the records and the label spellings.
+
+    Raises:
+        DataError: Texts and labels of different lengths, no records, a blank text, an unknown label.
+        ModelError: Not one spelling per label.
+    """
+    from so8t.calibration import encode_labels
+
     if len(texts) != len(labels):
         raise DataError(f"{len(texts)} texts but {len(labels)} labels: pass one label per text")
     if not texts:
@@ -393,65 +369,68 @@ def score_gguf(
                         "request to classify")
     if len(label_texts) != len(LABELS):
         raise ModelError(f"label_texts {list(label_texts)} must give one spelling for each of {LABELS}")
-    y = encode_labels(labels)
-    t0 = time.monotonic()
-    model_sha = sha256_file(path)
-    rec_sha = records_digest(texts, labels)
-    prompt = prompt or DEFAULT_DECISION_PROMPT
-    key = cache_key(model_sha, rec_sha, chat_template, label_texts, mode, n_batch=N_BATCH, scorer_version=SCORER_VERSION,
-                    prompt=prompt)
-    if use_cache:
-        hit = load_cached(key, len(texts))
-        if hit is not None:
-            z, meta = hit
-            logger.info("scores read from cache %s (%d samples, mode %s)", key, len(texts), meta["mode"])
-            return Scores(
-                z=z, y=y, label_token_ids={k: list(v) for k, v in meta["label_token_ids"].items()},
-                mode=meta["mode"], chat_template=meta["chat_template"], prompt_example=meta["prompt_example"],
-                model_sha256=model_sha, data_sha256=data_sha256 or rec_sha, records_sha256=rec_sha, cache_key=key,
-                from_cache=True, n_prefix_tokens=int(meta["n_prefix_tokens"]), seconds=float(meta["seconds"]),
-                scorer_version=int(meta["scorer_version"]), llama_cpp_version=meta["llama_cpp_version"],
-                model_path=str(path), label_texts=tuple(label_texts), prompt=prompt,
-            )
+    return encode_labels(labels)
 
-    llm = _load_model(path, n_ctx, n_threads)
-    try:
-        prompter = _Prompter(llm, chat_template, prompt)
-        prompts = [prompter.render(t) for t in texts]
-        ids = [prompter.tokenize(p) for p in prompts]
-        lab_ids = [prompter.label_ids(prompts[0], ids[0], lab) for lab in label_texts]
-        resolved = resolve_mode(lab_ids, mode, label_texts)
-        longest_label = max(len(t) for t in lab_ids) if resolved == "sequence" else 1
-        too_long = [i for i, s in enumerate(ids) if len(s) + longest_label - 1 > n_ctx]
-        if too_long:
-            i = too_long[0]
-            raise DataError(f"record {i + 1} ({texts[i][:40]!r}...) has {len(ids[i])} prompt tokens > n_ctx={n_ctx}"
-                            f" ({len(too_long)} such records): raise n_ctx or shorten the text")
-        n_prefix = common_prefix_length(ids)
-        logger.info("scoring %d samples with %s (%s mode, labels %s, %d shared prefix tokens)",
-                    len(ids), path.name, resolved, dict(zip(LABELS, lab_ids)), n_prefix)
-        llm.reset()
-        if n_prefix:
-            llm.eval(ids[0][:n_prefix])
-        z = np.empty((len(ids), len(LABELS)), dtype=np.float64)  # (n, 3)
-        for i, s in enumerate(tqdm(ids, desc="scoring", unit="sample", disable=(not progress) if progress is not None else None)):
-            z[i] = _score_sample(llm, s, n_prefix, lab_ids, resolved)
-    finally:
-        llm.close()
-    if not np.all(np.isfinite(z)):
-        bad = int(np.flatnonzero(~np.isfinite(z).all(axis=1))[0])
-        raise ModelError(f"{path}: non-finite scores for record {bad + 1} ({z[bad].tolist()}): the model is broken")
-    scores = Scores(
-        z=z, y=y, label_token_ids=dict(zip(LABELS, lab_ids)), mode=resolved, chat_template=prompter.template,
-        prompt_example=prompts[0], model_sha256=model_sha, data_sha256=data_sha256 or rec_sha,
-        records_sha256=rec_sha, cache_key=key, from_cache=False, n_prefix_tokens=n_prefix,
-        seconds=time.monotonic() - t0, llama_cpp_version=llama_cpp.__version__, model_path=str(path),
-        label_texts=tuple(label_texts), prompt=prompt,
+
+def _cached_scores(key: str, n: int, inputs: dict[str, Any]) -> Scores | None:
+    """The cached :class:`Scores` under ``key`` (how they were made read from the entry), or None on a miss."""
+    hit = load_cached(key, n)
+    if hit is None:
+        return None
+    z, meta = hit
+    logger.info("scores read from cache %s (%d samples, mode %s)", key, n, meta["mode"])
+    return Scores(
+        z=z, label_token_ids={k: list(v) for k, v in meta["label_token_ids"].items()}, mode=meta["mode"],
+        chat_template=meta["chat_template"], prompt_example=meta["prompt_example"], from_cache=True,
+        n_prefix_tokens=int(meta["n_prefix_tokens"]), seconds=float(meta["seconds"]),
+        scorer_version=int(meta["scorer_version"]), llama_cpp_version=meta["llama_cpp_version"], **inputs,
     )
-    logger.info("scored %d samples in %.1f s", len(ids), scores.seconds)
-    if use_cache:
-        save_cached(scores.cache_key, scores.z, scores.y, scores.info())
-    return scores
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one pass of the model over the texts made (the parts of :class:`Scores` it decides)."""
+
+    z: np.ndarray
+    label_token_ids: dict[str, list[int]]
+    mode: ResolvedMode
+    chat_template: str
+    prompt_example: str
+    n_prefix_tokens: int
+
+
+def _score_texts(llm, texts: Sequence[str], *, mode: ScoringMode, label_texts: Sequence[str], chat_template: str | None,
+                 n_ctx: int, prompt: DecisionPrompt, progress: bool | None, model_name: str) -> _Run:
+    """Render, tokenize and score every text with a loaded model (the shared prefix evaluated once).
+
+    Raises:
+        ModelError: No chat template, unusable labels.
+        DataError: A prompt (plus the longest label in sequence mode) longer than ``n_ctx``.
+    """
+    from tqdm.auto import tqdm
+
+    prompter = _Prompter(llm, chat_template, prompt)
+    prompts = [prompter.render(t) for t in texts]
+    ids = [prompter.tokenize(p) for p in prompts]
+    lab_ids = [prompter.label_ids(prompts[0], ids[0], lab) for lab in label_texts]
+    resolved = resolve_mode(lab_ids, mode, label_texts)
+    longest_label = max(len(t) for t in lab_ids) if resolved == "sequence" else 1
+    too_long = [i for i, s in enumerate(ids) if len(s) + longest_label - 1 > n_ctx]
+    if too_long:
+        i = too_long[0]
+        raise DataError(f"record {i + 1} ({texts[i][:40]!r}...) has {len(ids[i])} prompt tokens > n_ctx={n_ctx}"
+                        f" ({len(too_long)} such records): raise n_ctx or shorten the text")
+    n_prefix = common_prefix_length(ids)
+    logger.info("scoring %d samples with %s (%s mode, labels %s, %d shared prefix tokens)",
+                len(ids), model_name, resolved, dict(zip(LABELS, lab_ids)), n_prefix)
+    llm.reset()
+    if n_prefix:
+        llm.eval(ids[0][:n_prefix])
+    z = np.empty((len(ids), len(LABELS)), dtype=np.float64)  # (n, 3)
+    for i, s in enumerate(tqdm(ids, desc="scoring", unit="sample", disable=(not progress) if progress is not None else None)):
+        z[i] = _score_sample(llm, s, n_prefix, lab_ids, resolved)
+    return _Run(z=z, label_token_ids=dict(zip(LABELS, lab_ids)), mode=resolved, chat_template=prompter.template,
+                prompt_example=prompts[0], n_prefix_tokens=n_prefix)
 
 
 def read_labelled(path: str | Path) -> tuple[list[str], list[str]]:

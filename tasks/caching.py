@@ -31,6 +31,8 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
+from so8t.digests import directory_digest, sha256_file
+
 CACHE_DIR = ".prefect-cache"
 
 # (device, inode, size, mtime_ns, ctime_ns) -> sha256: a file is hashed once per process, however
@@ -46,11 +48,7 @@ def file_digest(path: Path) -> str:
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     digest = _DIGESTS.get(key)
     if digest is None:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        digest = _DIGESTS[key] = h.hexdigest()
+        digest = _DIGESTS[key] = sha256_file(path)
     return digest
 
 
@@ -64,13 +62,7 @@ def path_digest(path: str | Path) -> str:
     if p.is_file():
         return file_digest(p)
     if p.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p.rglob("*")):
-            rel = f.relative_to(p)
-            if any(part.startswith(".") for part in rel.parts) or not f.is_file():
-                continue
-            h.update(rel.as_posix().encode() + b"\0" + file_digest(f).encode() + b"\n")
-        return "dir:" + h.hexdigest()
+        return "dir:" + directory_digest(p, file_digest)
     return f"missing:{p}"
 
 

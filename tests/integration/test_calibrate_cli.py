@@ -29,6 +29,7 @@ from so8t.cli import main
 from so8t.decision import LABELS
 from tests.conftest import write_jsonl
 from tests.fixtures.required import require_module, smollm2_gguf
+from tests.unit.test_metrics import naive_adaptive
 
 REPO = Path(__file__).resolve().parents[2]
 require_module("llama_cpp")
@@ -143,18 +144,6 @@ def _naive_gap(values: list[float], hits: list[float], n_bins: int) -> float:
     return total
 
 
-def _naive_adaptive(conf: list[float], hits: list[float], n_bins: int) -> float:
-    n = len(conf)
-    order = sorted(range(n), key=lambda i: conf[i])
-    groups, start, total = min(n_bins, n), 0, 0.0
-    for g in range(groups):
-        size = n // groups + (1 if g < n % groups else 0)
-        idx = order[start:start + size]
-        start += size
-        total += abs(sum(hits[i] for i in idx) - sum(conf[i] for i in idx)) / n
-    return total
-
-
 def _recompute(z: np.ndarray, y: np.ndarray, t: float, tau_deny: float, tau_escalate: float, n_bins: int) -> dict:
     p = _probs(z, t)
     d = _naive_decide(p, tau_deny, tau_escalate)
@@ -178,7 +167,7 @@ def _recompute(z: np.ndarray, y: np.ndarray, t: float, tau_deny: float, tau_esca
         "ece": _naive_gap(top, hits, n_bins),
         "classwise_ece": sum(_naive_gap(p[:, k].tolist(), (y == k).astype(float).tolist(), n_bins)
                              for k in range(3)) / 3,
-        "adaptive_ece": _naive_adaptive(top, hits, n_bins),
+        "adaptive_ece": naive_adaptive(p, y, n_bins),  # equal-mass bins of the same top-label confidences
         "brier": sum(((p[i] - onehot[i]) ** 2).sum() for i in range(len(y))) / len(y),
         "nll": -sum(np.log(max(p[i, y[i]], 1e-15)) for i in range(len(y))) / len(y),
     }
@@ -396,7 +385,7 @@ def test_template_that_prints_bos_gets_exactly_one(tiny_gguf):
     """The tiny Llama's template starts with ``{{ bos_token }}``: scoring must not add a second BOS."""
     import llama_cpp
 
-    from so8t.scoring import template_token_ids
+    from so8t.llama import template_token_ids
 
     llm = llama_cpp.Llama(str(tiny_gguf), vocab_only=True, verbose=False)
     try:

@@ -150,7 +150,8 @@ def test_smollm2_q8_answers_and_knows_paris(smollm2_q8, capsys):
     Xeon round Q8_0 dot products differently, and a near-tie flips the path). What holds on any x86-64
     CPU is the model's knowledge, read as next-token logits after a teacher-forced answer prefix.
     """
-    from so8t.scoring import _load_model, last_logits
+    from so8t.llama import next_token_logits
+    from so8t.scoring import _load_model
 
     rc = main(["run", "-m", str(smollm2_q8), "-p", "What is the capital of France?", "--temp", "0", "-n", "24", "-t", "1"])
     assert rc == 0
@@ -159,7 +160,7 @@ def test_smollm2_q8_answers_and_knows_paris(smollm2_q8, capsys):
     llm = _load_model(smollm2_q8, n_ctx=256, n_threads=1)
     try:
         llm.eval(llm.tokenize(FRANCE_CHAT.encode(), add_bos=False, special=True))
-        logits = last_logits(llm).astype(np.float64)
+        logits = next_token_logits(llm).astype(np.float64)
         top5 = [llm.detokenize([int(t)]).decode("utf-8", "replace") for t in np.argsort(-logits)[:5]]
         paris, london = (llm.tokenize(w.encode(), add_bos=False, special=False)[0] for w in (" Paris", " London"))
     finally:

@@ -6,7 +6,8 @@ import jinja2
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from so8t.chat_template import compile_chat_template, render_chat_template
+from so8t.chat_template import compile_chat_template, render_chat, render_chat_template
+from so8t.errors import ModelError
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -48,3 +49,20 @@ def test_errors_are_raised_every_time_never_cached():
 
 def test_strftime_now_is_available():
     assert render_chat_template("{{ strftime_now('%Y') }}", []).isdigit()
+
+
+def test_render_chat_is_the_library_renderer():
+    """The one renderer of scoring, decide, A/B generation, `so8t run` and the Modelfile: same text, one-line errors."""
+    msgs = [{"role": "user", "content": "x"}]
+    for gen in (True, False):
+        assert render_chat(LLAMA, msgs, bos_token="<s>", eos_token="</s>", add_generation_prompt=gen) == \
+            _independent(LLAMA, messages=msgs, bos_token="<s>", eos_token="</s>", add_generation_prompt=gen)
+    with pytest.raises(ModelError, match=r"^the chat template failed to render \(no system\)$"):
+        render_chat("{{ raise_exception('no system') }}", [])
+    with pytest.raises(ModelError, match=r"failed to render \(.*unsafe.*\); pass --raw$"):
+        render_chat("{{ messages.__class__.__mro__[1].__subclasses__() }}", msgs, advice="; pass --raw")
+    with pytest.raises(ModelError, match="failed to render"):
+        render_chat("{% for m in messages %}", [])
+    from so8t import abperf, inference, scoring
+
+    assert scoring.render_chat is render_chat and inference.render_chat is render_chat and abperf.render_chat is render_chat

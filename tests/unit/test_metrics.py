@@ -86,6 +86,25 @@ def test_softmax_matches_scipy(z, t):
     np.testing.assert_allclose(M.softmax(z, t), scipy.special.softmax(z / t, axis=1), rtol=1e-12, atol=1e-300)
 
 
+@PROP
+@given(z=arrays(np.float64, (5, 4), elements=st.floats(-300, 300)), t=st.floats(0.05, 20))
+def test_log_softmax_matches_scipy(z, t):
+    """The one log-softmax (calibration, scoring's sequence mode, the logit comparison of bake and GGUF fidelity)."""
+    np.testing.assert_allclose(M.log_softmax(z, t), scipy.special.log_softmax(z / t, axis=-1), rtol=1e-12, atol=1e-12)
+
+
+def test_log_softmax_of_a_vocabulary_row_and_its_users():
+    rng = np.random.default_rng(0)
+    row = (rng.normal(0, 8, 49152) + 1e4).astype(np.float32)  # scoring's case: one float32 logit row, large values
+    got = M.log_softmax(row)
+    assert got.dtype == np.float64 and got.shape == row.shape
+    np.testing.assert_allclose(got, scipy.special.log_softmax(row.astype(np.float64)), rtol=0, atol=1e-9)
+    from so8t import calibration, logit_compare, scoring
+
+    assert scoring.log_softmax is M.log_softmax and logit_compare.log_softmax is M.log_softmax
+    assert calibration.log_softmax is M.log_softmax
+
+
 def test_softmax_rejects_bad_temperature():
     with pytest.raises(ValueError, match="temperature"):
         M.softmax(np.zeros((2, 3)), 0.0)
