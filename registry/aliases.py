@@ -5,7 +5,7 @@ Files in ``<root>/models/<name>/``:
 * ``state.json``: :class:`~registry.models.ModelState` (aliases, non-default version states,
   rollback stacks, the entries of the last change). Replaced atomically; it is the commit point.
 * ``history.jsonl``: one :class:`~registry.models.HistoryEntry` per line, append-only.
-* ``lock``: the flock that serialises changes.
+* ``lock``: the file lock that serialises changes (``registry.locks``).
 
 A change runs under the lock: recover, compute the new state, write ``state.json`` (commit),
 append the entries to ``history.jsonl``. If a process dies after the commit but before the append,

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from registry.errors import IntegrityError, NotFoundError
-from registry.fsio import fsync_dir, make_tmp
+from registry.fsio import OPEN_FLAGS, durable_tmp, fsync_dir, remove, replace, write_all
 from registry.models import check_sha256
 
 logger = logging.getLogger(__name__)
@@ -70,17 +70,8 @@ class BlobStore:
         digest = hashlib.sha256(data).hexdigest()
         if self.exists(digest):
             return digest, len(data)
-        fd, tmp = make_tmp(self.tmp_dir, "blob-")
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+        with durable_tmp(self.tmp_dir, "blob-") as (fd, tmp):
+            write_all(fd, data)
         self._install(tmp, digest)
         return digest, len(data)
 
@@ -90,11 +81,10 @@ class BlobStore:
         Raises:
             IntegrityError: If ``src`` changed size or mtime while it was being copied.
         """
-        src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        src_fd = os.open(src, os.O_RDONLY | OPEN_FLAGS)
         try:
             before = os.fstat(src_fd)
-            fd, tmp = make_tmp(self.tmp_dir, "blob-")
-            try:
+            with durable_tmp(self.tmp_dir, "blob-") as (fd, tmp):
                 digest = _copy_and_hash(src_fd, fd, before.st_size)
                 after = os.fstat(src_fd)
                 if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
@@ -102,12 +92,6 @@ class BlobStore:
                         f"{src} changed while it was being published (size {before.st_size} -> "
                         f"{after.st_size}): publish only finished files"
                     )
-                os.fsync(fd)
-            except BaseException:
-                os.close(fd)
-                tmp.unlink(missing_ok=True)
-                raise
-            os.close(fd)
         finally:
             os.close(src_fd)
         self._install(tmp, digest)
@@ -116,11 +100,16 @@ class BlobStore:
     def _install(self, tmp: Path, digest: str) -> None:
         final = self.path(digest)
         if final.exists():  # deduplicated: identical content already stored
-            tmp.unlink(missing_ok=True)
+            remove(tmp)
             return
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
-        os.replace(tmp, final)  # identical content if two publishers race: either wins
+        try:
+            replace(tmp, final)  # identical content if two publishers race: either wins
+        except PermissionError:
+            if not final.exists():  # Windows: the racing publisher's read-only blob is the same content
+                raise
+            remove(tmp)
         fsync_dir(final.parent)
 
     def verify(self, sha256: str, size: int | None = None) -> None:
@@ -173,7 +162,7 @@ class BlobStore:
         path = self.path(sha256)
         try:
             size = path.stat().st_size
-            path.unlink()
+            remove(path, missing_ok=False)  # read-only: made writable first on Windows
         except FileNotFoundError:
             return 0
         return size

@@ -9,20 +9,37 @@ the aliases in ``state.json``. Then every other blob in the store is re-hashed t
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from pydantic import ValidationError
 
+from registry.aliases import AliasLog
+from registry.blobs import BlobStore
 from registry.errors import NotFoundError, RegistryError
 from registry.models import VerifyReport, VersionManifest, is_version
-
-if TYPE_CHECKING:
-    from registry.store import Registry
 
 logger = logging.getLogger(__name__)
 
 
-def verify_store(reg: Registry, name: str | None = None) -> VerifyReport:
+class Store(Protocol):
+    """What the check reads of a :class:`registry.store.Registry`.
+
+    Named here, not imported from :mod:`registry.store`: the store calls this module, so importing
+    it back (even only for type checking) would make an import circle.
+    """
+
+    root: Path
+    blobs: BlobStore
+
+    def _model_dir(self, name: str) -> Path: ...
+
+    def _log(self, name: str) -> AliasLog: ...
+
+    def list_models(self) -> list[str]: ...
+
+
+def verify_store(reg: Store, name: str | None = None) -> VerifyReport:
     """Check the store (or one model) and return a report; never raises on a finding."""
     problems: list[str] = []
     wanted: dict[str, int] = {}  # sha256 -> size
@@ -72,7 +89,7 @@ def verify_store(reg: Registry, name: str | None = None) -> VerifyReport:
                         blobs_checked=blobs_checked, bytes_checked=bytes_checked)
 
 
-def _check_aliases(reg: Registry, model: str, versions: set[str]) -> list[str]:
+def _check_aliases(reg: Store, model: str, versions: set[str]) -> list[str]:
     problems: list[str] = []
     log = reg._log(model)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from registry.blobs import BlobStore, _copy_and_hash
 from registry.errors import IntegrityError, InvalidInputError, NotFoundError
-from registry.fsio import fsync_dir, make_tmp
+from registry.fsio import OPEN_FLAGS, durable_tmp, fsync_dir, replace
 from registry.models import FileEntry, VersionManifest
 
 logger = logging.getLogger(__name__)
@@ -80,10 +80,9 @@ def _export_into(blobs: BlobStore, m: VersionManifest, dest: Path, *, link: bool
 
 
 def _copy_verified(blob: Path, target: Path, f: FileEntry) -> None:
-    fd, tmp = make_tmp(target.parent, ".export-")
-    try:
+    with durable_tmp(target.parent, ".export-", mode=0o644) as (fd, tmp):
         try:
-            src_fd = os.open(blob, os.O_RDONLY)
+            src_fd = os.open(blob, os.O_RDONLY | OPEN_FLAGS)
         except FileNotFoundError:
             raise NotFoundError(f"blob {f.sha256} of {f.path} is missing: run `so8t registry verify`") from None
         try:
@@ -97,11 +96,4 @@ def _copy_verified(blob: Path, target: Path, f: FileEntry) -> None:
                 f"blob of {f.path} is corrupted (content is {digest}, manifest says {f.sha256}): "
                 "export refused; restore the blob or re-publish"
             )
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+    replace(tmp, target)

@@ -4,11 +4,11 @@ Layout under the root (``$SO8T_REGISTRY``, default ``~/.cache/so8t/registry``)::
 
     blobs/sha256/ab/ab12...      content-addressed, read-only, deduplicated
     tmp/                         temporaries (same file system, so renames are atomic)
-    gc.lock                      shared by publishers, exclusive for gc
+    gc.rwlock                    shared by publishers, exclusive for gc (SQLite reader/writer lock)
     models/<name>/versions/vN.json   immutable manifests (created with link(): all or nothing)
     models/<name>/state.json     aliases + version states (atomic replace, the commit point)
     models/<name>/history.jsonl  append-only alias/state history
-    models/<name>/lock           flock serialising alias changes
+    models/<name>/lock           file lock serialising alias changes
     mirror/                      Hub mirror bookkeeping (registry.hub), never needed locally
 
 A version becomes visible only when its manifest is linked into ``versions/``, after all its blobs
@@ -29,9 +29,10 @@ from pydantic import JsonValue, ValidationError
 
 from registry import aliases as al
 from registry.blobs import BlobStore
+from registry.checks import verify_store
 from registry.errors import InvalidInputError, NotFoundError, RegistryError
-from registry.fsio import create_exclusive
-from registry.locks import DEFAULT_TIMEOUT_S, file_lock
+from registry.fsio import create_exclusive, remove
+from registry.locks import DEFAULT_TIMEOUT_S, GC_LOCK, rw_lock
 from registry.modelcard import RESERVED_PATHS
 from registry.models import (
     PRODUCTION,
@@ -144,7 +145,7 @@ class Registry:
         self.blobs.ensure()
         versions_dir = self._model_dir(name) / "versions"
         versions_dir.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.root / "gc.lock", shared=True, timeout_s=self.lock_timeout_s):
+        with rw_lock(self.root / GC_LOCK, write=False, timeout_s=self.lock_timeout_s):
             entries = []
             for rel, src in sorted(files.items()):
                 digest, size = (
@@ -398,8 +399,6 @@ class Registry:
         Args:
             name: Check one model (and only its blobs); None checks the whole store.
         """
-        from registry.checks import verify_store
-
         return verify_store(self, name)
 
     def gc(self, *, dry_run: bool = False) -> GcReport:
@@ -411,7 +410,7 @@ class Registry:
             RegistryError: If a manifest cannot be read (gc refuses to guess what it references).
         """
         self.blobs.ensure()
-        with file_lock(self.root / "gc.lock", timeout_s=self.lock_timeout_s):
+        with rw_lock(self.root / GC_LOCK, write=True, timeout_s=self.lock_timeout_s):
             referenced: set[str] = set()
             for name in self.list_models():
                 for p in (self._model_dir(name) / "versions").glob("v*.json"):
@@ -444,7 +443,7 @@ class Registry:
                     if t.name.startswith("blob-") or _mtime(t) < cutoff]
             if not dry_run:
                 for t in tmps:
-                    t.unlink(missing_ok=True)
+                    remove(t)
         logger.info("gc: %d blobs (%d bytes), %d temporaries%s", len(removed), freed, len(tmps),
                     " (dry run)" if dry_run else "")
         return GcReport(removed_blobs=tuple(removed), removed_tmp=len(tmps), freed_bytes=freed,

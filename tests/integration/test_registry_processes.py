@@ -99,7 +99,19 @@ def _check_consistent(reg: Registry, name: str) -> None:
     assert seqs == list(range(1, len(seqs) + 1))
 
 
-def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path: Path) -> None:
+@pytest.fixture(params=["posix", "windows-paths"])
+def file_rules(request, monkeypatch) -> str:
+    """Run a test with the registry's POSIX file rules, then again with its Windows ones (no directory fsync,
+    chmod after close, replace retried, read-only files made writable to be removed): the rules that can
+    run here. The locks are filelock's on both (its Windows lock class itself cannot run on Linux)."""
+    if request.param == "windows-paths":
+        from registry import fsio
+
+        monkeypatch.setattr(fsio, "WINDOWS", True)  # forked children inherit it
+    return request.param
+
+
+def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path: Path, file_rules: str) -> None:
     root = tmp_path / "store"
     reg = Registry(root, lock_timeout_s=10)
     rng = random.Random(1234)
@@ -140,7 +152,7 @@ def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path: Path) -> Non
     _check_consistent(reg, NAME)
 
 
-def test_four_processes_publish_and_promote_concurrently(tmp_path: Path) -> None:
+def test_four_processes_publish_and_promote_concurrently(tmp_path: Path, file_rules: str) -> None:
     root = tmp_path / "store"
     out = tmp_path / "logs"
     out.mkdir()
@@ -201,3 +213,65 @@ def test_lock_timeout_is_a_clear_error(tmp_path: Path) -> None:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert reg.promote(NAME, "v1") is not None  # the kernel released the dead holder's lock
+
+
+def test_gc_lock_is_shared_by_publishers_exclusive_for_gc_and_dies_with_its_holder(tmp_path: Path) -> None:
+    """The reader/writer lock (filelock's SQLite ReadWriteLock): a live shared holder (a publish in progress)
+    lets another publish in and keeps gc out; SIGKILL of the holder frees it at once."""
+    from registry.errors import LockTimeoutError
+    from registry.locks import GC_LOCK, rw_lock
+
+    reg = Registry(tmp_path / "store", lock_timeout_s=0.3)
+    reg.publish(NAME, {"a": b"x"})
+    lock = reg.root / GC_LOCK
+    r, w = os.pipe()
+
+    def publishing() -> None:
+        with rw_lock(lock, write=False):
+            os.write(w, b"1")
+            time.sleep(30)
+
+    pid = _child(publishing)
+    os.read(r, 1)
+    try:
+        with rw_lock(lock, write=False, timeout_s=2):  # another publisher: shares it
+            pass
+        assert reg.publish(NAME, {"b": b"y"}).version == "v2"
+        t0 = time.monotonic()
+        with pytest.raises(LockTimeoutError, match="still held"):
+            reg.gc()  # gc waits for the publish in progress, then gives up with the one-line error
+        assert time.monotonic() - t0 >= 0.25
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    reg.gc()  # the dead holder's lock is gone
+    assert [m.version for m in reg.list_versions(NAME)] == ["v1", "v2"]
+
+
+def test_exclusive_lock_excludes_threads_of_one_process_like_processes(tmp_path: Path) -> None:
+    import threading
+
+    from registry.errors import LockTimeoutError
+    from registry.locks import file_lock
+
+    path = tmp_path / "lock"
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with file_lock(path):
+            held.set()
+            done.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(10)
+    try:
+        with pytest.raises(LockTimeoutError):
+            with file_lock(path, timeout_s=0.2):
+                pass
+    finally:
+        done.set()
+        t.join()
+    with file_lock(path, timeout_s=1):
+        assert path.exists()
+    assert path.exists()  # kept after release: a waiter never locks a deleted file
