@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_train = sub.add_parser("train", help="SO8T QLoRA training (runbook: train_so8t_lora.py).",
                              description=TrainConfig.__doc__)
     add_config_flags(p_train, TrainConfig)
+    p_train.add_argument("--dry_run", action="store_true",
+                         help="Check the flags and print the estimated peak GPU memory of this run (from the base model's "
+                              "config.json alone: no weights, no data) against the card, with the first setting to change "
+                              "when it does not fit (docs/vram.md); trains nothing, writes no output.")
+    p_train.add_argument("--gpu_memory_gb", type=float, default=None, metavar="GIB",
+                         help="With --dry_run: the card's memory in GiB, to plan for a GPU this machine lacks (an RTX 3060 "
+                              "12GB is 12). Default: CUDA device 0's total memory, if one is visible.")
 
     p_base = sub.add_parser("base", help="Embedded base models.")
     base_sub = p_base.add_subparsers(dest="base_command", required=True, metavar="ACTION")
@@ -141,11 +148,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from so8t.config import TrainConfig, build_config
-    from so8t.train import train
+    from so8t.errors import ConfigError
 
     cfg = build_config(TrainConfig, config_values(args, TrainConfig))
+    if args.gpu_memory_gb is not None and not args.dry_run:
+        raise ConfigError("--gpu_memory_gb is for --dry_run: add --dry_run to estimate, or drop --gpu_memory_gb")
+    if args.dry_run:
+        return _dry_run(cfg, args.gpu_memory_gb)
+    from so8t.train import train
+
     out = train(cfg)
     print(f"trained SO8T adapter and gates: {out}")
+    return 0
+
+
+def _dry_run(cfg: Any, gpu_memory_gb: float | None) -> int:
+    """``so8t train --dry_run``: the VRAM preflight report; nothing is trained or written."""
+    import math
+
+    from so8t.errors import ConfigError
+    from so8t.preflight import plan_fit, read_model_shape, visible_gpu
+    from so8t.vram import GIB
+
+    shape = read_model_shape(cfg.base_model)
+    if gpu_memory_gb is not None:
+        if not math.isfinite(gpu_memory_gb) or gpu_memory_gb <= 0:
+            raise ConfigError(f"--gpu_memory_gb {gpu_memory_gb}: give the card's memory as a positive number of GiB")
+        card, bf16 = round(gpu_memory_gb * GIB), True
+    else:
+        card, bf16 = visible_gpu()
+    print(plan_fit(cfg, shape, card, native_bf16=bf16).text())
     return 0
 
 

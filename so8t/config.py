@@ -69,10 +69,15 @@ class TrainConfig(BaseModel):
         "label_loss label_token) instead of every token; same loss and gradients. Used only when a one-time check "
         "shows the model's logits are its head applied to its last hidden state, and in single-process runs; otherwise "
         "the full head runs.")
+    gradient_checkpointing: bool = Field(
+        False, description="Keep only each decoder layer's input for the backward pass and recompute the layer there "
+        "(non-reentrant torch checkpointing): same loss and gradients, far less activation memory, one more forward "
+        "pass of every layer per step. With batch_size > 1 it needs --no-share_prompt_prefix (a shared prefix is evaluated through a "
+        "key/value cache, which checkpointed layers do not keep). `so8t train --dry_run` shows what it saves.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Matmul precision of training: 'bf16' autocast (weights, gradients and optimizer state "
         "stay float32), 'fp32', or 'auto': bf16 where the hardware computes it natively (a CUDA GPU with bf16; a CPU "
-        "with AVX512-BF16 or AMX) and not with --load_in_4bit on a CPU, else fp32.")
+        "with AVX512-BF16 or AMX) and not with --load_in_4bit, else fp32.")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the base model (off by default).")
 
     @model_validator(mode="after")
@@ -83,6 +88,12 @@ class TrainConfig(BaseModel):
         if self.max_steps > 0 and self.save_steps > self.max_steps:
             errors.append(
                 f"save_steps {self.save_steps} > max_steps {self.max_steps}: no checkpoint would be written; lower save_steps"
+            )
+        if self.gradient_checkpointing and self.share_prompt_prefix and self.batch_size > 1:
+            errors.append(
+                f"gradient_checkpointing with share_prompt_prefix and batch_size {self.batch_size}: a shared prompt prefix "
+                "is evaluated once through a key/value cache, which checkpointed layers do not keep; pass "
+                "--no-share_prompt_prefix, or --batch_size 1 (no prefix is shared then)"
             )
         if errors:
             raise ValueError("; ".join(errors))

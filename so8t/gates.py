@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from so8t.errors import ModelError
+from so8t.layer_spec import resolve_layers  # noqa: F401 - re-exported: callers import it from here
 from so8t.rotation import BLOCK, N_FREE, RotationMap, apply_block_rotation, rotations_from_params
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ class _RotationCache:
 
     Computing 30 layers' rotations in one ``(30*d/8, 8, 8)`` call instead of 30 small ones
     matters on a GPU, where a small model's step is bound by kernel launches. A forward pre-hook
-    on the model clears the cache, so every forward (and every optimizer step) sees the current
-    generators; the cached tensors carry the autograd graph of that forward.
+    on the model clears the cache and one on its decoder fills it (:meth:`prefetch`), so every
+    forward (and every optimizer step) sees the current generators; the cached tensors carry the
+    autograd graph of that forward.
     """
 
     def __init__(self, mapping: RotationMap):
@@ -83,6 +85,19 @@ class _RotationCache:
 
     def clear(self, *_args, **_kwargs) -> None:
         self.value = None
+
+    def prefetch(self, *_args, **_kwargs) -> None:
+        """Clear, then compute every gate's rotation now when gradients are recorded.
+
+        Registered on the module whose forward runs the decoder layers, so the rotations (and their
+        autograd graph) are made outside every layer. With gradient checkpointing a layer's forward
+        runs again in the backward pass; computed lazily inside the first gated layer, the rotations
+        would be saved by that layer's checkpoint and the recomputation, which finds them cached, would
+        save fewer tensors than the forward did (torch refuses that).
+        """
+        self.value = None
+        if self.gates and torch.is_grad_enabled():
+            self.get(self.gates[0])
 
     def get(self, gate: SO8TGate) -> torch.Tensor:
         # Also recompute when a generator changed in place or the grad mode differs, so a call
@@ -178,40 +193,6 @@ def head_geometry(model: nn.Module) -> tuple[int, int]:
     return n_heads, int(head_dim)
 
 
-def resolve_layers(spec: str | Sequence[int], n_layers: int, flag: str = "so8t_layers") -> list[int]:
-    """Parse a layer spec: ``"all"``, ``"none"``, ``"0,15,29"``, ranges ``"20-29"``, ``"top:10"`` (the last
-    10 layers) or a list of ints.
-
-    Raises:
-        ModelError: for an index out of range or an unparsable spec (naming ``flag``).
-    """
-    if isinstance(spec, str):
-        s = spec.strip().lower().replace(" ", "")
-        if s == "all":
-            return list(range(n_layers))
-        if s == "none":
-            return []
-        try:
-            if s.startswith("top:"):
-                k = int(s[4:])
-                if not 1 <= k <= n_layers:
-                    raise ModelError(f"{flag} {spec!r}: top:K needs 1 <= K <= {n_layers} (the model's layers)")
-                return list(range(n_layers - k, n_layers))
-            idx = []
-            for p in (p for p in s.split(",") if p):
-                lo, _, hi = p.partition("-")
-                idx += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-        except ValueError:
-            raise ModelError(f"{flag} {spec!r} is not 'all', 'none', 'top:K' or a comma-separated list of layer "
-                             "indices and ranges like '0,15,20-29'") from None
-    else:
-        idx = [int(i) for i in spec]
-    bad = [i for i in idx if not 0 <= i < n_layers]
-    if bad:
-        raise ModelError(f"{flag} {bad} out of range: the model has layers 0..{n_layers - 1}")
-    return sorted(set(idx))
-
-
 def attach_gates(model: nn.Module, layers: str | Sequence[int] = "all", mapping: RotationMap = "expm") -> list[int]:
     """Attach a zero-initialised gate to each selected layer's ``o_proj`` input.
 
@@ -256,8 +237,10 @@ def attach_gates(model: nn.Module, layers: str | Sequence[int] = "all", mapping:
         cache.add(gate)
         o_proj.register_forward_pre_hook(_GateHook(gate))
     if chosen:
-        for entry in _forward_entries(model):
+        entries = _forward_entries(model)
+        for entry in entries[:-1]:
             entry.register_forward_pre_hook(cache.clear)
+        entries[-1].register_forward_pre_hook(cache.prefetch)  # the decoder, which runs the layers
     logger.info("attached SO8T gates to %d layer(s): %s (width %d, %d blocks each)", len(chosen), chosen, width, width // BLOCK)
     return chosen
 

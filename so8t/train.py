@@ -151,6 +151,9 @@ def build_so8t_model(base: nn.Module, cfg: TrainConfig) -> tuple[nn.Module, list
     targets = resolve_lora_targets(base, cfg.lora_target_modules)
     if cfg.load_in_4bit:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(base)
+        _no_input_grads(base)
     n_layers = len(find_attention_layers(base))
     lora_layers = resolve_layers(cfg.lora_layers, n_layers, "lora_layers")
     if not lora_layers:
@@ -161,8 +164,40 @@ def build_so8t_model(base: nn.Module, cfg: TrainConfig) -> tuple[nn.Module, list
         layers_to_transform=None if len(lora_layers) == n_layers else lora_layers,
     )
     model = get_peft_model(base, lora)
+    if cfg.gradient_checkpointing:
+        _no_input_grads(base)
     layers = attach_gates(model, cfg.so8t_layers, mapping=cfg.so8t_rotation)
     return model, layers
+
+
+def _no_input_grads(model: nn.Module) -> None:
+    """Undo ``enable_input_require_grads``, which transformers' checkpointing and peft's ``get_peft_model``
+    each switch on (each call replaces the record of the last one's hooks, hence a call after each).
+
+    Only reentrant checkpointing needs the embeddings' output to require a gradient; without it, layers
+    below the lowest adapted or gated one run no backward pass, checkpointed or not.
+    """
+    disable = getattr(model, "disable_input_require_grads", None)
+    if disable is not None:
+        disable()
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Gradient (activation) checkpointing of every decoder layer, non-reentrant.
+
+    Each layer keeps only its input and runs again in the backward pass: the loss and gradients are
+    those without checkpointing (torch restores the RNG state, so LoRA dropout draws the same masks).
+    The SO(8) gates' rotations are computed before the layers run (:mod:`so8t.gates`), outside every
+    checkpoint. The key/value cache is off: a checkpointed layer does not keep it.
+    """
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x; the old name is deprecated
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False
 
 
 def _make_trainer_class():
@@ -410,8 +445,9 @@ def train(cfg: TrainConfig) -> Path:
     # DDP must see the wrapped model's own forward (its gradient hooks): the decoder-only path is single-process
     sparse = (cfg.sparse_lm_head and args.world_size == 1
               and sparse_head_matches(model, tok("Hello world, how are you?")["input_ids"][:8]))
-    logger.info("precision %s (%s); LM head %s", "bf16 autocast" if use_bf16 else "fp32", cfg.precision,
-                "at loss positions only" if sparse else "on every position")
+    logger.info("precision %s (%s); LM head %s; gradient checkpointing %s", "bf16 autocast" if use_bf16 else "fp32",
+                cfg.precision, "at loss positions only" if sparse else "on every position",
+                "on" if cfg.gradient_checkpointing else "off")
     if cfg.share_prompt_prefix and not share:
         logger.info("share_prompt_prefix: off in a %d-process run (one forward per batch under DDP)", args.world_size)
     trainer = SO8TTrainer(

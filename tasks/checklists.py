@@ -49,23 +49,42 @@ def before_training_items(cfg: TrainConfig) -> list[CheckItem]:
         base_detail = (f"embedded default {cfg.base_model!r} (prepared on first use)" if base_ok
                        else f"{cfg.base_model!r} is neither a directory nor one of {sorted(EMBEDDED)}")
     env = [m for m in ("torch", "transformers", "peft", "llama_cpp") if importlib.util.find_spec(m) is None]
-    import torch
-
-    gpu: CheckItem
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        gpu = CheckItem(item="GPUメモリが十分にある (GPU memory)", ok=free > 2e9,
-                        detail=f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
-    else:
-        gpu = CheckItem(item="GPUメモリが十分にある (GPU memory)", ok=None, detail="no CUDA device: training on CPU")
     return [
         CheckItem(item="データセットが準備されている (dataset prepared)", ok=not missing and lines > 0,
                   detail=f"missing {missing}" if missing else f"{lines} records in {len(files)} file(s)"),
         CheckItem(item="ベースモデルがダウンロードされている (base model available)", ok=base_ok, detail=base_detail),
         CheckItem(item="環境がセットアップされている (environment set up)", ok=not env,
                   detail=f"missing modules {env}" if env else "torch, transformers, peft, llama_cpp importable"),
-        gpu,
+        gpu_memory_item(cfg),
     ]
+
+
+def gpu_memory_item(cfg: TrainConfig) -> CheckItem:
+    """GPU memory: the VRAM preflight's estimate (so8t.preflight, docs/vram.md) against the free memory.
+
+    On a CUDA machine it holds when the estimated peak fits in the free memory, and says what to change
+    first when not. Without CUDA it is not applicable, and shows what a GPU would need. Without an
+    estimate (no readable config.json) it falls back to "more than 2 GB free".
+    """
+    import torch
+
+    from so8t.errors import So8tError
+    from so8t.preflight import plan_fit, read_model_shape
+
+    item = "GPUメモリが十分にある (GPU memory)"
+    cuda = torch.cuda.is_available()
+    free, total = torch.cuda.mem_get_info() if cuda else (None, None)
+    try:
+        report = plan_fit(cfg, read_model_shape(cfg.base_model), free,
+                          native_bf16=torch.cuda.is_bf16_supported() if cuda else True)
+    except So8tError as e:
+        if cuda:
+            return CheckItem(item=item, ok=free > 2e9, detail=f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free "
+                                                               f"(no VRAM estimate: {e})")
+        return CheckItem(item=item, ok=None, detail="no CUDA device: training on CPU")
+    if cuda:
+        return CheckItem(item=item, ok=report.fits, detail=report.verdict("free"))
+    return CheckItem(item=item, ok=None, detail=f"no CUDA device: training on CPU (on a CUDA GPU: {report.verdict()})")
 
 
 def after_training_items(output_dir: str | Path) -> list[CheckItem]:

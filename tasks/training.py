@@ -5,11 +5,11 @@ Retries:
 - Every attempt trains with ``resume_from_checkpoint="latest"`` when the output directory holds a
   complete checkpoint, so a retry (or a re-run after the flow's process was killed) continues from
   the newest checkpoint instead of step 0.
-- A CUDA out-of-memory error applies the runbook's remedies in order, one per retry (see
-  :func:`next_oom_remedy`). The remedies applied so far are recorded in
-  ``<output_dir>/so8t_oom_remedies.json``, so every later attempt, and a later flow run on the same
-  output directory, trains with the same settings; the task's result and a table artifact say what
-  was changed and why.
+- A CUDA out-of-memory error applies the memory remedies in order, one per retry (see
+  :func:`next_oom_remedy`: the order of ``so8t train --dry_run``'s advice). The remedies applied so
+  far are recorded in ``<output_dir>/so8t_oom_remedies.json``, so every later attempt, and a later
+  flow run on the same output directory, trains with the same settings; the task's result and a
+  table artifact say what was changed and why.
 - Errors in the user's input (:class:`so8t.errors.So8tError`) are never retried.
 """
 
@@ -29,17 +29,18 @@ from pydantic import BaseModel, Field
 
 from so8t.config import TrainConfig
 from so8t.errors import So8tError
+from so8t.preflight import MIN_MAX_LENGTH, next_memory_remedy
 from so8t.train import CONFIG_FILE, list_checkpoints, read_loss_log, total_steps, train
 from tasks.caching import ContentHash, count_records, maybe_path, split_paths
 
 OOM_FILE = "so8t_oom_remedies.json"
-MIN_OOM_MAX_LENGTH = 64
+MIN_OOM_MAX_LENGTH = MIN_MAX_LENGTH
 
 
 class OomRemedy(BaseModel):
     """One runbook remedy applied after a CUDA out-of-memory error."""
 
-    step: str = Field(description="Runbook item: 'batch-1+accumulation', '4-bit' or 'max-length'.")
+    step: str = Field(description="Remedy: 'batch-1+accumulation', 'gradient-checkpointing', '4-bit' or 'max-length'.")
     changes: dict[str, tuple[Any, Any]] = Field(description="Field -> (old, new).")
     reason: str = Field(description="The error that triggered it (first line).")
 
@@ -52,25 +53,14 @@ class OutOfMemoryRetry(RuntimeError):
 
 
 def next_oom_remedy(cfg: TrainConfig, reason: str = "CUDA out of memory") -> OomRemedy | None:
-    """The next runbook remedy for a CUDA out-of-memory error, or None when all are used.
+    """The next memory remedy after a CUDA out-of-memory error, or None when all are used.
 
-    Order (runbook, トラブルシューティング / メモリ不足エラー): batch size 1 together with more
-    gradient accumulation (the accumulation grows by the old batch size, so the effective batch is
-    unchanged: a larger accumulation alone would not reduce memory); then 4-bit loading; then
-    halving ``max_length``, repeatedly, down to 64 tokens.
+    The order is :func:`so8t.preflight.next_memory_remedy`'s, the one ``so8t train --dry_run`` advises:
+    batch size 1 with more accumulation (the effective batch unchanged), gradient checkpointing, 4-bit
+    loading, then ``max_length`` halved down to 64 tokens.
     """
-    if cfg.batch_size > 1:
-        accum = cfg.gradient_accumulation_steps * cfg.batch_size
-        return OomRemedy(step="batch-1+accumulation", reason=reason, changes={
-            "batch_size": (cfg.batch_size, 1),
-            "gradient_accumulation_steps": (cfg.gradient_accumulation_steps, accum),
-        })
-    if not cfg.load_in_4bit:
-        return OomRemedy(step="4-bit", reason=reason, changes={"load_in_4bit": (False, True)})
-    if cfg.max_length > MIN_OOM_MAX_LENGTH:
-        new = max(MIN_OOM_MAX_LENGTH, cfg.max_length // 2)
-        return OomRemedy(step="max-length", reason=reason, changes={"max_length": (cfg.max_length, new)})
-    return None
+    remedy = next_memory_remedy(cfg)
+    return None if remedy is None else OomRemedy(step=remedy.step, changes=remedy.changes, reason=reason)
 
 
 def apply_remedies(cfg: TrainConfig, remedies: list[OomRemedy]) -> TrainConfig:

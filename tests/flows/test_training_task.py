@@ -23,6 +23,7 @@ def test_oom_remedies_follow_the_runbook_order():
         cfg = apply_remedies(cfg, [r])
     assert seen == [
         ("batch-1+accumulation", {"batch_size": (4, 1), "gradient_accumulation_steps": (2, 8)}),
+        ("gradient-checkpointing", {"gradient_checkpointing": (False, True)}),
         ("4-bit", {"load_in_4bit": (False, True)}),
         ("max-length", {"max_length": (256, 128)}),
         ("max-length", {"max_length": (128, 64)}),
@@ -31,9 +32,23 @@ def test_oom_remedies_follow_the_runbook_order():
 
 
 def test_oom_remedies_skip_what_is_already_applied():
-    assert next_oom_remedy(_cfg(batch_size=1)).step == "4-bit"
-    assert next_oom_remedy(_cfg(batch_size=1, load_in_4bit=True, max_length=100)).changes == {"max_length": (100, 64)}
-    assert next_oom_remedy(_cfg(batch_size=1, load_in_4bit=True, max_length=64)) is None
+    assert next_oom_remedy(_cfg(batch_size=1)).step == "gradient-checkpointing"
+    assert next_oom_remedy(_cfg(batch_size=1, gradient_checkpointing=True)).step == "4-bit"
+    done = dict(batch_size=1, gradient_checkpointing=True, load_in_4bit=True)
+    assert next_oom_remedy(_cfg(**done, max_length=100)).changes == {"max_length": (100, 64)}
+    assert next_oom_remedy(_cfg(**done, max_length=64)) is None
+
+
+def test_oom_retry_and_dry_run_advise_the_same_order():
+    """The retry's remedies are the preflight's (so8t.preflight.next_memory_remedy), step for step."""
+    from so8t.preflight import next_memory_remedy
+
+    cfg = _cfg()
+    while (r := next_oom_remedy(cfg, "x")) is not None:
+        same = next_memory_remedy(cfg)
+        assert (r.step, r.changes) == (same.step, same.changes)
+        cfg = apply_remedies(cfg, [r])
+    assert next_memory_remedy(cfg) is None
 
 
 def _run_train(cfg, retries=3):

@@ -316,6 +316,17 @@ def _cases() -> list[Case]:
     add("run-stdin-not-utf8", lambda c: _stdin(c, b"\xff\xfe bad", ["run", "-m", str(c.gguf), "-n", "2"]), r"stdin: not UTF-8")
     add("run-prompt-not-utf8", lambda c: ["run", "-m", str(c.gguf), "-n", "2", "-p", b"a\xffb".decode("utf-8", "surrogateescape")],
         r"--prompt: not UTF-8")
+    for kind in ("missing_dir", "empty_dir", "config_not_json", "config_array"):  # the dry run reads config.json only
+        add(f"train-dry_run-model-{kind}", lambda c, k=kind: _train(c, "--dry_run", base=_broken_model(c, k)),
+            BROKEN_MODELS[kind])
+    add("train-dry_run-model-config_empty_object",
+        lambda c: _train(c, "--dry_run", base=_broken_model(c, "config_empty_object")),
+        r"config\.json: field 'hidden_size': missing")
+    for value in ("nan", "inf", "0", "-12"):
+        add(f"train-dry_run--gpu_memory_gb={value}", lambda c, v=value: _train(c, "--dry_run", "--gpu_memory_gb", v),
+            r"--gpu_memory_gb .*positive number of GiB")
+    add("train-gpu_memory_gb-without-dry_run", lambda c: _train(c, "--gpu_memory_gb", "12"),
+        r"--gpu_memory_gb is for --dry_run")
     add("train-prompt-file-broken", lambda c: _train(c, "--decision_prompt", _write(c, "prompt.json", "{")), r"prompt\.json")
     add("calibrate-prompt-file-missing", lambda c: _calibrate(c, "--decision_prompt", str(c.inputs / "none.json")), r"none\.json")
     add("evaluate-calibration-not-json", lambda c: _evaluate(c, cal=_write(c, "cal.json", "{")), r"cal\.json")

@@ -42,6 +42,41 @@ def test_before_training_counts_records_and_names_what_is_missing(tmp_path):
     assert unknown["base model available"].ok is False and "neither a directory" in unknown["base model available"].detail
 
 
+def test_gpu_memory_line_compares_the_vram_estimate_with_free_memory(tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    from so8t.preflight import MODEL_CONFIGS
+    from so8t.vram import GIB, ModelShape, estimate_peak, training_setup
+
+    model = tmp_path / "phi"
+    model.mkdir()
+    shutil.copy(MODEL_CONFIGS / "phi-3.5-mini-instruct.json", model / "config.json")  # a directory with config.json only
+    data = tmp_path / "a.jsonl"
+    data.write_text('{"instruction": "x", "output": "y"}\n')
+    cfg = TrainConfig(base_model=str(model), dataset=str(data), output_dir=str(tmp_path / "o"), load_in_4bit=True)
+    shape = ModelShape.from_config(json.loads((model / "config.json").read_text()), "phi")
+    need = estimate_peak(shape, training_setup(cfg, shape)).total
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = _by_tag(before_training_items(cfg))["GPU memory"]
+    assert cpu.ok is None and cpu.detail == f"no CUDA device: training on CPU (on a CUDA GPU: estimated peak {need / GIB:.1f} GiB)"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (need + GIB, 24 * GIB))
+    roomy = _by_tag(before_training_items(cfg))["GPU memory"]
+    assert roomy.ok is True and roomy.detail.endswith(f"GiB free: fits") and f"{need / GIB:.1f} GiB vs" in roomy.detail
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (need - GIB, 24 * GIB))
+    tight = _by_tag(before_training_items(cfg))["GPU memory"]
+    assert tight.ok is False and "does not fit; change gradient_checkpointing False -> True first" in tight.detail
+
+    (model / "config.json").write_text("{}")  # no estimate: the old rule, more than 2 GB free, and why
+    fallback = _by_tag(before_training_items(cfg))["GPU memory"]
+    assert fallback.ok is (need - GIB > 2e9) and "no VRAM estimate" in fallback.detail and "hidden_size" in fallback.detail
+
+
 def _run_dir(root: Path, steps: list[int], losses: list[float], global_step: int, complete: bool = True) -> Path:
     out = root / "run"
     out.mkdir(parents=True)
