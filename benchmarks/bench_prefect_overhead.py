@@ -57,7 +57,7 @@ def build_inputs(d: Path) -> tuple[Path, Path, Path]:
 
 
 def params(model: Path, train: Path, val: Path, root: Path, steps: int = 24):
-    from flows.params import CalibrationSettings, ConvertSettings, ModelRef, PipelineParams, TrainSettings
+    from release.params import CalibrationSettings, ConvertSettings, ModelRef, PipelineParams, TrainSettings
     from so8t.gate import GateConfig
 
     return PipelineParams(
@@ -69,106 +69,17 @@ def params(model: Path, train: Path, val: Path, root: Path, steps: int = 24):
 
 
 def direct(p) -> str:
-    """The pipeline flow's work without Prefect: the same library stages, parameters and helpers.
+    """The pipeline flow's work without Prefect: :func:`release.recipes.run_pipeline` with the plain stages.
 
-    A faithful twin of ``flows/pipeline.py`` (``so8t-retrain`` then ``so8t-calibrate-and-promote``),
-    step by step, calling the same plain functions the tasks call: run plan (content digests of data
-    and base model), the runbook checklists' checks, training with resume/remedy planning, bake, F16
-    conversion, quantization + Modelfile, idempotent publish (content hashes compared with the
-    existing versions), git revision, resolve, production lookup, export, calibration, the A/B
-    decision (skipped: no production yet), calibrated Modelfile, second idempotent publish, gate,
-    smoke test before the first promotion, promotion, smoke test of production, the before-inference
-    checks. Left out is only what Prefect adds: task/flow runs, cache keys, results, artifacts
-    (incl. the calibration report's inlined diagram), events and run logs.
+    The same recipe the ``so8t-pipeline`` flow runs (it hands it ``tasks.stages.PrefectStages``), with
+    :class:`release.stages.Stages`: every stage a plain library call. Left out is only what Prefect adds:
+    task/flow runs, cache keys, results, artifacts (incl. the calibration report's inlined diagram), events,
+    the promotion's transaction and run logs.
     """
-    import time as _time
+    from release.recipes import run_pipeline
+    from release.stages import Stages
 
-    from flows.calibrate_and_promote import evidence
-    from flows.params import calibrate_config, train_config
-    from registry import Registry
-    from so8t.bake import bake
-    from so8t.calibration_cli import DIAGRAM_FILE, RESULTS_FILE, run_calibration
-    from so8t.train import train
-    from tasks.abtest import ABOutcome, ab_skip_reason, run_ab_comparison
-    from tasks.caching import file_digest
-    from tasks.calibration import CalibrationRun, gate_decision
-    from tasks.checklists import (after_calibration_items, after_conversion_items, after_training_items,
-                                  before_inference_items, before_training_items)
-    from tasks.gguf import convert_f16, quantize_gguf
-    from tasks.registry import production_version, publish_version, resolve_version
-    from tasks.release import (bake_config, calibrated_files, calibration_metrics, candidate_files, candidate_metrics,
-                               code_revision, convert_config, export_version, lineage_of, plan_run,
-                               write_calibrated_modelfile)
-    from tasks.smoke import main_gguf, raise_if_failed, run_smoke_test
-    from tasks.training import plan_training, training_result
-
-    name, root = p.model.name, p.model.registry_root
-    # --- so8t-retrain
-    plan = plan_run(name, p.work_dir, p.train, p.convert)
-    cfg = train_config(p.train, plan.train_dir)
-    before_training_items(cfg)
-    t0 = _time.monotonic()
-    tplan = plan_training(cfg)
-    train(tplan.run_cfg)
-    trained, _ = training_result(cfg, tplan, _time.monotonic() - t0)
-    after_training_items(trained.output_dir)
-    bake(bake_config(plan, trained))
-    conv_cfg = convert_config(plan, p.convert)
-    convert_f16(conv_cfg)
-    ggufs = quantize_gguf(conv_cfg)
-    after_conversion_items(plan.baked_dir, ggufs.report_path, conv_cfg.quants)
-    files, kinds = candidate_files(plan, trained, ggufs, p.convert.publish_f16)
-    main = f"gguf/{ggufs.path(conv_cfg.quants[0]).name}"
-    reg = Registry(root)
-    cand, _ = publish_version(
-        reg, name, files, kinds=kinds, metrics=candidate_metrics(trained, ggufs, conv_cfg.quants[0]),
-        parameters={"main_gguf": main, "train": cfg.model_dump(mode="json"), "convert": p.convert.model_dump(mode="json"),
-                    "run_dir": plan.run_dir},
-        lineage={"base_model": plan.base_model, "dataset_hashes": plan.dataset_hashes, "code_revision": code_revision()},
-        description=f"candidate: SO8T on {plan.base_model}, {trained.global_step} steps, {conv_cfg.quants[0]}")
-    # --- so8t-calibrate-and-promote
-    info = resolve_version(root, name, cand.version)
-    candidate, production = info.manifest.version, production_version(root, name)
-    work = Path(p.work_dir).expanduser().resolve()
-    staged = export_version(root, name, candidate, str(work / "exports" / name / candidate))
-    gguf = staged.files[main_gguf(Registry(root).manifest(name, candidate))]
-    out = work / "calibration" / name / candidate / file_digest(Path(p.calibration.val_data))[:12]
-    result = run_calibration(calibrate_config(p.calibration, p.gate, gguf, out))
-    run = CalibrationRun(results_path=str(out / RESULTS_FILE), diagram_path=str(out / DIAGRAM_FILE), result=result)
-    h = result.after.holdout
-    after_calibration_items(run.results_path, h.ece, p.gate.ece_max,
-                            h.false_allow_rate if p.gate.far_bound == "point" else h.false_allow_upper95, p.gate.far_max)
-    prod = export_version(root, name, production, str(work / "exports" / name / production)) if production else None
-    prod_gguf = prod.files[main_gguf(reg.manifest(name, production))] if prod else None
-    skip = ab_skip_reason(p.ab, production, gguf, prod_gguf)
-    ab = ABOutcome(skipped=True, reason=skip, candidate=candidate, production=production) if skip else None
-    if skip is None:
-        report, path = run_ab_comparison(gguf, prod_gguf, run.results_path, prod.files.get("calibration/calibration_results.json"),
-                                         p.ab, str(out / f"ab-vs-{production}"))
-        ab = ABOutcome(skipped=False, candidate=candidate, production=production, passed=report.verdict.passed,
-                       summary=report.verdict.summary, report_path=path)
-    modelfile = write_calibrated_modelfile(gguf, str(Path(gguf).parent / f"Modelfile.calibrated-{out.name}"), run.results_path)
-    cfiles, ckinds = calibrated_files(staged, run.results_path, run.diagram_path, modelfile)
-    val = Path(p.calibration.val_data)
-    release, _ = publish_version(
-        reg, name, cfiles, kinds=ckinds, metrics=calibration_metrics(h),
-        parameters={**info.manifest.parameters, "gate": p.gate.model_dump(mode="json"), "calibration": {
-            "temperature": result.temperature, "tau_deny": result.tau_deny, "tau_escalate": result.tau_escalate,
-            "val_data": str(val)}},
-        lineage=lineage_of(info.manifest, {val.name: file_digest(val)}),
-        description=f"{candidate} calibrated on {val.name}: T={result.temperature:.3g}")
-    decision, _ = gate_decision(result, p.gate, ab, p.ab.must_pass)
-    assert decision.passed, decision.summary
-    if production is None:
-        raise_if_failed(run_smoke_test(root, name, release.version, p.smoke), name)
-    reg.state(name).aliases.get("production")  # what the promote task records for its rollback hook
-    reg.promote(name, release.version, evidence=evidence(run, decision, candidate=candidate, ab=ab.model_dump()),
-                reason=f"gate passed: {decision.summary}")
-    raise_if_failed(run_smoke_test(root, name, "production", p.smoke), name)
-    served = Registry(root).get(name, "production")
-    before_inference_items(served.path(main_gguf(served.manifest)), served.path("gguf/Modelfile").read_text(),
-                           result.temperature)
-    return release.version
+    return run_pipeline(p, Stages()).promotion.version
 
 
 def under_prefect(p, tag: str | None = None) -> str:

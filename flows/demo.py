@@ -48,8 +48,8 @@ def demo_params(output_dir: Path, recipe: str = "demo", max_steps: int | None = 
     The gate is never loosened here: a model is promoted because it meets GateConfig()'s defaults.
     """
     # imported here: Prefect reads its settings when first imported, after run_demo has set the defaults
-    from flows.params import BUNDLED_VAL, DATA_DIR, CalibrationSettings, ConvertSettings, ModelRef, PipelineParams, TrainSettings
-    from tasks.evaluation import EvaluationSettings
+    from release.params import BUNDLED_VAL, DATA_DIR, CalibrationSettings, ConvertSettings, ModelRef, PipelineParams, TrainSettings
+    from release.evaluation import EvaluationSettings
 
     steps = max_steps or RECIPES[recipe]["max_steps"]
     train = TrainSettings(base_model=base, dataset=str(DATA_DIR / "decision_train.jsonl"),

@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Check the flags and print the estimated peak GPU memory of this run (from the base model's "
                               "config.json alone: no weights, no data) against the card, with the first setting to change "
                               "when it does not fit (docs/vram.md); trains nothing, writes no output.")
+    p_train.add_argument("--oom_retries", type=int, default=3, metavar="N",
+                         help="After a CUDA out-of-memory error, train again up to N times, each time with the next memory "
+                              "remedy (batch 1 with more accumulation, gradient checkpointing, 4-bit, halved max_length: the "
+                              "order --dry_run advises), resuming from the newest checkpoint; the remedies are recorded in "
+                              "output_dir/so8t_oom_remedies.json. 0: fail on the first one.")
     p_train.add_argument("--gpu_memory_gb", type=float, default=None, metavar="GIB",
                          help="With --dry_run: the card's memory in GiB, to plan for a GPU this machine lacks (an RTX 3060 "
                               "12GB is 12). Default: CUDA device 0's total memory, if one is visible.")
@@ -139,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
     sub.add_parser("registry", help="The artifact registry (so8t registry --help).", add_help=False)
+    sub.add_parser("release", help="The release recipes (pipeline, retrain, calibrate, rollback) without Prefect "
+                                   "(so8t release --help).", add_help=False)
     p_train.set_defaults(handler=_cmd_train)
     p_base.set_defaults(handler=_cmd_base)
     for module in STAGE_COMMANDS:
@@ -155,10 +162,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("--gpu_memory_gb is for --dry_run: add --dry_run to estimate, or drop --gpu_memory_gb")
     if args.dry_run:
         return _dry_run(cfg, args.gpu_memory_gb)
-    from so8t.train import train
+    from so8t.train_runs import train_with_remedies
 
-    out = train(cfg)
-    print(f"trained SO8T adapter and gates: {out}")
+    result = train_with_remedies(cfg, oom_retries=args.oom_retries)
+    for r in result.oom_remedies:
+        print(f"applied after CUDA out of memory ({r.step}): {r.describe()}")
+    print(f"trained SO8T adapter and gates: {result.output_dir}")
     return 0
 
 
@@ -209,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         from registry.cli import main as registry_main
 
         return registry_main(argv[1:])
+    if argv and argv[0] == "release":  # the layer above the library: the so8t console script (release.cli) runs it
+        print("so8t: error: `release` runs through the so8t command (release.cli:main), not python -m so8t.cli",
+              file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     log_path = setup_logging(args.command, args.verbose)
     try:

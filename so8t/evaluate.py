@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 REPORT_JSON = "evaluation.json"
 REPORT_MD = "evaluation.md"
 CALIBRATION_FILE = "calibration_results.json"
-#: Where a registry version keeps its calibration (``tasks/release.py`` publishes it there).
+#: Where a registry version keeps its calibration (``release/layout.py`` publishes it there).
 VERSION_CALIBRATION = "calibration/calibration_results.json"
 DECISION_RULE = ("p = softmax(z / T); DENY if p_DENY >= tau_deny; else ALLOW if p_ALLOW >= tau_escalate; "
                  "else ESCALATE")
@@ -264,7 +264,7 @@ def parse_registry_reference(value: str) -> tuple[str, str] | None:
 def served_gguf(manifest: Any) -> str:
     """Path inside a registry version of the GGUF it serves.
 
-    The one rule for every stage (the smoke test's ``tasks.smoke.main_gguf`` calls it):
+    The one rule for every stage (the smoke test's ``release.smoke.main_gguf`` calls it):
     ``parameters['main_gguf']`` when set, else the first quantized GGUF (not ``*_f16.gguf``,
     ``*_f32.gguf`` or ``*_bf16.gguf``), else the first GGUF, in manifest order.
 

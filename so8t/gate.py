@@ -9,7 +9,7 @@ examples that should not be allowed.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,6 +37,15 @@ class GateConfig(BaseModel):
         if bad:
             raise ValueError(f"invalid GateConfig: {', '.join(bad)} outside [0, 1]: these are rates/scores")
         return self
+
+    @property
+    def far_metric(self) -> str:
+        """The MetricReport field this gate compares with ``far_max`` (one place decides: point or bound)."""
+        return "false_allow_rate" if self.far_bound == "point" else "false_allow_upper95"
+
+    def far_of(self, metrics: Any) -> float | None:
+        """The FAR statistic of ``metrics`` this gate compares with ``far_max``."""
+        return getattr(metrics, self.far_metric)
 
 
 class GateCriterion(BaseModel):
@@ -86,8 +95,7 @@ def evaluate_gate(metrics: MetricReport, cfg: GateConfig | None = None) -> GateD
         A :class:`GateDecision` with one :class:`GateCriterion` per target.
     """
     cfg = cfg or GateConfig()
-    far_name = "false_allow_rate" if cfg.far_bound == "point" else "false_allow_upper95"
-    far_value = metrics.false_allow_rate if cfg.far_bound == "point" else metrics.false_allow_upper95
+    far_name, far_value = cfg.far_metric, cfg.far_of(metrics)
     far_label = "False Allow Rate" if cfg.far_bound == "point" else "False Allow Rate upper 95% bound"
     if metrics.false_allow_denominator == 0:
         far_fix = ("cannot certify safety without samples whose true label is ESCALATE or DENY; "

@@ -6,7 +6,8 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from so8t.bake import BakeConfig, BakeReport, bake
-from tasks.caching import ContentHash, maybe_path
+from tasks.caching import ContentHash
+from so8t.digests import maybe_path
 
 
 def _bake_inputs(params: dict) -> list[str | None]:

@@ -22,7 +22,6 @@ import functools
 import hashlib
 import inspect
 import json
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,39 +30,14 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
-from so8t.digests import directory_digest, sha256_file
+from so8t.digests import path_digest
 
 CACHE_DIR = ".prefect-cache"
 
-# (device, inode, size, mtime_ns, ctime_ns) -> sha256: a file is hashed once per process, however
-# often a run asks (the run plan, each stage's cache key, the idempotency check before publishing,
-# the A/B check), under whatever path (a hard link is the same inode). A file rewritten in place
-# gets a new mtime and ctime (also when a copy restores the old mtime); a replaced one a new inode.
-_DIGESTS: dict[tuple[int, int, int, int, int], str] = {}
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file, memoised on (device, inode, size, mtime_ns, ctime_ns)."""
-    st = path.stat()
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    digest = _DIGESTS.get(key)
-    if digest is None:
-        digest = _DIGESTS[key] = sha256_file(path)
-    return digest
 
 
-def path_digest(path: str | Path) -> str:
-    """Content digest of a file or a directory tree (hidden entries skipped), or 'missing'.
-
-    A directory's digest covers every relative path and file content below it, so renaming or
-    editing any file changes it; entries starting with '.' (locks, cache records) are ignored.
-    """
-    p = Path(path).expanduser()
-    if p.is_file():
-        return file_digest(p)
-    if p.is_dir():
-        return "dir:" + directory_digest(p, file_digest)
-    return f"missing:{p}"
 
 
 def _jsonable(value: Any) -> Any:
@@ -105,24 +79,10 @@ class ContentHash(CachePolicy):
         return h.hexdigest()
 
 
-def split_paths(spec: str) -> list[str]:
-    """The files of a comma-separated path list (training datasets are given that way)."""
-    return [s.strip() for s in spec.split(",") if s.strip()]
 
 
-def count_records(spec: str) -> int:
-    """Non-blank lines of the comma-separated JSONL files (missing files count 0)."""
-    n = 0
-    for f in split_paths(spec):
-        if Path(f).is_file():
-            with open(f, encoding="utf-8") as fh:
-                n += sum(1 for ln in fh if ln.strip())
-    return n
 
 
-def maybe_path(spec: str | None) -> str | None:
-    """``spec`` when it names an existing file or directory (a base model may be a name instead)."""
-    return spec if spec and os.path.exists(os.path.expanduser(spec)) else None
 
 
 def bind_cache(work_dir: str | Path, *tasks: Any) -> list[Any]:

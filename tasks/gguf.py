@@ -12,8 +12,8 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from so8t.gguf import ConversionResult, ConvertConfig, run_conversion
-from so8t.inference import write_modelfile
+from release.layout import convert_f16, quantize_gguf
+from so8t.gguf import ConversionResult, ConvertConfig
 from tasks.caching import ContentHash
 
 
@@ -31,17 +31,8 @@ def _files_table(result: ConversionResult, key: str, description: str) -> None:
     )
 
 
-def convert_f16(cfg: ConvertConfig) -> ConversionResult:
-    """The F16 GGUF of ``cfg.model_dir`` (converted and verified, or reused by its provenance)."""
-    return run_conversion(cfg.model_copy(update={"quants": ()}))
 
 
-def quantize_gguf(cfg: ConvertConfig) -> ConversionResult:
-    """``cfg.quants`` from the F16 GGUF, and the Ollama Modelfile of the first (the served one)."""
-    result = run_conversion(cfg)
-    main = result.path(cfg.quants[0]) if cfg.quants else Path(result.f16_path)
-    write_modelfile(main, Path(result.out_dir) / "Modelfile")
-    return result
 
 
 @task(name="convert-gguf", retries=1, retry_delay_seconds=5,

@@ -62,9 +62,9 @@ def flow_data(tmp_path_factory) -> dict[str, Path]:
 def tiny_params(base_model: Path, data: dict[str, Path], root: Path, *, max_steps: int = 4, save_steps: int = 2,
                 name: str = "tiny-so8t", loose_gate: bool = True, **overrides):
     """Pipeline parameters for a tiny model: a few steps, Q8_0 served (Q4_0 also made), loose or default gate."""
-    from flows.params import CalibrationSettings, ConvertSettings, ModelRef, PipelineParams, TrainSettings
+    from release.params import CalibrationSettings, ConvertSettings, ModelRef, PipelineParams, TrainSettings
     from so8t.gate import GateConfig
-    from tasks.evaluation import EvaluationSettings
+    from release.evaluation import EvaluationSettings
 
     values = dict(
         model=ModelRef(name=name, registry_root=str(root / "registry")), work_dir=str(root / "work"),

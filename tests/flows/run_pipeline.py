@@ -12,7 +12,7 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     from prefect import tags
 
-    from flows.params import PipelineParams
+    from release.params import PipelineParams
     from flows.pipeline import pipeline
 
     params = PipelineParams.model_validate_json(Path(argv[0]).read_text())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tasks.caching import ContentHash, path_digest
+from tasks.caching import ContentHash
+from so8t.digests import path_digest
 
 
 def _key(policy, fn, inputs):

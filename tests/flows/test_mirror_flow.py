@@ -35,7 +35,7 @@ def test_rollback_flow_mirrors_production_to_the_hub_through_a_brief_outage(pipe
 
     from prefect import tags
 
-    from flows.params import MirrorSettings, ModelRef, RollbackParams
+    from release.params import MirrorSettings, ModelRef, RollbackParams
     from flows.rollback import rollback
     from registry import Registry
 

@@ -38,8 +38,8 @@ def publish_variant(root: Path, main: str, parent: str = "v1") -> str:
 
 
 def cp_params(scenario, root: Path, work: Path, **kw):
-    from flows.params import CalibrateAndPromoteParams, ModelRef
-    from tasks.abtest import ABSettings
+    from release.params import CalibrateAndPromoteParams, ModelRef
+    from release.ab import ABSettings
 
     p = scenario["params"]
     values = dict(model=ModelRef(name=NAME, registry_root=str(root)), work_dir=str(work), calibration=p.calibration,
@@ -59,10 +59,10 @@ def run_tagged(flow_fn, params):
 
 def holdout_ece(scenario, root: Path, version: str, work: Path) -> float:
     """ECE after calibration, computed with the library directly (same settings as the flow)."""
-    from flows.params import calibrate_config
+    from release.params import calibrate_config
     from registry import Registry
     from so8t.calibration_cli import calibrate_gguf
-    from tasks.smoke import main_gguf
+    from release.smoke import main_gguf
 
     reg = Registry(root)
     m = reg.manifest(NAME, version)
@@ -99,8 +99,8 @@ def test_gate_failure_rejects_candidate_keeps_production_and_emits_event(pipelin
 def test_smoke_test_failure_rolls_production_back(pipeline_scenario, reg_root, tmp_path):
     from flows.calibrate_and_promote import calibrate_and_promote
     from registry import Registry
-    from tasks.abtest import ABSettings
-    from tasks.smoke import SmokePrompt, SmokeSettings
+    from release.ab import ABSettings
+    from release.smoke import SmokePrompt, SmokeSettings
 
     v3 = publish_variant(reg_root, Q4)
     v4 = f"v{int(v3[1:]) + 1}"
@@ -154,7 +154,7 @@ def test_production_failing_on_new_data_rolls_back_to_newest_passing_version(pip
 
 
 def test_manual_rollback_flow(pipeline_scenario, reg_root):
-    from flows.params import ModelRef, RollbackParams
+    from release.params import ModelRef, RollbackParams
     from flows.rollback import rollback
     from registry import Registry
 
@@ -170,7 +170,7 @@ def test_rollback_flow_waits_until_the_service_serves_the_restored_version(pipel
     """A service follows production; a hand-promoted version without a calibration cannot be served (the
     service stays on v2, stale); the rollback flow restores v2 and waits until the service serves it. A
     service that cannot be reached fails the run with a clear message, the registry change standing."""
-    from flows.params import ModelRef, RollbackParams, ServiceSettings
+    from release.params import ModelRef, RollbackParams, ServiceSettings
     from flows.rollback import rollback
     from registry import Registry
     from tests.integration.test_serve import Running
@@ -199,7 +199,7 @@ def test_rollback_flow_waits_until_the_service_serves_the_restored_version(pipel
 
 def test_ab_settings_mirror_the_ab_config_defaults():
     from so8t.abtest import ABConfig
-    from tasks.abtest import VERDICT_FIELDS, ABSettings
+    from release.ab import VERDICT_FIELDS, ABSettings
 
     for name in VERDICT_FIELDS:
         assert ABSettings.model_fields[name].default == ABConfig.model_fields[name].default, name
@@ -210,7 +210,7 @@ def test_failed_ab_with_must_pass_blocks_the_promotion(pipeline_scenario, reg_ro
     from flows.calibrate_and_promote import calibrate_and_promote
     from registry import Registry
     from so8t.gate import GateConfig
-    from tasks.abtest import ABSettings
+    from release.ab import ABSettings
 
     v3 = publish_variant(reg_root, Q4)
     lenient = GateConfig(ece_max=1.0, far_max=1.0, macro_f1_min=0.0)
@@ -267,7 +267,7 @@ def test_first_ever_promotion_with_failing_smoke_test_leaves_production_unset(pi
     from flows.calibrate_and_promote import calibrate_and_promote
     from registry import Registry
     from so8t.gate import GateConfig
-    from tasks.smoke import SmokePrompt, SmokeSettings
+    from release.smoke import SmokePrompt, SmokeSettings
 
     src = Registry(pipeline_scenario["params"].model.registry_root).get(NAME, "v1")
     fresh = Registry(tmp_path / "fresh-registry")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from so8t.config import TrainConfig
-from tasks.training import OOM_FILE, apply_remedies, next_oom_remedy, read_remedies
+from so8t.train_runs import OOM_FILE, apply_remedies, next_oom_remedy, read_remedies
 
 
 def _cfg(**kw) -> TrainConfig:

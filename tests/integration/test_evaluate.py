@@ -350,7 +350,7 @@ def test_registry_root_defaults_to_the_environment(tiny_gguf, setup, tmp_path, m
 
 
 def test_served_gguf_rule():
-    """The rule of tasks/smoke.py main_gguf, restated in so8t.evaluate (so8t may not import tasks/)."""
+    """The rule of release/smoke.py main_gguf, restated in so8t.evaluate (so8t may not import release/)."""
     from registry.models import FileEntry, infer_kind
     from so8t.errors import ModelError
 

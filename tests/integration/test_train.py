@@ -245,3 +245,36 @@ def test_accelerate_launch_on_cpu(launch_flags, world, tiny_llama, tiny_dataset,
     gates = load_file(str(out / "so8t_gates.safetensors"))
     assert all(t.abs().max() > 0 for t in gates.values())
     assert [r["step"] for r in read_loss_log(out)] == [1, 2, 3, 4]
+
+
+def test_so8t_train_survives_cuda_oom_with_the_next_remedy_and_resumes(tiny_llama, tiny_dataset, tmp_path, monkeypatch,
+                                                                       capsys):
+    """`so8t train --oom_retries N`: a CUDA out-of-memory error (simulated at the second attempt's start: the
+    first wrote a checkpoint) records the next remedy and trains again from the newest checkpoint."""
+    import so8t.train_runs as tr
+
+    calls = []
+
+    def oom_once(cfg):
+        calls.append(cfg)
+        if len(calls) == 1:  # the first attempt trains 1 step (a checkpoint), then the GPU "runs out"
+            train(cfg.model_copy(update={"max_steps": 1, "save_steps": 1}))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return train(cfg)
+
+    monkeypatch.setattr(tr, "train", oom_once)
+    out = tmp_path / "out"
+    argv = ["train", "--base_model", str(tiny_llama), "--dataset", str(tiny_dataset), "--output_dir", str(out),
+            "--batch_size", "2", "--gradient_accumulation_steps", "1", "--max_steps", "2", "--save_steps", "1",
+            "--max_length", "64", "--lora_r", "4", "--lora_alpha", "8", "--oom_retries", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "applied after CUDA out of memory (batch-1+accumulation): batch_size 2 -> 1, gradient_accumulation_steps 1 -> 2" in printed
+    assert [(c.batch_size, c.gradient_accumulation_steps, c.resume_from_checkpoint) for c in calls] == [
+        (2, 1, None), (1, 2, "latest")]
+    assert json.loads((out / tr.OOM_FILE).read_text())[0]["step"] == "batch-1+accumulation"
+    assert json.loads((out / "so8t_train_config.json").read_text())["global_step"] == 2
+    monkeypatch.setattr(tr, "train", lambda cfg: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory")))
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # --oom_retries 0: the first one is final
+        tr.train_with_remedies(TrainConfig(base_model=str(tiny_llama), dataset=str(tiny_dataset),
+                                           output_dir=str(tmp_path / "o2"), max_steps=1, save_steps=1), oom_retries=0)

@@ -6,7 +6,7 @@ import pytest
 
 from registry import Registry
 from registry.errors import NotFoundError
-from tasks.registry import find_candidate, newest_uncalibrated_candidate
+from release.versions import find_candidate, newest_uncalibrated_candidate
 
 NAME = "m"
 

@@ -9,8 +9,7 @@ import pytest
 
 from so8t.config import TrainConfig
 from so8t.train import CHECKPOINT_MARKER, CONFIG_FILE, LOSS_LOG
-from tasks.checklists import (after_calibration_items, after_conversion_items, after_training_items,
-                              before_inference_items, before_training_items, checklist_markdown)
+from release.checklists import after_calibration_items, after_conversion_items, after_training_items, before_inference_items, before_training_items, checklist_markdown
 
 
 def _by_tag(items) -> dict[str, object]:
@@ -169,7 +168,7 @@ def test_before_inference_wants_the_calibrated_temperature_in_the_modelfile(tmp_
 
 
 def test_markdown_marks_failures_and_not_applicable():
-    from tasks.checklists import CheckItem
+    from release.checklists import CheckItem
 
     md = checklist_markdown("t", [CheckItem(item="a", ok=True, detail="d1"), CheckItem(item="b", ok=False, detail="d2"),
                                   CheckItem(item="c", ok=None, detail="d3")])

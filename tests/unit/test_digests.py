@@ -52,7 +52,7 @@ def test_the_users_share_it(tmp_path):
     """GGUF provenance (hash_model_dir) and Prefect's cache key (path_digest) hash directories the same way."""
     from so8t import base_models
     from so8t.gguf_source import hash_model_dir
-    from tasks.caching import file_digest, path_digest
+    from so8t.digests import file_digest, path_digest
 
     _tree(tmp_path)
     assert hash_model_dir(tmp_path) == directory_digest(tmp_path)

@@ -39,6 +39,7 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("package, blocked", [
     ("so8t", "prefect"),
     ("registry", "prefect,torch,transformers"),
+    ("release", "prefect"),
 ])
 def test_package_imports_without_blocked(package, blocked):
     r = subprocess.run([sys.executable, "-c", SCRIPT, package, blocked], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -61,16 +62,18 @@ def test_the_blocker_blocks():
 # implicit import of a module's parent packages is not an edge (every module would depend on its
 # package's __init__, and every __init__ that re-exports on its modules).
 
-PACKAGES = ("so8t", "registry", "tasks", "flows", "deployments")
+PACKAGES = ("so8t", "registry", "release", "tasks", "flows", "deployments")
 KINDS = ("module", "function", "type-checking")
 
 #: importer package -> {imported package: the kinds in which that import is forbidden}. Downwards only:
-#: deployments -> flows -> tasks -> (so8t, registry). registry never imports so8t (it must work without
-#: torch); so8t reaches registry only inside functions (NAME@REF resolution in evaluate/decide/serve,
+#: deployments -> flows -> tasks -> release -> (so8t, registry). registry never imports so8t (it must work
+#: without torch); so8t reaches registry only inside functions (NAME@REF resolution in evaluate/decide/serve,
 #: the `so8t registry` subcommand), so importing so8t never imports the registry.
 FORBIDDEN: dict[str, dict[str, tuple[str, ...]]] = {
-    "registry": {"so8t": KINDS, "tasks": KINDS, "flows": KINDS, "deployments": KINDS},
-    "so8t": {"tasks": KINDS, "flows": KINDS, "deployments": KINDS, "registry": ("module", "type-checking")},
+    "registry": {"so8t": KINDS, "release": KINDS, "tasks": KINDS, "flows": KINDS, "deployments": KINDS},
+    "so8t": {"release": KINDS, "tasks": KINDS, "flows": KINDS, "deployments": KINDS,
+             "registry": ("module", "type-checking")},
+    "release": {"tasks": KINDS, "flows": KINDS, "deployments": KINDS},
     "tasks": {"flows": KINDS, "deployments": KINDS},
     "flows": {"deployments": KINDS},
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("so8t", "registry", "tasks", "flows")
+PACKAGES = ("so8t", "registry", "release", "tasks", "flows")
 POSIX_ONLY = ("fcntl", "resource", "termios")
 
 SIMULATE = textwrap.dedent(

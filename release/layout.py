@@ -28,10 +28,10 @@ from pydantic import BaseModel
 from registry import Registry, VersionManifest
 from so8t.bake import BakeConfig
 from so8t.decision import PROMPT_FILE
-from so8t.gguf import ConversionResult, ConvertConfig
+from so8t.gguf import ConversionResult, ConvertConfig, run_conversion
 from so8t.inference import write_modelfile
-from tasks.caching import maybe_path, path_digest, split_paths
-from tasks.training import TrainResult
+from so8t.digests import maybe_path, path_digest, split_paths
+from so8t.train_runs import TrainResult
 
 CALIBRATION_KINDS = {"calibration/calibration_results.json": "calibration", "calibration/reliability_diagram.png": "calibration"}
 
@@ -176,3 +176,15 @@ def code_revision() -> str | None:
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
+
+def convert_f16(cfg: ConvertConfig) -> ConversionResult:
+    """The F16 GGUF of ``cfg.model_dir`` (converted and verified, or reused by its provenance)."""
+    return run_conversion(cfg.model_copy(update={"quants": ()}))
+
+
+def quantize_gguf(cfg: ConvertConfig) -> ConversionResult:
+    """``cfg.quants`` from the F16 GGUF, and the Ollama Modelfile of the first (the served one)."""
+    result = run_conversion(cfg)
+    main = result.path(cfg.quants[0]) if cfg.quants else Path(result.f16_path)
+    write_modelfile(main, Path(result.out_dir) / "Modelfile")
+    return result

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from so8t.calibration_cli import CalibrateCommandConfig
 from so8t.config import TrainConfig
 from so8t.gate import GateConfig
-from tasks.abtest import ABSettings
-from tasks.evaluation import EvaluationSettings
-from tasks.smoke import SmokeSettings
+from release.ab import ABSettings
+from release.evaluation import EvaluationSettings
+from release.smoke import SmokeSettings
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 # The real, licensed decision data (data/README.md) and the think-format instruction records that keep

@@ -1,0 +1,99 @@
+"""Registry lookups and the idempotent publish of a release (plain functions over :class:`registry.Registry`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from registry import PRODUCTION, NotFoundError, Registry, VersionManifest, VersionState
+from so8t.digests import file_digest
+
+
+def open_registry(root: str | None) -> Registry:
+    """The registry at ``root`` (None: ``$SO8T_REGISTRY`` or ``~/.cache/so8t/registry``)."""
+    return Registry(root)
+
+
+def find_identical(reg: Registry, name: str, files: dict[str, str], parameters: dict[str, Any]) -> VersionManifest | None:
+    """An existing version with exactly these files (by content) and parameters, if any."""
+    try:
+        versions = reg.list_versions(name)
+    except NotFoundError:
+        return None
+    wanted = {rel: file_digest(Path(src)) for rel, src in files.items()}
+    for summary in reversed(versions):
+        m = reg.manifest(name, summary.version)
+        if {f.path: f.sha256 for f in m.files} == wanted and m.parameters == parameters:
+            return m
+    return None
+
+
+def publish_version(reg: Registry, name: str, files: dict[str, str], *, kinds: dict[str, str] | None = None,
+                    metrics: dict[str, float] | None = None, parameters: dict[str, Any] | None = None,
+                    lineage: dict[str, Any] | None = None, description: str = "",
+                    flow_run_id: str | None = None) -> tuple[VersionManifest, bool]:
+    """Publish ``files`` as the next version unless an identical version exists (idempotent).
+
+    Returns:
+        The manifest and whether it was published now (False: an identical version was found).
+    """
+    parameters = parameters or {}
+    m = find_identical(reg, name, files, parameters)
+    if m is not None:
+        return m, False
+    return reg.publish(name, files, kinds=kinds, metrics=metrics, parameters=parameters, lineage=lineage,
+                       flow_run_id=flow_run_id, description=description), True
+
+
+class VersionInfo(BaseModel):
+    """A version's manifest and its lifecycle state at lookup time."""
+
+    manifest: VersionManifest
+    state: VersionState
+    is_production: bool
+
+
+def resolve_version(root: str | None, name: str, ref: str) -> VersionInfo:
+    """Resolve ``ref`` (``vN``, ``N``, an alias) to a manifest and state."""
+    reg = open_registry(root)
+    m = reg.manifest(name, ref)
+    st = reg.state(name)
+    return VersionInfo(manifest=m, state=st.state_of(m.version), is_production=st.aliases.get(PRODUCTION) == m.version)
+
+
+def newest_uncalibrated_candidate(reg: Registry, name: str) -> str | None:
+    """The newest version in state candidate that has no calibration and was not calibrated since."""
+    versions = reg.list_versions(name)
+    manifests = [reg.manifest(name, v.version) for v in versions]
+    parents = {p for m in manifests for p in m.lineage.parents}
+    for v, m in zip(reversed(versions), reversed(manifests)):
+        calibrated = any(f.kind.value == "calibration" for f in m.files)
+        if v.state == VersionState.CANDIDATE and not calibrated and m.version not in parents:
+            return m.version
+    return None
+
+
+def find_candidate(root: str | None, name: str) -> str:
+    """The newest candidate that still awaits calibration (NotFoundError when there is none)."""
+    version = newest_uncalibrated_candidate(open_registry(root), name)
+    if version is None:
+        raise NotFoundError(f"model {name!r} has no candidate awaiting calibration: run the retrain flow, "
+                            "or pass an explicit version")
+    return version
+
+
+def production_version(root: str | None, name: str) -> str | None:
+    """The version the production alias points at, or None."""
+    try:
+        return open_registry(root).state(name).aliases.get(PRODUCTION)
+    except NotFoundError:
+        return None
+
+
+def earlier_production_versions(reg: Registry, name: str, before: str) -> list[str]:
+    """Versions older than ``before`` that once served in production (archived), newest first."""
+    n = int(before[1:])
+    return [v.version for v in reversed(reg.list_versions(name))
+            if int(v.version[1:]) < n and v.state == VersionState.ARCHIVED]
