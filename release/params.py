@@ -101,26 +101,30 @@ class ServiceSettings(BaseModel):
                                                          "(never a parameter: parameters are stored by Prefect).")
 
 
-class RetrainParams(BaseModel):
-    """so8t-retrain: train, bake, convert, quantize, publish a candidate."""
+class _Target(BaseModel):
+    """Which model a recipe works on, and where its outputs go."""
 
     model_config = _FROZEN
 
     model: ModelRef = Field(default_factory=ModelRef, description="Registry model and root.")
-    work_dir: str = Field("outputs/so8t", description="Where stage outputs and their cache records go (one sub-directory per input digest).")
+    work_dir: str = Field("outputs/so8t", description="Where stage outputs, exports and their cache records go (one "
+                                                      "sub-directory per input digest).")
+
+
+class _Build(BaseModel):
+    """How a candidate is built."""
+
+    model_config = _FROZEN
+
     train: TrainSettings = Field(default_factory=TrainSettings, description="Training settings.")  # type: ignore[valid-type]
     convert: ConvertSettings = Field(default_factory=ConvertSettings, description="GGUF settings.")
-    emit_event: bool = Field(True, description="Emit so8t.candidate.published (triggers calibrate-and-promote on a server).")
 
 
-class CalibrateAndPromoteParams(BaseModel):
-    """so8t-calibrate-and-promote: calibrate, A/B, gate, promote with smoke test and rollback."""
+class _Promotion(BaseModel):
+    """How a candidate is calibrated, judged and promoted, and who hears of it."""
 
     model_config = _FROZEN
 
-    model: ModelRef = Field(default_factory=ModelRef, description="Registry model and root.")
-    version: str | None = Field(None, description="Version to calibrate: 'vN', 'production', or None for the newest candidate awaiting calibration.")
-    work_dir: str = Field("outputs/so8t", description="Where exports and calibration outputs go.")
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings, description="Calibration settings.")  # type: ignore[valid-type]
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate targets (also the calibration targets).")
     ab: ABSettings = Field(default_factory=ABSettings, description="A/B comparison with production.")
@@ -130,22 +134,33 @@ class CalibrateAndPromoteParams(BaseModel):
     service: ServiceSettings = Field(default_factory=ServiceSettings, description="Decision service to wait for.")
 
 
-class PipelineParams(BaseModel):
-    """so8t-pipeline: retrain, then calibrate-and-promote the new candidate, then mirror."""
+class RetrainParams(_Build, _Target):
+    """so8t-retrain: train, bake, convert, quantize, publish a candidate."""
 
-    model_config = _FROZEN
+    emit_event: bool = Field(True, description="Emit so8t.candidate.published (triggers calibrate-and-promote on a server).")
 
-    model: ModelRef = Field(default_factory=ModelRef, description="Registry model and root.")
-    work_dir: str = Field("outputs/so8t", description="Where stage outputs and their cache records go.")
-    train: TrainSettings = Field(default_factory=TrainSettings, description="Training settings.")  # type: ignore[valid-type]
-    convert: ConvertSettings = Field(default_factory=ConvertSettings, description="GGUF settings.")
-    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings, description="Calibration settings.")  # type: ignore[valid-type]
-    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate targets.")
-    ab: ABSettings = Field(default_factory=ABSettings, description="A/B comparison with production.")
-    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description="Held-out evaluation of the calibrated candidate.")
-    smoke: SmokeSettings = Field(default_factory=SmokeSettings, description="Post-promotion smoke test.")
-    mirror: MirrorSettings = Field(default_factory=MirrorSettings, description="Hub mirror.")
-    service: ServiceSettings = Field(default_factory=ServiceSettings, description="Decision service to wait for.")
+
+class CalibrateAndPromoteParams(_Promotion, _Target):
+    """so8t-calibrate-and-promote: calibrate, A/B, gate, promote with smoke test and rollback."""
+
+    version: str | None = Field(None, description="Version to calibrate: 'vN', 'production', or None for the newest candidate awaiting calibration.")
+
+
+class PipelineParams(_Promotion, _Build, _Target):
+    """so8t-pipeline: retrain, then calibrate-and-promote the new candidate, then mirror (the two recipes' parameters,
+    composed: :meth:`retrain` and :meth:`promotion` give each half its own)."""
+
+    def retrain(self) -> RetrainParams:
+        """The build half (no event: the pipeline calibrates its candidate itself)."""
+        return RetrainParams(**_fields(self, RetrainParams), emit_event=False)
+
+    def promotion(self, version: str) -> CalibrateAndPromoteParams:
+        """The calibrate-and-promote half, on ``version``."""
+        return CalibrateAndPromoteParams(**_fields(self, CalibrateAndPromoteParams), version=version)
+
+
+def _fields(params: BaseModel, cls: type[BaseModel]) -> dict:
+    return {k: getattr(params, k) for k in cls.model_fields if k in type(params).model_fields}
 
 
 class RollbackParams(BaseModel):

@@ -244,12 +244,8 @@ def recalibrate_production(p: CalibrateAndPromoteParams, production: str, stages
 # ----------------------------------------------------------------------------- the whole pipeline, rollback
 def run_pipeline(params: PipelineParams, stages: Stages) -> PipelineSummary:
     """Build a candidate (no event: this run calibrates it itself), then calibrate, gate and promote it."""
-    candidate = build_candidate(RetrainParams(model=params.model, work_dir=params.work_dir, train=params.train,
-                                              convert=params.convert, emit_event=False), stages)
-    promotion = calibrate_gate_promote(CalibrateAndPromoteParams(
-        model=params.model, version=candidate.version, work_dir=params.work_dir, calibration=params.calibration,
-        gate=params.gate, ab=params.ab, evaluation=params.evaluation, smoke=params.smoke, mirror=params.mirror,
-        service=params.service), stages)
+    candidate = build_candidate(params.retrain(), stages)
+    promotion = calibrate_gate_promote(params.promotion(candidate.version), stages)
     return PipelineSummary(candidate=candidate, promotion=promotion)
 
 

@@ -45,3 +45,20 @@ def test_no_candidate_awaiting_calibration_is_a_clear_error(tmp_path):
     assert newest_uncalibrated_candidate(reg, NAME) is None
     with pytest.raises(NotFoundError, match="no candidate awaiting calibration"):
         find_candidate(str(reg.root), NAME)
+
+
+def test_pipeline_params_compose_the_two_recipes_parameters_without_restating_them():
+    """Every field of the pipeline's parameters is a field of retrain's or calibrate-and-promote's (with the same
+    type and default), and the halves it hands to the two recipes carry its values."""
+    from release.params import CalibrateAndPromoteParams, PipelineParams, RetrainParams
+    from so8t.gate import GateConfig
+
+    pipe, ret, cap = PipelineParams.model_fields, RetrainParams.model_fields, CalibrateAndPromoteParams.model_fields
+    assert set(pipe) == (set(ret) | set(cap)) - {"emit_event", "version"}
+    for name, f in pipe.items():
+        other = ret.get(name) or cap[name]
+        assert f.annotation == other.annotation and f.description == other.description, name
+    p = PipelineParams(work_dir="w", gate=GateConfig(ece_max=0.1))
+    r, c = p.retrain(), p.promotion("v7")
+    assert (r.work_dir, r.emit_event, r.train) == ("w", False, p.train)
+    assert (c.version, c.gate.ece_max, c.work_dir, c.smoke) == ("v7", 0.1, "w", p.smoke)
