@@ -66,6 +66,7 @@ def build_registry(root: Path, texts: list[str], threads: int, good: int = 2) ->
     from so8t.decision import DEFAULT_DECISION_PROMPT
     from so8t.metrics import softmax
     from so8t.scoring import score_gguf
+    from so8t.version_layout import LAYOUT
 
     gguf = embedded_gguf("smollm2")
     work = root.parent / "cal"
@@ -82,8 +83,8 @@ def build_registry(root: Path, texts: list[str], threads: int, good: int = 2) ->
         cal = {"temperature": t, "tau_deny": float(np.quantile(p[:, 2], 0.5 + 0.2 / (k + 1))),
                "tau_escalate": float(np.quantile(p[:, 0], 0.3)), "model_sha256": "0" * 64 if broken else sha256_file(g)}
         (work / f"cal{k}.json").write_text(json.dumps(cal))
-        m = reg.publish("so8t-bench", {"gguf/smollm2_Q4_1.gguf": g, "gguf/decision_prompt.json": work / "prompt.json",
-                                       "calibration/calibration_results.json": work / f"cal{k}.json"})
+        m = reg.publish("so8t-bench", {LAYOUT.gguf("smollm2_Q4_1.gguf"): g, LAYOUT.decision_prompt: work / "prompt.json",
+                                       LAYOUT.calibration: work / f"cal{k}.json"})
         versions.append(m.version)
     reg.promote("so8t-bench", versions[0])
     return {"gguf": str(gguf), "calibration_v1": str(work / "cal0.json"), "prompt": str(work / "prompt.json"),

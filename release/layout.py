@@ -8,10 +8,8 @@ more than that in state round trips (see BENCHMARKS.md, Orchestration).
   settings and the content of the data and base model. Same inputs, same directory: a re-run
   resumes and hits the stage caches there; new data gets a fresh directory, so training never
   resumes another run's checkpoints.
-- :func:`candidate_files` / :func:`calibrated_files`: the file layout of a version::
-
-      gguf/<name>_<QUANT>.gguf   gguf/Modelfile   (FROM ./<name>_<QUANT>.gguf)
-      adapter/...                reports/...       calibration/...   (calibrated versions)
+- :func:`candidate_files` / :func:`calibrated_files`: a version's files, in the one layout
+  :data:`so8t.version_layout.LAYOUT` owns.
 """
 
 from __future__ import annotations
@@ -32,8 +30,8 @@ from so8t.gguf import ConversionResult, ConvertConfig, run_conversion
 from so8t.inference import write_modelfile
 from so8t.digests import maybe_path, path_digest, split_paths
 from so8t.train_runs import TrainResult
+from so8t.version_layout import LAYOUT
 
-CALIBRATION_KINDS = {"calibration/calibration_results.json": "calibration", "calibration/reliability_diagram.png": "calibration"}
 
 
 class RunPlan(BaseModel):
@@ -75,28 +73,25 @@ def convert_config(plan: RunPlan, convert: BaseModel) -> ConvertConfig:
 
 def version_kinds(files: dict[str, str]) -> dict[str, str]:
     """Kinds of a version's files that their names alone would not give (see registry.models.infer_kind)."""
-    kinds = {rel: "adapter" for rel in files if rel.startswith("adapter/")}
-    kinds.update({rel: "report" for rel in files if rel.startswith("reports/")})
-    kinds.update({rel: "config" for rel in files if rel.endswith("/" + PROMPT_FILE)})
-    return kinds
+    return {rel: kind for rel in files if (kind := LAYOUT.kind(rel)) is not None}
 
 
 def candidate_files(plan: RunPlan, trained: TrainResult, ggufs: ConversionResult, publish_f16: bool) -> tuple[dict[str, str], dict[str, str]]:
-    """Files of a candidate version (relative path -> source) and their kinds."""
+    """Files of a candidate version (relative path -> source, in :data:`so8t.version_layout.LAYOUT`) and their kinds."""
     tdir, gdir = Path(trained.output_dir), Path(ggufs.out_dir)
-    files: dict[str, str] = {f"gguf/{Path(p).name}": p for p in ggufs.quant_paths.values()}
+    files: dict[str, str] = {LAYOUT.gguf(Path(p).name): p for p in ggufs.quant_paths.values()}
     if publish_f16:
-        files[f"gguf/{Path(ggufs.f16_path).name}"] = ggufs.f16_path
-    files["gguf/Modelfile"] = str(gdir / "Modelfile")
+        files[LAYOUT.gguf(Path(ggufs.f16_path).name)] = ggufs.f16_path
+    files[LAYOUT.modelfile] = str(gdir / "Modelfile")
     if (gdir / PROMPT_FILE).is_file():  # next to the GGUF: calibration of the exported version reads it there
-        files[f"gguf/{PROMPT_FILE}"] = str(gdir / PROMPT_FILE)
-    files["reports/gguf_report.json"] = ggufs.report_path
-    files["reports/bake_report.json"] = str(Path(plan.baked_dir) / "bake_report.json")
+        files[LAYOUT.decision_prompt] = str(gdir / PROMPT_FILE)
+    files[LAYOUT.report("gguf_report.json")] = ggufs.report_path
+    files[LAYOUT.report("bake_report.json")] = str(Path(plan.baked_dir) / "bake_report.json")
     for name in ("so8t_train_config.json", "loss_log.jsonl", "so8t_oom_remedies.json"):
         if (tdir / name).is_file():
-            files[f"reports/{name}"] = str(tdir / name)
+            files[LAYOUT.report(name)] = str(tdir / name)
     for name in ("adapter_model.safetensors", "adapter_config.json", "so8t_gates.safetensors"):
-        files[f"adapter/{name}"] = str(tdir / name)
+        files[LAYOUT.adapter(name)] = str(tdir / name)
     return files, version_kinds(files)
 
 
@@ -145,11 +140,11 @@ def write_calibrated_modelfile(gguf: str, output: str, calibration: str | None) 
 
 def calibrated_files(staged: Staged, results: str, diagram: str, modelfile: str) -> tuple[dict[str, str], dict[str, str]]:
     """The candidate's files plus calibration, with the Modelfile carrying the calibrated temperature."""
-    files = {rel: p for rel, p in staged.files.items() if not rel.startswith("calibration/")}
-    files["gguf/Modelfile"] = modelfile
-    files["calibration/calibration_results.json"] = results
-    files["calibration/reliability_diagram.png"] = diagram
-    return files, {**version_kinds(files), **CALIBRATION_KINDS}
+    files = {rel: p for rel, p in staged.files.items() if LAYOUT.kind(rel) != "calibration"}
+    files[LAYOUT.modelfile] = modelfile
+    files[LAYOUT.calibration] = results
+    files[LAYOUT.reliability_diagram] = diagram
+    return files, version_kinds(files)
 
 
 def calibration_metrics(holdout: Any) -> dict[str, float]:

@@ -34,9 +34,9 @@ from release.params import (CalibrateAndPromoteParams, PipelineParams, RetrainPa
 from release.smoke import main_gguf
 from release.stages import Stages
 from release.versions import earlier_production_versions, find_candidate, production_version, resolve_version
-from so8t.decision import PROMPT_FILE
 from so8t.digests import file_digest
-from so8t.evaluate import VERSION_CALIBRATION, EvaluateConfig
+from so8t.evaluate import EvaluateConfig
+from so8t.version_layout import LAYOUT
 
 
 class GateFailed(RuntimeError):
@@ -92,7 +92,7 @@ def build_candidate(params: RetrainParams, stages: Stages) -> CandidateSummary:
     stages.checklist("after-conversion", "焼き込み・変換後 (after bake and conversion)",
                      after_conversion_items(plan.baked_dir, ggufs.report_path, conv_cfg.quants))
     files, kinds = candidate_files(plan, trained, ggufs, params.convert.publish_f16)
-    main = f"gguf/{ggufs.path(conv_cfg.quants[0]).name}"
+    main = LAYOUT.gguf(ggufs.path(conv_cfg.quants[0]).name)
     manifest = stages.publish(
         root, name, files, kinds=kinds, metrics=candidate_metrics(trained, ggufs, conv_cfg.quants[0]),
         parameters={"main_gguf": main, "train": cfg.model_dump(mode="json"),
@@ -132,7 +132,7 @@ def ab_evaluate(p: CalibrateAndPromoteParams, candidate: str, production: str | 
     prod = export_version(root, name, production, str(work / "exports" / name / production)) if production else None
     gguf_a = staged.files[main_gguf(reg.manifest(name, candidate))]
     gguf_b = prod.files[main_gguf(reg.manifest(name, production))] if prod else None
-    cal_b = prod.files.get(VERSION_CALIBRATION) if prod else None
+    cal_b = prod.files.get(LAYOUT.calibration) if prod else None
     return stages.ab(candidate, production, gguf_a, gguf_b, run.results_path, cal_b, p.ab,
                      str(Path(run.results_path).parent / f"ab-vs-{production}"))
 
@@ -143,7 +143,7 @@ def evaluate_heldout(p: CalibrateAndPromoteParams, staged: Staged, gguf_rel: str
     if not p.evaluation.data:
         return None
     gguf = Path(staged.files[gguf_rel])
-    prompt = staged.files.get(f"gguf/{PROMPT_FILE}")  # where the candidate carries its training prompt
+    prompt = staged.files.get(LAYOUT.decision_prompt)  # where the candidate carries its training prompt
     cfg = EvaluateConfig(model=str(gguf), data=p.evaluation.data, calibration=run.results_path, decision_prompt=prompt,
                          output_dir=str(Path(run.results_path).parent / "heldout-evaluation"),
                          n_threads=p.evaluation.n_threads)
@@ -206,7 +206,7 @@ def calibrate_gate_promote(params: CalibrateAndPromoteParams, stages: Stages) ->
     served = Registry(root).get(name, PRODUCTION)
     gguf = served.path(main_gguf(served.manifest))
     stages.checklist("before-inference", "推論前 (before inference)", before_inference_items(
-        gguf, served.path("gguf/Modelfile").read_text(), run.result.temperature))
+        gguf, served.path(LAYOUT.modelfile).read_text(), run.result.temperature))
     stages.mirror(params.mirror, root, name)
     stages.wait_served(params.service, name, release.version)
     return PromotionSummary(name=name, action="promoted", version=release.version, candidate=candidate,

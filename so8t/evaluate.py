@@ -48,6 +48,7 @@ from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, PROMPT_FILE, Decision
 from so8t.outpaths import check_output_dir
 from so8t.errors import ConfigError, DataError, ModelError
 from so8t.metrics import ALLOW, DENY, ESCALATE, N_CLASSES, clopper_pearson_upper, confusion_matrix, decide, softmax
+from so8t.version_layout import LAYOUT
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ REPORT_JSON = "evaluation.json"
 REPORT_MD = "evaluation.md"
 CALIBRATION_FILE = "calibration_results.json"
 #: Where a registry version keeps its calibration (``release/layout.py`` publishes it there).
-VERSION_CALIBRATION = "calibration/calibration_results.json"
+VERSION_CALIBRATION = LAYOUT.calibration
 DECISION_RULE = ("p = softmax(z / T); DENY if p_DENY >= tau_deny; else ALLOW if p_ALLOW >= tau_escalate; "
                  "else ESCALATE")
 
@@ -317,7 +318,7 @@ def resolve_registry_model(name: str, ref: str, root: str | None) -> ResolvedMod
         entries = {f.path: f for f in manifest.files}
         gguf_rel = served_gguf(manifest)
         cal_rel = VERSION_CALIBRATION if VERSION_CALIBRATION in entries else None
-        prompt_rel = next((p for p in (str(PurePosixPath(gguf_rel).parent / PROMPT_FILE), f"gguf/{PROMPT_FILE}")
+        prompt_rel = next((p for p in (str(PurePosixPath(gguf_rel).parent / PROMPT_FILE), LAYOUT.decision_prompt)
                            if p in entries), None)
         paths: dict[str, Path] = {}
         for rel in (gguf_rel, cal_rel, prompt_rel):
