@@ -9,3 +9,8 @@ Layers: ``so8t`` and ``registry`` below, ``tasks`` (one call each plus retries, 
 artifacts) and ``flows`` above; ``tests/unit/test_layers.py`` checks that this package never imports
 Prefect, tasks or flows.
 """
+
+from pathlib import Path
+
+#: The bundled data (data/README.md): the recipes' default training, validation and held-out files.
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"

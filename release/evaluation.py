@@ -7,11 +7,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from release import DATA_DIR
 from so8t.evaluate import EvaluateConfig, EvaluationReport, run_evaluation
 
 
 #: The project's own held-out split (never trained or calibrated on): data/README.md.
-BUNDLED_TEST = str(Path(__file__).resolve().parent.parent / "data" / "decision_test.jsonl")
+BUNDLED_TEST = str(DATA_DIR / "decision_test.jsonl")
 
 
 class EvaluationSettings(BaseModel):

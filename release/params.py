@@ -16,11 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from so8t.calibration_cli import CalibrateCommandConfig
 from so8t.config import TrainConfig
 from so8t.gate import GateConfig
+from release import DATA_DIR
 from release.ab import ABSettings
 from release.evaluation import EvaluationSettings
 from release.smoke import SmokeSettings
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 # The real, licensed decision data (data/README.md) and the think-format instruction records that keep
 # the model a chat model; calibration on the real data's validation split.
 BUNDLED_TRAIN = ",".join(str(DATA_DIR / f) for f in ("decision_train.jsonl", "instructions_train.jsonl"))

@@ -16,8 +16,9 @@ from typing import Any
 from registry import PRODUCTION, HistoryEntry, Registry, VersionManifest
 from release.ab import ABOutcome, ABSettings, ab_skip_reason, run_ab_comparison, skipped_ab
 from release.checklists import CheckItem
-from release.evaluation import EvaluationSummary
+from release.evaluation import EvaluationSummary, run_heldout
 from release.gate import CalibrationRun, gate_decision
+from release.layout import convert_f16, quantize_gguf
 from release.smoke import SmokeReport, SmokeSettings, raise_if_failed, run_smoke_test
 from release.versions import publish_version
 from so8t.bake import BakeConfig, BakeReport
@@ -32,6 +33,15 @@ logger = logging.getLogger("so8t.release")
 
 #: Lifecycle events a recipe reports (the Prefect stages emit them as ``so8t.<kind with dots>`` events).
 EVENTS = ("candidate.published", "gate.failed", "production.rolled_back")
+
+
+def mirror_configured(settings: Any) -> bool:
+    """Whether a Hub repository is configured for the mirror (``settings.repo_id`` or ``$SO8T_HF_REPO``)."""
+    import os
+
+    from registry.hub import ENV_REPO
+
+    return bool(settings.repo_id or os.environ.get(ENV_REPO))
 
 
 class Stages:
@@ -68,13 +78,9 @@ class Stages:
         return bake(cfg)
 
     def convert(self, cfg: ConvertConfig, run_dir: str) -> ConversionResult:
-        from release.layout import convert_f16
-
         return convert_f16(cfg)
 
     def quantize(self, cfg: ConvertConfig, run_dir: str) -> ConversionResult:
-        from release.layout import quantize_gguf
-
         return quantize_gguf(cfg)
 
     def publish(self, root: str | None, name: str, files: dict[str, str], *, kinds: dict[str, str],
@@ -104,8 +110,6 @@ class Stages:
                          summary=report.verdict.summary, report_path=path)
 
     def evaluate(self, cfg: Any, title: str) -> EvaluationSummary:
-        from release.evaluation import run_heldout
-
         return run_heldout(cfg)[1]
 
     def gate(self, result: CalibrationResult, gate: GateConfig, title: str, ab: ABOutcome | None = None,
@@ -142,11 +146,9 @@ class Stages:
 
     # ------------------------------------------------------------------ after a change of production
     def mirror(self, settings: Any, root: str | None, name: str) -> None:
-        import os
+        from registry.hub import HubMirror, MirrorConfig
 
-        from registry.hub import ENV_REPO, HubMirror, MirrorConfig
-
-        if not (settings.repo_id or os.environ.get(ENV_REPO)):
+        if not mirror_configured(settings):
             return
         try:
             HubMirror(Registry(root), MirrorConfig.from_env(repo_id=settings.repo_id, endpoint=settings.endpoint)).sync(

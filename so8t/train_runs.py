@@ -108,18 +108,19 @@ class TrainingPlan(BaseModel):
     effective: TrainConfig
     run_cfg: TrainConfig
     resume_from: str | None
-    total_steps: int
+    total_steps: int | None = None  # optimizer steps of the whole run (counting reads the dataset: on request)
 
 
-def plan_training(cfg: TrainConfig) -> TrainingPlan:
-    """Apply the remedies recorded in the output directory; resume from its newest checkpoint."""
+def plan_training(cfg: TrainConfig, *, count_steps: bool = True) -> TrainingPlan:
+    """Apply the remedies recorded in the output directory; resume from its newest checkpoint (and count the run's
+    optimizer steps, which reads every dataset file, unless ``count_steps`` is off)."""
     remedies = read_remedies(cfg.output_dir)
     effective = apply_remedies(cfg, remedies)
     resume = list_checkpoints(effective.output_dir)
     run_cfg = effective.model_copy(update={"resume_from_checkpoint": "latest" if resume else None})
     return TrainingPlan(remedies=remedies, effective=effective, run_cfg=run_cfg,
                         resume_from=str(resume[-1]) if resume else None,
-                        total_steps=total_steps(count_records(cfg.dataset), effective))
+                        total_steps=total_steps(count_records(cfg.dataset), effective) if count_steps else None)
 
 
 def training_result(cfg: TrainConfig, plan: TrainingPlan, seconds: float) -> tuple[TrainResult, list[dict[str, Any]]]:
@@ -171,7 +172,8 @@ def train_with_remedies(cfg: TrainConfig, oom_retries: int = 3) -> TrainResult:
     if oom_retries < 0:
         raise So8tError(f"--oom_retries {oom_retries}: must be 0 or more")
     t0 = time.monotonic()
-    run_cfg = apply_remedies(cfg, read_remedies(cfg.output_dir))
+    plan = plan_training(cfg, count_steps=False)
+    run_cfg = plan.effective  # the first attempt as given (recorded remedies applied), never resumed on its own
     for attempt in range(oom_retries + 1):
         try:
             train(run_cfg)
@@ -179,6 +181,7 @@ def train_with_remedies(cfg: TrainConfig, oom_retries: int = 3) -> TrainResult:
         except Exception as e:
             if not _is_cuda_oom(e) or attempt == oom_retries:
                 raise
-            record_oom(cfg, plan_training(cfg), e)
-            run_cfg = plan_training(cfg).run_cfg  # the remedies so far, resumed from the newest checkpoint
-    return training_result(cfg, plan_training(cfg), time.monotonic() - t0)[0]
+            record_oom(cfg, plan, e)
+            plan = plan_training(cfg, count_steps=False)
+            run_cfg = plan.run_cfg  # the remedies so far, resumed from the newest checkpoint
+    return training_result(cfg, plan, time.monotonic() - t0)[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from prefect import task
@@ -12,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from registry import Registry
+from release.stages import mirror_configured
 from registry.hub import ENV_REPO, HubMirror, MirrorConfig, SyncReport
 
 
@@ -34,7 +34,7 @@ def mirror_if_configured(settings: Any, root: str | None, name: str) -> SyncRepo
     logged and shown as an artifact, and ``so8t registry mirror NAME --sync`` catches up later.
     """
     log = get_run_logger()
-    if not (settings.repo_id or os.environ.get(ENV_REPO)):
+    if not mirror_configured(settings):
         log.info("Hub mirror skipped: no repository configured (mirror.repo_id or $%s)", ENV_REPO)
         return None
     state = mirror_task(root, name, settings.repo_id, settings.endpoint, return_state=True)
