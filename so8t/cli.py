@@ -165,9 +165,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from so8t.train_runs import train_with_remedies
 
     result = train_with_remedies(cfg, oom_retries=args.oom_retries)
-    for r in result.oom_remedies:
-        print(f"applied after CUDA out of memory ({r.step}): {r.describe()}")
-    print(f"trained SO8T adapter and gates: {result.output_dir}")
+    if result is not None:  # None: another process of a multi-process run; the main one reports
+        for r in result.oom_remedies:
+            print(f"applied after CUDA out of memory ({r.step}): {r.describe()}")
+        print(f"trained SO8T adapter and gates: {result.output_dir}")
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -165,10 +166,11 @@ def record_oom(cfg: TrainConfig, plan: TrainingPlan, exc: BaseException) -> OomR
     return remedy
 
 
-def train_with_remedies(cfg: TrainConfig, oom_retries: int = 3) -> TrainResult:
+def train_with_remedies(cfg: TrainConfig, oom_retries: int = 3) -> TrainResult | None:
     """Train ``cfg`` as given (with any remedies recorded in its output directory); after a CUDA out-of-memory
     error record the next remedy and train again, resuming from the newest checkpoint, up to ``oom_retries``
-    times. ``so8t train``'s path: unlike :func:`plan_training`, the first attempt never resumes on its own."""
+    times. ``so8t train``'s path: unlike :func:`plan_training`, the first attempt never resumes on its own. Returns
+    None on the other processes of a multi-process run (accelerate launch), where rank 0 writes the results."""
     if oom_retries < 0:
         raise So8tError(f"--oom_retries {oom_retries}: must be 0 or more")
     t0 = time.monotonic()
@@ -184,4 +186,6 @@ def train_with_remedies(cfg: TrainConfig, oom_retries: int = 3) -> TrainResult:
             record_oom(cfg, plan, e)
             plan = plan_training(cfg, count_steps=False)
             run_cfg = plan.run_cfg  # the remedies so far, resumed from the newest checkpoint
+    if int(os.environ.get("RANK", "0")) != 0:  # a multi-process run: only the main process writes the results
+        return None
     return training_result(cfg, plan, time.monotonic() - t0)[0]
