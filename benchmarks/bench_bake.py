@@ -35,8 +35,8 @@ def make_adapter(base_dir: Path, out: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from so8t.gates import attach_gates, iter_gates, save_gates
-    from so8t.train import resolve_lora_targets
+    from so8t.training.gates import attach_gates, iter_gates, save_gates
+    from so8t.training.train import resolve_lora_targets
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
@@ -70,8 +70,8 @@ def independent_check(base_dir: Path, adapter: Path, baked: Path, n_tokens: int)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from so8t.logit_compare import compare_logit_sets as compare_logits
-    from so8t.gates import load_gates
+    from so8t.export.logit_compare import compare_logit_sets as compare_logits
+    from so8t.training.gates import load_gates
 
     gated = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32), str(adapter)).eval()
     load_gates(gated, adapter)
@@ -102,7 +102,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from so8t.bake import BakeConfig, bake
+    from so8t.export.bake import BakeConfig, bake
     from so8t.base_models import prepare_embedded
 
     base_dir = prepare_embedded("smollm2")

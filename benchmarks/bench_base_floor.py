@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _evaluate(model: str, data: str, out: Path, registry_root: str | None, calibration: str | None = None) -> dict:
-    from so8t.evaluate import EvaluateConfig, run_evaluation
+    from so8t.calibrate.evaluate import EvaluateConfig, run_evaluation
 
     cfg = EvaluateConfig(model=model, data=data, output_dir=str(out), registry_root=registry_root,
                          calibration=calibration, n_threads=os.cpu_count() or 1)
@@ -48,8 +48,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from so8t.base_models import prepare_embedded
-    from so8t.calibration_cli import CalibrateCommandConfig, calibrate_gguf, write_calibration
-    from so8t.gguf import convert_to_gguf
+    from so8t.calibrate.cli import CalibrateCommandConfig, calibrate_gguf, write_calibration
+    from so8t.export.gguf import convert_to_gguf
 
     t0 = time.time()
     base = convert_to_gguf(prepare_embedded(args.base), args.work / "gguf", [args.quant], name=f"{args.base}-base",

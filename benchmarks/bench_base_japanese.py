@@ -59,7 +59,7 @@ def run_base(name: str, threads: int) -> dict:
 
     from so8t.base_models import embedded_gguf
     from so8t.chat_template import render_chat
-    from so8t.inference import read_chat_info
+    from so8t.serving.inference import read_chat_info
 
     path = embedded_gguf(name)
     info = read_chat_info(path)

@@ -1,7 +1,7 @@
-"""Peak memory and time of loading a large training file: ``datasets`` (so8t.train_data) vs the in-memory path.
+"""Peak memory and time of loading a large training file: ``datasets`` (so8t.training.train_data) vs the in-memory path.
 
 Builds a JSONL file of ``--mb`` megabytes from the bundled decision records (each copy made distinct),
-then, each in a fresh process, loads it the way ``so8t train`` does (:func:`so8t.train_data.load_training_data`:
+then, each in a fresh process, loads it the way ``so8t train`` does (:func:`so8t.training.train_data.load_training_data`:
 check, Arrow, cached map; cold cache, then warm) and the old way (``read_jsonl`` + ``encode_dataset``, every
 record and token list in Python objects), and reports peak RSS and wall time of each.
 
@@ -49,13 +49,13 @@ def child(mode: str, path: str, cache: str) -> dict:
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.time()
     if mode == "datasets":
-        from so8t.train_data import load_training_data
+        from so8t.training.train_data import load_training_data
 
         data, stats = load_training_data(path, tok, 512, prompt, "label_token", cache_dir=cache, progress=False)
         n = len(data)
         data.dataset[n - 1]  # touch the end: memory-mapped, paged in on demand
     else:
-        from so8t.data import encode_dataset, read_jsonl
+        from so8t.training.data import encode_dataset, read_jsonl
 
         ds, stats = encode_dataset(read_jsonl(path), tok, 512, prompt, "label_token")
         n = len(ds)

@@ -7,11 +7,11 @@ labels, written to one JSONL file that every contender reads.
 Contenders, score cache off for all, interleaved in each of ``--repeats`` rounds (so load from other
 jobs hits them alike); the minimum time of each is kept:
 
-1. ``score_gguf``: calibrate's scorer alone (:func:`so8t.scoring.score_gguf`, whole call: model
+1. ``score_gguf``: calibrate's scorer alone (:func:`so8t.calibrate.scoring.score_gguf`, whole call: model
    load, hashing, rendering, evaluation), on texts and labels already in memory.
-2. ``calibrate``: :func:`so8t.calibration_cli.calibrate_gguf` (read the file, score, fit; writes
+2. ``calibrate``: :func:`so8t.calibrate.cli.calibrate_gguf` (read the file, score, fit; writes
    nothing), i.e. ``so8t calibrate`` without its file writes.
-3. ``evaluate``: :func:`so8t.evaluate.run_evaluation` (check every input, read the file, score,
+3. ``evaluate``: :func:`so8t.calibrate.evaluate.run_evaluation` (check every input, read the file, score,
    decide, compute every group's metrics, write evaluation.json and evaluation.md), i.e.
    ``so8t evaluate`` without the argument parsing.
 
@@ -69,10 +69,10 @@ def main() -> None:
 
     import llama_cpp
 
-    from so8t.calibration_cli import CalibrateCommandConfig, calibrate_gguf
-    from so8t.evaluate import EvaluateConfig, run_evaluation
+    from so8t.calibrate.cli import CalibrateCommandConfig, calibrate_gguf
+    from so8t.calibrate.evaluate import EvaluateConfig, run_evaluation
     from so8t.llama import default_threads
-    from so8t.scoring import score_gguf
+    from so8t.calibrate.scoring import score_gguf
 
     threads = args.n_threads or default_threads()
     model = args.model or embedded_gguf("smollm2")

@@ -10,7 +10,7 @@
 
    * ``probes``: the built-in probes of ``so8t convert`` (every position; per probe);
    * ``corpus``: ``data/text_sample.jsonl`` split by language (en / ja), measured two ways
-     (``so8t.gguf_fidelity.corpus_fidelity``): ``chunked`` = llama-perplexity ``--kl-divergence``
+     (``so8t.export.fidelity.corpus_fidelity``): ``chunked`` = llama-perplexity ``--kl-divergence``
      (token stream cut into chunks of ``--n_ctx`` tokens, second half of each chunk scored) and
      ``paragraphs`` = every position of every paragraph from its start.
 
@@ -42,7 +42,7 @@ def by_language(path: Path) -> dict[str, list[str]]:
 
 
 def fidelity(model: Path, files: dict[str, Path], texts: Path, n_ctx: int, threads: int) -> dict:
-    from so8t.gguf_fidelity import corpus_fidelity, measure_fidelity, probe_set
+    from so8t.export.fidelity import corpus_fidelity, measure_fidelity, probe_set
 
     probes = probe_set(model)
     measured = measure_fidelity(model, list(files.values()), probes, threads=threads)
@@ -75,8 +75,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from so8t.base_models import prepare_embedded
-    from so8t.gguf import convert_to_gguf
-    from so8t.gguf_quant import quantize_gguf
+    from so8t.export.gguf import convert_to_gguf
+    from so8t.export.quantize import quantize_gguf
 
     model = prepare_embedded("smollm2")
     with tempfile.TemporaryDirectory() as tmp:

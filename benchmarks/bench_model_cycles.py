@@ -1,9 +1,9 @@
 """Resident memory over model load/close cycles, with and without returning the freed heap.
 
-What ``so8t serve`` does on every swap that loads: a :class:`so8t.decide.Decider` is loaded on one thread,
+What ``so8t serve`` does on every swap that loads: a :class:`so8t.serving.decide.Decider` is loaded on one thread,
 used from another, and the model it replaces is closed (two kept at a time, as with ``--warm_versions 2``).
 Each mode runs in its own process: ``trim`` is the library as it is (``Decider.close`` calls
-:func:`so8t.decide.release_freed_heap`), ``no-trim`` the same with that call disabled. Reported: RSS after
+:func:`so8t.serving.decide.release_freed_heap`), ``no-trim`` the same with that call disabled. Reported: RSS after
 every cycle; the growth from the first kept cycle to the last.
 
     python benchmarks/bench_model_cycles.py --json benchmarks/results_model_cycles.json
@@ -24,7 +24,7 @@ CHILD = r"""
 import json, sys, tempfile, threading
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-import so8t.decide as decide
+import so8t.serving.decide as decide
 from so8t.base_models import embedded_gguf, sha256_file
 from so8t.decision import DEFAULT_DECISION_PROMPT
 

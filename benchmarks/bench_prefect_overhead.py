@@ -58,7 +58,7 @@ def build_inputs(d: Path) -> tuple[Path, Path, Path]:
 
 def params(model: Path, train: Path, val: Path, root: Path, steps: int = 24):
     from release.params import CalibrationSettings, ConvertSettings, ModelRef, PipelineParams, TrainSettings
-    from so8t.gate import GateConfig
+    from so8t.calibrate.promotion_gate import GateConfig
 
     return PipelineParams(
         model=ModelRef(name=NAME, registry_root=str(root / "registry")), work_dir=str(root / "work"),

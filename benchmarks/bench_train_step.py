@@ -24,8 +24,8 @@ def build(gated: bool, model_dir: str):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from so8t.gates import attach_gates, iter_gates
-    from so8t.train import resolve_lora_targets
+    from so8t.training.gates import attach_gates, iter_gates
+    from so8t.training.train import resolve_lora_targets
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -44,7 +44,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from so8t.base_models import prepare_embedded
-    from so8t.gguf_fidelity import compare_logits, probe_set
+    from so8t.export.fidelity import compare_logits, probe_set
 
     model_dir = Path(prepare_embedded("smollm2"))
     probes = probe_set(model_dir)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU checks for a lent CUDA machine: the QLoRA (bitsandbytes NF4) path and gate overhead.
 
-1. QLoRA on CUDA: a tiny Llama built from config, `so8t.train` with --load_in_4bit for a few
+1. QLoRA on CUDA: a tiny Llama built from config, `so8t.training.train` with --load_in_4bit for a few
    steps, checkpoint, SIGKILL-free resume to the end: generators stay float32 and non-zero, loss
    falls, the adapter and gates are written.
 2. Step time with gates on every layer vs plain LoRA on a SmolLM2-135M-shaped model (random
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def qlora_check(work: Path) -> dict:
     from so8t.config import TrainConfig
-    from so8t.train import read_loss_log, train
+    from so8t.training.train import read_loss_log, train
     from safetensors.torch import load_file
     from tests.fixtures.tiny_models import build_tiny_llama, build_tokenizer_model
 
@@ -61,8 +61,8 @@ def step_bench(batch: int, seq: int, steps: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from so8t.gates import attach_gates, iter_gates
-    from so8t.train import resolve_lora_targets
+    from so8t.training.gates import attach_gates, iter_gates
+    from so8t.training.train import resolve_lora_targets
 
     cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                       num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)

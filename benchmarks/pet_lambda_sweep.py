@@ -25,9 +25,9 @@ def heldout(run: Path, base_dir: Path, n: int = 48) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from so8t.data import PadCollator, encode_dataset, read_jsonl
-    from so8t.gates import load_gates
-    from so8t.pet import pet_energy
+    from so8t.training.data import PadCollator, encode_dataset, read_jsonl
+    from so8t.training.gates import load_gates
+    from so8t.training.pet import pet_energy
 
     tok = AutoTokenizer.from_pretrained(str(base_dir))
     recs = read_jsonl(REPO / "data" / "instructions_val.jsonl")[: n // 2] + read_jsonl(REPO / "data" / "safety_val.jsonl")[: n // 2]
@@ -58,7 +58,7 @@ def main() -> None:
 
     from so8t.base_models import prepare_embedded
     from so8t.config import TrainConfig
-    from so8t.train import read_loss_log, train
+    from so8t.training.train import read_loss_log, train
 
     base_dir = prepare_embedded("smollm2")
     data = ",".join(str(REPO / "data" / f) for f in ("safety_train.jsonl", "instructions_train.jsonl"))

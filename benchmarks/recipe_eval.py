@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from so8t.calibration import CalibrationConfig, calibrate, encode_labels
+from so8t.calibrate.calibration import CalibrationConfig, calibrate, encode_labels
 from so8t.decision import LABELS, DecisionPrompt, decision_messages
-from so8t.metrics import compute_metrics, softmax
+from so8t.calibrate.metrics import compute_metrics, softmax
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from registry import NotFoundError, Registry
-from so8t.inference import SAMPLING_TEMPERATURE_RANGE
+from so8t.serving.inference import SAMPLING_TEMPERATURE_RANGE
 
 def demo_name(base: str = "smollm2") -> str:
     """The registry name of the demo model on an embedded base (``so8t-smollm2``, ``so8t-gemma3-270m``)."""
@@ -98,9 +98,9 @@ def run_base_ab(output_dir: Path, candidate_gguf: Path, calibration: Path | None
     Returns:
         The markdown report's path.
     """
-    from so8t.abtest import ABConfig, run_ab, write_ab_report
+    from so8t.ab.runner import ABConfig, run_ab, write_ab_report
     from so8t.base_models import prepare_embedded
-    from so8t.gguf import convert_to_gguf
+    from so8t.export.gguf import convert_to_gguf
 
     conv = convert_to_gguf(prepare_embedded(base), output_dir / "base_gguf", [quant], name=f"{base}-base", fidelity=False)
     cfg = ABConfig(model_a=str(candidate_gguf), model_b=str(conv.path(quant)),
@@ -189,8 +189,8 @@ def showcase_records(path: Path) -> list[dict]:
 def show_model_at_work(gguf: Path, calibration: Path, prompt_file: Path | None, records: list[dict]) -> list[dict]:
     """Decide a few held-out requests with the calibrated model and print decision and probabilities."""
     from so8t.decision import LABELS, load_decision_prompt
-    from so8t.metrics import decide, softmax
-    from so8t.scoring import score_gguf
+    from so8t.calibrate.metrics import decide, softmax
+    from so8t.calibrate.scoring import score_gguf
 
     cal = json.loads(calibration.read_text())
     prompt = load_decision_prompt(prompt_file if prompt_file and prompt_file.is_file() else None)

@@ -1,4 +1,4 @@
-"""The A/B step of a release: its settings, when it runs, and how (``so8t.abtest``, looked up at run time).
+"""The A/B step of a release: its settings, when it runs, and how (``so8t.ab.runner``, looked up at run time).
 
 When the A/B module is not installed, or there is no production to compare with, or production serves
 the very same GGUF, the comparison is skipped and the reason recorded instead of failing the release.
@@ -37,7 +37,7 @@ class ABSettings(BaseModel):
         return {k: getattr(self, k) for k in VERDICT_FIELDS}
 
 
-#: ABSettings fields passed to ``so8t.abtest.ABConfig`` unchanged (same names, same defaults: tested).
+#: ABSettings fields passed to ``so8t.ab.runner.ABConfig`` unchanged (same names, same defaults: tested).
 VERDICT_FIELDS = ("margin_bleu", "margin_rouge_l", "margin_far", "margin_fdr", "margin_macro_f1", "min_throughput_ratio")
 
 
@@ -54,10 +54,10 @@ class ABOutcome(BaseModel):
 
 
 def abtest_module() -> Any | None:
-    """``so8t.abtest`` when it is installed, else None."""
-    if importlib.util.find_spec("so8t.abtest") is None:
+    """``so8t.ab.runner`` when it is installed, else None."""
+    if importlib.util.find_spec("so8t.ab.runner") is None:
         return None
-    return importlib.import_module("so8t.abtest")
+    return importlib.import_module("so8t.ab.runner")
 
 
 def ab_skip_reason(settings: ABSettings, production: str | None, candidate_gguf: str, production_gguf: str | None) -> str | None:
@@ -69,13 +69,13 @@ def ab_skip_reason(settings: ABSettings, production: str | None, candidate_gguf:
     if file_digest(Path(candidate_gguf)) == file_digest(Path(production_gguf)):
         return f"production {production} serves the same GGUF"
     if abtest_module() is None:
-        return "so8t.abtest is not available in this installation"
+        return "so8t.ab.runner is not available in this installation"
     return None
 
 
 def run_ab_comparison(candidate_gguf: str, production_gguf: str, candidate_calibration: str | None,
                       production_calibration: str | None, settings: ABSettings, output_dir: str) -> tuple[Any, str]:
-    """Run ``so8t.abtest`` (A: candidate, B: production) and write its report; returns (report, JSON path)."""
+    """Run ``so8t.ab.runner`` (A: candidate, B: production) and write its report; returns (report, JSON path)."""
     mod = abtest_module()
     cfg = mod.ABConfig(model_a=candidate_gguf, model_b=production_gguf, calibration_a=candidate_calibration,
                        calibration_b=production_calibration, limit=settings.limit, max_new_tokens=settings.max_new_tokens,

@@ -52,7 +52,7 @@ def before_training_items(cfg: TrainConfig) -> list[CheckItem]:
 
 
 def gpu_memory_item(cfg: TrainConfig) -> CheckItem:
-    """GPU memory: the VRAM preflight's estimate (so8t.preflight, docs/vram.md) against the free memory.
+    """GPU memory: the VRAM preflight's estimate (so8t.training.preflight, docs/vram.md) against the free memory.
 
     On a CUDA machine it holds when the estimated peak fits in the free memory, and says what to change
     first when not. Without CUDA it is not applicable, and shows what a GPU would need. Without an
@@ -61,7 +61,7 @@ def gpu_memory_item(cfg: TrainConfig) -> CheckItem:
     import torch
 
     from so8t.errors import So8tError
-    from so8t.preflight import plan_fit, read_model_shape
+    from so8t.training.preflight import plan_fit, read_model_shape
 
     item = "GPUメモリが十分にある (GPU memory)"
     cuda = torch.cuda.is_available()
@@ -81,7 +81,7 @@ def gpu_memory_item(cfg: TrainConfig) -> CheckItem:
 
 def after_training_items(output_dir: str | Path) -> list[CheckItem]:
     """学習中/学習後: checkpoints saved, loss decreasing, final checkpoint and model saved, log present."""
-    from so8t.train import CONFIG_FILE, list_checkpoints, read_loss_log
+    from so8t.training.train import CONFIG_FILE, list_checkpoints, read_loss_log
 
     out = Path(output_dir)
     ckpts = list_checkpoints(out)

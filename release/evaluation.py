@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from release import DATA_DIR
-from so8t.evaluate import EvaluateConfig, EvaluationReport, run_evaluation
+from so8t.calibrate.evaluate import EvaluateConfig, EvaluationReport, run_evaluation
 
 
 #: The project's own held-out split (never trained or calibrated on): data/README.md.

@@ -1,4 +1,4 @@
-"""The promotion gate of a release: the calibrated held-out metrics against :class:`so8t.gate.GateConfig`,
+"""The promotion gate of a release: the calibrated held-out metrics against :class:`so8t.calibrate.promotion_gate.GateConfig`,
 plus the A/B verdict when it must pass, and the evidence a promotion records."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from release.ab import ABOutcome
-from so8t.calibration import CalibrationResult
-from so8t.gate import GateConfig, GateCriterion, GateDecision, evaluate_gate
+from so8t.calibrate.calibration import CalibrationResult
+from so8t.calibrate.promotion_gate import GateConfig, GateCriterion, GateDecision, evaluate_gate
 
 
 AB_CRITERION = "ab_non_inferiority"

@@ -24,12 +24,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from registry import Registry, VersionManifest
-from so8t.bake import BakeConfig
+from so8t.export.bake import BakeConfig
 from so8t.decision import PROMPT_FILE
-from so8t.gguf import ConversionResult, ConvertConfig, run_conversion
-from so8t.inference import write_modelfile
+from so8t.export.gguf import ConversionResult, ConvertConfig, run_conversion
+from so8t.serving.inference import write_modelfile
 from so8t.digests import maybe_path, path_digest, split_paths
-from so8t.train_runs import TrainResult
+from so8t.training.runs import TrainResult
 from so8t.version_layout import LAYOUT
 
 
@@ -96,7 +96,7 @@ def candidate_files(plan: RunPlan, trained: TrainResult, ggufs: ConversionResult
 
 
 def candidate_metrics(trained: TrainResult, ggufs: ConversionResult, quant: str) -> dict[str, float]:
-    from so8t.gguf import normalize_quant
+    from so8t.export.gguf import normalize_quant
 
     out: dict[str, float] = {"train_steps": float(trained.global_step)}
     if trained.last_ce_loss is not None:

@@ -35,7 +35,7 @@ from release.smoke import main_gguf
 from release.stages import Stages
 from release.versions import earlier_production_versions, find_candidate, production_version, resolve_version
 from so8t.digests import file_digest
-from so8t.evaluate import EvaluateConfig
+from so8t.calibrate.evaluate import EvaluateConfig
 from so8t.version_layout import LAYOUT
 
 

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry import Registry, VersionManifest
 from so8t.errors import ModelError
-from so8t.evaluate import served_gguf
-from so8t.inference import generate
+from so8t.calibrate.evaluate import served_gguf
+from so8t.serving.inference import generate
 
 
 class SmokePrompt(BaseModel):
@@ -54,7 +54,7 @@ class SmokeReport(BaseModel):
 
 
 def main_gguf(m: VersionManifest) -> str:
-    """Path (inside the version) of the GGUF to serve (:func:`so8t.evaluate.served_gguf`'s rule)."""
+    """Path (inside the version) of the GGUF to serve (:func:`so8t.calibrate.evaluate.served_gguf`'s rule)."""
     try:
         return served_gguf(m)
     except ModelError as e:

@@ -21,13 +21,13 @@ from release.gate import CalibrationRun, gate_decision
 from release.layout import convert_f16, quantize_gguf
 from release.smoke import SmokeReport, SmokeSettings, raise_if_failed, run_smoke_test
 from release.versions import publish_version
-from so8t.bake import BakeConfig, BakeReport
-from so8t.calibration import CalibrationResult
-from so8t.calibration_cli import DIAGRAM_FILE, RESULTS_FILE, CalibrateCommandConfig
+from so8t.export.bake import BakeConfig, BakeReport
+from so8t.calibrate.calibration import CalibrationResult
+from so8t.calibrate.cli import DIAGRAM_FILE, RESULTS_FILE, CalibrateCommandConfig
 from so8t.config import TrainConfig
-from so8t.gate import GateConfig, GateDecision
-from so8t.gguf import ConversionResult, ConvertConfig
-from so8t.train_runs import TrainResult
+from so8t.calibrate.promotion_gate import GateConfig, GateDecision
+from so8t.export.gguf import ConversionResult, ConvertConfig
+from so8t.training.runs import TrainResult
 
 logger = logging.getLogger("so8t.release")
 
@@ -68,12 +68,12 @@ class Stages:
 
     # ------------------------------------------------------------------ building a candidate
     def train(self, cfg: TrainConfig, run_dir: str) -> TrainResult:
-        from so8t.train_runs import train_with_remedies
+        from so8t.training.runs import train_with_remedies
 
         return train_with_remedies(cfg)
 
     def bake(self, cfg: BakeConfig, run_dir: str) -> BakeReport:
-        from so8t.bake import bake
+        from so8t.export.bake import bake
 
         return bake(cfg)
 
@@ -93,7 +93,7 @@ class Stages:
 
     # ------------------------------------------------------------------ calibrating and gating
     def calibrate(self, cfg: CalibrateCommandConfig, title: str, cache_dir: str) -> CalibrationRun:
-        from so8t.calibration_cli import run_calibration
+        from so8t.calibrate.cli import run_calibration
 
         result = run_calibration(cfg)
         out = Path(cfg.output_dir)
@@ -160,7 +160,7 @@ class Stages:
         if settings.url:
             import os
 
-            from so8t.serve import wait_until_served
+            from so8t.serving.serve import wait_until_served
 
             wait_until_served(settings.url, name, version, settings.timeout_s,
                               api_key=os.environ.get(settings.api_key_env) or None)

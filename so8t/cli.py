@@ -105,8 +105,8 @@ def setup_logging(command: str, verbose: bool = False) -> Path | None:
 #: Modules that add their own subcommands: each has ``register(subparsers)`` which adds a parser
 #: and sets ``handler=fn(args) -> int`` as its default.
 STAGE_COMMANDS: tuple[str, ...] = (
-    "so8t.bake_cli", "so8t.gguf_cli", "so8t.inference_cli", "so8t.calibration_cli", "so8t.abtest_cli",
-    "so8t.evaluate_cli", "so8t.decide_cli", "so8t.serve_cli",
+    "so8t.export.bake_cli", "so8t.export.convert_cli", "so8t.serving.inference_cli", "so8t.calibrate.cli", "so8t.ab.cli",
+    "so8t.calibrate.evaluate_cli", "so8t.serving.decide_cli", "so8t.serving.serve_cli",
 )
 
 
@@ -162,7 +162,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("--gpu_memory_gb is for --dry_run: add --dry_run to estimate, or drop --gpu_memory_gb")
     if args.dry_run:
         return _dry_run(cfg, args.gpu_memory_gb)
-    from so8t.train_runs import train_with_remedies
+    from so8t.training.runs import train_with_remedies
 
     result = train_with_remedies(cfg, oom_retries=args.oom_retries)
     if result is not None:  # None: another process of a multi-process run; the main one reports
@@ -177,8 +177,8 @@ def _dry_run(cfg: Any, gpu_memory_gb: float | None) -> int:
     import math
 
     from so8t.errors import ConfigError
-    from so8t.preflight import plan_fit, read_model_shape, visible_gpu
-    from so8t.vram import GIB
+    from so8t.training.preflight import plan_fit, read_model_shape, visible_gpu
+    from so8t.training.vram import GIB
 
     shape = read_model_shape(cfg.base_model)
     if gpu_memory_gb is not None:

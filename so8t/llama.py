@@ -1,8 +1,8 @@
 """llama.cpp through llama-cpp-python: the one loader, its thread policy, and token-level helpers.
 
 Every GGUF the library evaluates is opened by :func:`open_llama`: scoring and ``so8t decide`` /
-``so8t serve`` (through :func:`so8t.scoring._load_model`), the A/B generations
-(:class:`so8t.abperf.GreedyGenerator`), the GGUF fidelity check and ``so8t run``.
+``so8t serve`` (through :func:`so8t.calibrate.scoring._load_model`), the A/B generations
+(:class:`so8t.ab.perf.GreedyGenerator`), the GGUF fidelity check and ``so8t run``.
 
 Threads (:func:`thread_counts`): ggml's worker threads spin while they wait, so more threads than
 free cores slows a model down several-fold (measured: 45 vs 5 tokens/s with 1 vs 2 threads on a busy

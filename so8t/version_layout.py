@@ -5,7 +5,7 @@ read them)::
     adapter/...                reports/...
     calibration/calibration_results.json   calibration/reliability_diagram.png   (calibrated versions)
 
-Which GGUF of a version is served is :func:`so8t.evaluate.served_gguf`'s rule.
+Which GGUF of a version is served is :func:`so8t.calibrate.evaluate.served_gguf`'s rule.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ab_evaluate_task: A/B of a candidate against production with ``so8t.abtest``, when present.
+"""ab_evaluate_task: A/B of a candidate against production with ``so8t.ab.runner``, when present.
 
 The A/B module is looked up at run time (importlib): when it is not installed, or there is no
 production to compare with, or production serves the very same GGUF, the task records that the

@@ -1,11 +1,11 @@
-"""bake_task: ``so8t.bake.bake`` (merge LoRA, fold the SO(8) rotations, verify) as a cached task."""
+"""bake_task: ``so8t.export.bake.bake`` (merge LoRA, fold the SO(8) rotations, verify) as a cached task."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from so8t.bake import BakeConfig, BakeReport, bake
+from so8t.export.bake import BakeConfig, BakeReport, bake
 from tasks.caching import ContentHash
 from so8t.digests import maybe_path
 

@@ -1,6 +1,6 @@
 """evaluate_task: the calibrated candidate's decisions on the project's own held-out data.
 
-One library call (``so8t.evaluate.run_evaluation``: the served GGUF, its calibration and decision
+One library call (``so8t.calibrate.evaluate.run_evaluation``: the served GGUF, its calibration and decision
 prompt, scored as calibration scores) plus a table artifact that sits next to the gate verdict:
 one row per file and source, with FAR and its upper bound, over-refusal, macro F1 and throughput.
 The evaluation informs; it is not a gate criterion (the gate reads the calibration split's
@@ -14,7 +14,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from release.evaluation import EvaluationSummary, run_heldout
-from so8t.evaluate import EvaluateConfig
+from so8t.calibrate.evaluate import EvaluateConfig
 from tasks.caching import ContentHash
 from so8t.digests import split_paths
 

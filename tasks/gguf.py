@@ -1,4 +1,4 @@
-"""convert_task and quantize_task: ``so8t.gguf.run_conversion`` (F16, then the quant types).
+"""convert_task and quantize_task: ``so8t.export.gguf.run_conversion`` (F16, then the quant types).
 
 Conversion is split in two tasks so that the UI shows the two runbook steps and a new quant type
 re-uses the verified F16 file: the library's plan reuses any output whose provenance sidecar
@@ -13,7 +13,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from release.layout import convert_f16, quantize_gguf
-from so8t.gguf import ConversionResult, ConvertConfig
+from so8t.export.gguf import ConversionResult, ConvertConfig
 from tasks.caching import ContentHash
 
 

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from so8t.serve import wait_until_served
+from so8t.serving.serve import wait_until_served
 
 
 @task(name="wait-until-served", cache_policy=NO_CACHE)

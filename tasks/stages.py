@@ -21,13 +21,13 @@ from release.evaluation import EvaluationSummary
 from release.gate import CalibrationRun
 from release.smoke import SmokeReport, SmokeSettings
 from release.stages import Stages
-from so8t.bake import BakeConfig, BakeReport
-from so8t.calibration import CalibrationResult
-from so8t.calibration_cli import CalibrateCommandConfig
+from so8t.export.bake import BakeConfig, BakeReport
+from so8t.calibrate.calibration import CalibrationResult
+from so8t.calibrate.cli import CalibrateCommandConfig
 from so8t.config import TrainConfig
-from so8t.gate import GateConfig, GateDecision
-from so8t.gguf import ConversionResult, ConvertConfig
-from so8t.train_runs import TrainResult
+from so8t.calibrate.promotion_gate import GateConfig, GateDecision
+from so8t.export.gguf import ConversionResult, ConvertConfig
+from so8t.training.runs import TrainResult
 from tasks.abtest import ab_evaluate_task
 from tasks.bake import bake_task
 from tasks.caching import bind_cache

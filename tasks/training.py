@@ -1,4 +1,4 @@
-"""train_task: one call of :mod:`so8t.train_runs` (resume, CUDA out-of-memory remedies) plus retries, the
+"""train_task: one call of :mod:`so8t.training.runs` (resume, CUDA out-of-memory remedies) plus retries, the
 content-hash cache policy and a progress artifact.
 
 A CUDA out-of-memory error records the next memory remedy and raises :class:`OutOfMemoryRetry`; the
@@ -21,8 +21,8 @@ from prefect.logging import get_run_logger
 from so8t.config import TrainConfig
 from so8t.digests import maybe_path, split_paths
 from so8t.errors import So8tError
-from so8t.train import read_loss_log, train
-from so8t.train_runs import (OutOfMemoryRetry, TrainResult, _is_cuda_oom, plan_training, record_oom,  # noqa: F401
+from so8t.training.train import read_loss_log, train
+from so8t.training.runs import (OutOfMemoryRetry, TrainResult, _is_cuda_oom, plan_training, record_oom,  # noqa: F401
                              training_result)
 from tasks.caching import ContentHash
 

@@ -66,8 +66,8 @@ def _stop(proc: subprocess.Popen) -> None:
 def candidate_registry(tiny_llama, tmp_path_factory) -> Path:
     """A registry whose v1 candidate serves the tiny Llama as a Q8_0 GGUF (with its Modelfile)."""
     from registry import Registry
-    from so8t.gguf import convert_to_gguf
-    from so8t.inference import write_modelfile
+    from so8t.export.gguf import convert_to_gguf
+    from so8t.serving.inference import write_modelfile
 
     d = tmp_path_factory.mktemp("e2e_candidate")
     conv = convert_to_gguf(tiny_llama, d / "gguf", ("Q8_0",), name=NAME, fidelity=False)

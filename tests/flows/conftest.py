@@ -63,7 +63,7 @@ def tiny_params(base_model: Path, data: dict[str, Path], root: Path, *, max_step
                 name: str = "tiny-so8t", loose_gate: bool = True, **overrides):
     """Pipeline parameters for a tiny model: a few steps, Q8_0 served (Q4_0 also made), loose or default gate."""
     from release.params import CalibrationSettings, ConvertSettings, ModelRef, PipelineParams, TrainSettings
-    from so8t.gate import GateConfig
+    from so8t.calibrate.promotion_gate import GateConfig
     from release.evaluation import EvaluationSettings
 
     values = dict(

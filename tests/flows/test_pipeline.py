@@ -37,7 +37,7 @@ def test_pipeline_promotes_a_calibrated_version_whose_gguf_loads(pipeline_scenar
             "gguf/Modelfile", "adapter/adapter_model.safetensors"} <= set(paths)
     results = json.loads(prod.path("calibration/calibration_results.json").read_text())
     assert prod.manifest.parameters["calibration"]["temperature"] == pytest.approx(results["temperature"])
-    from so8t.inference import MODELFILE_DEFAULTS, SAMPLING_TEMPERATURE_RANGE
+    from so8t.serving.inference import MODELFILE_DEFAULTS, SAMPLING_TEMPERATURE_RANGE
 
     t = results["temperature"]
     in_range = SAMPLING_TEMPERATURE_RANGE[0] <= t <= SAMPLING_TEMPERATURE_RANGE[1]
@@ -90,9 +90,9 @@ def test_pipeline_evaluates_the_calibrated_candidate_on_held_out_data(pipeline_s
     """The heldout-evaluation table next to the gate verdict: so8t evaluate's numbers, recomputed here."""
     import numpy as np
 
-    from so8t.evaluate import read_evaluation
-    from so8t.metrics import decide, softmax
-    from so8t.scoring import read_labelled, score_gguf
+    from so8t.calibrate.evaluate import read_evaluation
+    from so8t.calibrate.metrics import decide, softmax
+    from so8t.calibrate.scoring import read_labelled, score_gguf
 
     runs = flow_runs_tagged(f"{pipeline_scenario['tag']}-2")
     (art,) = artifacts_of([r.id for r in runs], "heldout-evaluation")

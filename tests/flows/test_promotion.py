@@ -61,7 +61,7 @@ def holdout_ece(scenario, root: Path, version: str, work: Path) -> float:
     """ECE after calibration, computed with the library directly (same settings as the flow)."""
     from release.params import calibrate_config
     from registry import Registry
-    from so8t.calibration_cli import calibrate_gguf
+    from so8t.calibrate.cli import calibrate_gguf
     from release.smoke import main_gguf
 
     reg = Registry(root)
@@ -74,7 +74,7 @@ def holdout_ece(scenario, root: Path, version: str, work: Path) -> float:
 def test_gate_failure_rejects_candidate_keeps_production_and_emits_event(pipeline_scenario, reg_root, tmp_path):
     from flows.calibrate_and_promote import calibrate_and_promote
     from registry import Registry
-    from so8t.gate import GateConfig
+    from so8t.calibrate.promotion_gate import GateConfig
 
     v3 = publish_variant(reg_root, Q4)
     state, tag = run_tagged(calibrate_and_promote, cp_params(pipeline_scenario, reg_root, tmp_path, gate=GateConfig()))
@@ -123,7 +123,7 @@ def test_smoke_test_failure_rolls_production_back(pipeline_scenario, reg_root, t
 def test_production_failing_on_new_data_rolls_back_to_newest_passing_version(pipeline_scenario, reg_root, tmp_path):
     from flows.calibrate_and_promote import calibrate_and_promote
     from registry import Registry
-    from so8t.gate import GateConfig
+    from so8t.calibrate.promotion_gate import GateConfig
 
     reg = Registry(reg_root)
     ece = {q: holdout_ece(pipeline_scenario, reg_root, v, tmp_path) for q, v in ((Q8, "v2"), (Q4, publish_variant(reg_root, Q4)))}
@@ -198,7 +198,7 @@ def test_rollback_flow_waits_until_the_service_serves_the_restored_version(pipel
 
 
 def test_ab_settings_mirror_the_ab_config_defaults():
-    from so8t.abtest import ABConfig
+    from so8t.ab.runner import ABConfig
     from release.ab import VERDICT_FIELDS, ABSettings
 
     for name in VERDICT_FIELDS:
@@ -209,7 +209,7 @@ def test_failed_ab_with_must_pass_blocks_the_promotion(pipeline_scenario, reg_ro
     """A candidate that passes the calibration gate but fails A/B non-inferiority (must_pass) is not promoted."""
     from flows.calibrate_and_promote import calibrate_and_promote
     from registry import Registry
-    from so8t.gate import GateConfig
+    from so8t.calibrate.promotion_gate import GateConfig
     from release.ab import ABSettings
 
     v3 = publish_variant(reg_root, Q4)
@@ -247,7 +247,7 @@ def test_recalibrated_production_that_still_passes_is_kept(pipeline_scenario, re
     """The nightly re-calibration's "kept" branch: production passes again, nothing moves."""
     from flows.calibrate_and_promote import calibrate_and_promote
     from registry import Registry
-    from so8t.gate import GateConfig
+    from so8t.calibrate.promotion_gate import GateConfig
 
     reg = Registry(reg_root)
     before = [(e.action, e.to_version) for e in reg.history(NAME)]
@@ -266,7 +266,7 @@ def test_first_ever_promotion_with_failing_smoke_test_leaves_production_unset(pi
     """No production yet: the smoke test runs before the promotion; its failure rejects the version."""
     from flows.calibrate_and_promote import calibrate_and_promote
     from registry import Registry
-    from so8t.gate import GateConfig
+    from so8t.calibrate.promotion_gate import GateConfig
     from release.smoke import SmokePrompt, SmokeSettings
 
     src = Registry(pipeline_scenario["params"].model.registry_root).get(NAME, "v1")

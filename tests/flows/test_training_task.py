@@ -7,7 +7,7 @@ import json
 import pytest
 
 from so8t.config import TrainConfig
-from so8t.train_runs import OOM_FILE, apply_remedies, next_oom_remedy, read_remedies
+from so8t.training.runs import OOM_FILE, apply_remedies, next_oom_remedy, read_remedies
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -40,8 +40,8 @@ def test_oom_remedies_skip_what_is_already_applied():
 
 
 def test_oom_retry_and_dry_run_advise_the_same_order():
-    """The retry's remedies are the preflight's (so8t.preflight.next_memory_remedy), step for step."""
-    from so8t.preflight import next_memory_remedy
+    """The retry's remedies are the preflight's (so8t.training.preflight.next_memory_remedy), step for step."""
+    from so8t.training.preflight import next_memory_remedy
 
     cfg = _cfg()
     while (r := next_oom_remedy(cfg, "x")) is not None:

@@ -23,7 +23,7 @@ import pytest
 import sacrebleu
 from rouge_score.rouge_scorer import RougeScorer
 
-from so8t.abstats import CharTokenizer
+from so8t.ab.stats import CharTokenizer
 from tests.fixtures.required import require_module, smollm2_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def _load_module(path: Path):
 def test_default_sets_are_reproducible_and_well_formed():
     res = subprocess.run([sys.executable, str(DATA / "build_ab_eval.py"), "--check"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    from so8t.abtest import ABConfig, load_eval_sets
+    from so8t.ab.runner import ABConfig, load_eval_sets
 
     sets = load_eval_sets(ABConfig(model_a="a.gguf", model_b="b.gguf"))
     assert 60 <= len(sets.instructions) <= 100 and 90 <= len(sets.safety_texts) <= 150
@@ -104,7 +104,7 @@ def test_default_sets_are_reproducible_and_well_formed():
         {"ALLOW": 36, "ESCALATE": 36, "DENY": 36}
     assert len(set(sets.instructions)) == len(sets.instructions) and len(set(sets.safety_texts)) == len(sets.safety_texts)
     # every prefix of 6k safety prompts (--limit) holds k of each (language, label) cell
-    from so8t.abstats import detect_lang
+    from so8t.ab.stats import detect_lang
 
     cells = [(detect_lang(t), lab) for t, lab in zip(sets.safety_texts, sets.safety_labels)]
     for k in (1, 2, 5):
@@ -225,7 +225,7 @@ def _check_throughput_ratio(r) -> None:
 
 
 def test_model_against_itself_shows_no_difference(smollm2):
-    from so8t.abtest import ABConfig, run_ab
+    from so8t.ab.runner import ABConfig, run_ab
 
     cfg = ABConfig(model_a=str(smollm2), model_b=str(smollm2), limit=6, max_new_tokens=8, n_bootstrap=300)
     t0 = time.monotonic()
@@ -252,8 +252,8 @@ def test_model_against_itself_shows_no_difference(smollm2):
 
 def test_tiny_random_model_against_itself_shows_no_difference(tiny_llama, tmp_path_factory):
     """The same self-comparison on a tiny Llama built from a config (random weights) and converted here."""
-    from so8t.abtest import ABConfig, run_ab
-    from so8t.gguf import convert_to_gguf
+    from so8t.ab.runner import ABConfig, run_ab
+    from so8t.export.gguf import convert_to_gguf
 
     gguf = convert_to_gguf(tiny_llama, tmp_path_factory.mktemp("tiny_ab"), ["Q8_0"], name="tinyab", fidelity=False).path("Q8_0")
     r = run_ab(ABConfig(model_a=str(gguf), model_b=str(gguf), limit=6, max_new_tokens=8, n_bootstrap=200, skip_memory=True),
@@ -267,7 +267,7 @@ def test_tiny_random_model_against_itself_shows_no_difference(tiny_llama, tmp_pa
 
 
 def test_cli_writes_reports_whose_scores_match_the_libraries(smollm2, smollm2_q8, tmp_path, capsys):
-    from so8t.abtest import read_ab_report
+    from so8t.ab.runner import read_ab_report
 
     out = tmp_path / "ab"
     cal = tmp_path / "calibration_results.json"  # as so8t calibrate writes it: more keys than these three

@@ -383,7 +383,8 @@ def shared(tiny_llama, tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_exit_2_nothing_written(case: Case, shared, tiny_llama, tmp_path, capsys, monkeypatch):
-    from so8t import abtest, scoring
+    from so8t.ab import runner as abtest
+    from so8t.calibrate import scoring
 
     def tripwire(*_a, **_k):
         raise AssertionError(f"{case.id}: the work started before the inputs were checked")

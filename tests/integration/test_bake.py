@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from so8t.bake import BakeConfig, bake, fold_rotations
-from so8t.logit_compare import compare_logit_sets as compare_logits
+from so8t.export.bake import BakeConfig, bake, fold_rotations
+from so8t.export.logit_compare import compare_logit_sets as compare_logits
 from so8t.cli import main
 from so8t.config import TrainConfig
 from so8t.errors import ModelError
-from so8t.gates import GATES_FILE, iter_gates, load_gates, save_gates
-from so8t.train import train
+from so8t.training.gates import GATES_FILE, iter_gates, load_gates, save_gates
+from so8t.training.train import train
 
 
 def _trained(model, data, out):
@@ -64,7 +64,7 @@ def test_baked_equals_gated(request, fixture, tiny_dataset, tmp_path):
     assert cmp["max_abs_logit_delta"] <= 1e-3
     assert cmp["mean_kl"] <= 1e-6
     # and the gates really mattered: without them the logits differ
-    from so8t.gates import remove_gates
+    from so8t.training.gates import remove_gates
 
     remove_gates(gated)
     with torch.no_grad():
@@ -77,7 +77,7 @@ def test_baked_equals_gated(request, fixture, tiny_dataset, tmp_path):
 
 
 def test_fold_rotations_matches_dense_product():
-    from so8t.rotation import block_diagonal, rotations_from_params
+    from so8t.training.rotation import block_diagonal, rotations_from_params
 
     r = rotations_from_params(torch.randn(4, 28) * 0.2)
     w = torch.randn(10, 32)

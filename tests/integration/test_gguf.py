@@ -16,7 +16,7 @@ import pytest
 from gguf import GGUFReader
 
 from so8t.cli import main
-from so8t.gguf import K_TYPES, REPORT, SIDECAR_SUFFIX, convert_to_gguf
+from so8t.export.gguf import K_TYPES, REPORT, SIDECAR_SUFFIX, convert_to_gguf
 
 QUANTS = ("Q8_0", "Q5_K_M", "Q4_K_M")
 NAMES = {"tiny_llama": "tinyllama", "tiny_phi3": "tinyp"}  # a 'phi3' name needs <|endoftext|> in llama.cpp
@@ -67,7 +67,7 @@ def test_tiny_models_convert_quantize_and_report(converted):
 
 
 def test_perplexity_chunks_and_kl_summary_follow_llama_perplexity():
-    from so8t.gguf_fidelity import kl_summary, perplexity_chunks, scored_positions
+    from so8t.export.fidelity import kl_summary, perplexity_chunks, scored_positions
 
     assert perplexity_chunks(list(range(10)), 4, bos_id=None) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # remainder dropped
     assert perplexity_chunks(list(range(10)), 4, bos_id=99) == [[99, 1, 2, 3], [99, 5, 6, 7]]  # BOS replaces the first
@@ -82,7 +82,7 @@ def test_perplexity_chunks_and_kl_summary_follow_llama_perplexity():
 def test_corpus_fidelity_per_group_on_the_same_ids(converted):
     from transformers import AutoTokenizer
 
-    from so8t.gguf_fidelity import corpus_fidelity
+    from so8t.export.fidelity import corpus_fidelity
 
     fixture, model, out, _ = converted
     name, n_ctx = NAMES[fixture], 32
@@ -108,7 +108,7 @@ def test_corpus_fidelity_per_group_on_the_same_ids(converted):
 
 def test_quantize_output_and_token_embedding_types(converted, tmp_path):
     from so8t.errors import ConfigError
-    from so8t.gguf_quant import quantize_gguf
+    from so8t.export.quantize import quantize_gguf
 
     fixture, _, out, _ = converted
     f16 = out / f"{NAMES[fixture]}_f16.gguf"
@@ -125,7 +125,7 @@ def test_quantize_output_and_token_embedding_types(converted, tmp_path):
 
 
 def test_every_file_loads_and_generates(converted):
-    from so8t.inference import generate
+    from so8t.serving.inference import generate
 
     _, _, out, _ = converted
     for path in sorted(out.glob("*.gguf")):

@@ -12,8 +12,8 @@ from transformers import AutoTokenizer
 
 from so8t.cli import build_parser, main
 from so8t.errors import ModelError
-from so8t.gguf import convert_to_gguf
-from so8t.inference import generate, translate_template
+from so8t.export.gguf import convert_to_gguf
+from so8t.serving.inference import generate, translate_template
 
 SYS_USER = [{"role": "system", "content": "You are a careful reviewer."},
             {"role": "user", "content": "Is this request safe?\nAnswer briefly."}]
@@ -151,7 +151,7 @@ def test_smollm2_q8_answers_and_knows_paris(smollm2_q8, capsys):
     CPU is the model's knowledge, read as next-token logits after a teacher-forced answer prefix.
     """
     from so8t.llama import next_token_logits
-    from so8t.scoring import _load_model
+    from so8t.calibrate.scoring import _load_model
 
     rc = main(["run", "-m", str(smollm2_q8), "-p", "What is the capital of France?", "--temp", "0", "-n", "24", "-t", "1"])
     assert rc == 0

@@ -1,4 +1,4 @@
-"""so8t.lora (the bake's own adapter reader) against peft, the implementation training used."""
+"""so8t.training.lora (the bake's own adapter reader) against peft, the implementation training used."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from so8t.bake import BakeConfig, bake, read_probes
-from so8t.logit_compare import compare_logit_sets as compare_logits
+from so8t.export.bake import BakeConfig, bake, read_probes
+from so8t.export.logit_compare import compare_logit_sets as compare_logits
 from so8t.cli import main
 from so8t.errors import ModelError
-from so8t.lora import attach_unmerged, merge_into, read_adapter
+from so8t.training.lora import attach_unmerged, merge_into, read_adapter
 
 
 def _random_adapter(base, out, seed=0, **lora_kwargs):

@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent(
     from release.evaluation import EvaluationSettings
     from release.recipes import GateFailed, build_candidate, calibrate_gate_promote, rollback, run_pipeline
     from release.stages import Stages
-    from so8t.gate import GateConfig
+    from so8t.calibrate.promotion_gate import GateConfig
 
     ref = ModelRef(name="rel-tiny", registry_root=str(out / "registry"))
     settings = dict(base_model=str(model), dataset=str(train), batch_size=2, gradient_accumulation_steps=1, max_steps=4,

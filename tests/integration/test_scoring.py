@@ -1,6 +1,6 @@
 """GGUF scoring on the decision prompt, with the real SmolLM2-135M-Instruct Q4_1 and llama.cpp.
 
-The reference path in these tests is written independently of so8t.scoring: a plain jinja2
+The reference path in these tests is written independently of so8t.calibrate.scoring: a plain jinja2
 render of the GGUF's template, llama.cpp's tokenizer, and a fresh evaluation of the full prompt
 (no KV-cache reuse) for every sample.
 """
@@ -14,7 +14,7 @@ import jinja2
 import numpy as np
 import pytest
 
-from so8t import scoring
+from so8t.calibrate import scoring
 from so8t.decision import LABELS, decision_messages
 from so8t.errors import DataError, ModelError
 from tests.fixtures.required import require_module, smollm2_gguf

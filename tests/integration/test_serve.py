@@ -2,7 +2,7 @@
 
 Versions of one model differ in their calibration: v1 a fitted one, v2 one that allows everything
 (tau_deny above 1, tau_escalate 0), v3 one fitted on another GGUF (must never be swapped in). The
-decisions are checked against :class:`so8t.decide.Decider` (itself checked against calibration's
+decisions are checked against :class:`so8t.serving.decide.Decider` (itself checked against calibration's
 scorer in test_decide.py), the swap time against the issue's 2 s.
 """
 
@@ -40,9 +40,9 @@ def _private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def model(tiny_llama, tmp_path_factory) -> dict:
-    from so8t.gguf import convert_to_gguf
+    from so8t.export.gguf import convert_to_gguf
 
-    from so8t.scoring import score_gguf
+    from so8t.calibrate.scoring import score_gguf
     from tests.integration.test_evaluate import _between, _probs
 
     d = tmp_path_factory.mktemp("serve")
@@ -77,7 +77,7 @@ class Running:
     def __init__(self, **cfg) -> None:
         import uvicorn
 
-        from so8t.serve import Metrics, ModelHolder, ServeConfig, create_app
+        from so8t.serving.serve import Metrics, ModelHolder, ServeConfig, create_app
 
         self.cfg = ServeConfig(**{"n_threads": 1, "n_ctx": 1024, "poll_interval": 0.1, **cfg})
         self.metrics = Metrics()
@@ -126,7 +126,7 @@ def _wait_for(client: httpx.Client, version: str) -> float:
 
 def test_follows_promotion_and_rollback_within_2s_without_failing_a_request(model, tmp_path, running):
     from registry import Registry
-    from so8t.decide import Decider
+    from so8t.serving.decide import Decider
 
     root = tmp_path / "reg"
     reg = Registry(root)
@@ -215,7 +215,7 @@ def test_warm_versions_make_flips_cheap_and_bound_the_models_loaded(model, tmp_p
     version evicts the least recently served one, whose model is closed; with 1 every replaced model is closed.
     A warm version whose files changed on disk is loaded and checked again."""
     from registry import Registry
-    from so8t.decide import Decider
+    from so8t.serving.decide import Decider
 
     root = tmp_path / "reg"
     reg = Registry(root)
@@ -289,7 +289,7 @@ def test_a_version_that_fails_its_check_is_not_swapped_in(model, tmp_path, runni
     assert r.status_code == 200 and r.json()["version"] == v1
     m = c.get("/metrics").text
     assert "so8t_model_swap_failures_total 1.0" in m and "so8t_serving_stale 1.0" in m
-    from so8t.serve import ServiceNotFollowing, wait_until_served
+    from so8t.serving.serve import ServiceNotFollowing, wait_until_served
 
     with pytest.raises(ServiceNotFollowing, match=rf"does not serve so8t-tiny {bad} after 0.5 s: it serves so8t-tiny "
                                                   rf"{v1} \(its alias names {bad}; .*fitted on another model"):

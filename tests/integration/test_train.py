@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from so8t.cli import main
 from so8t.config import TrainConfig
-from so8t.train import list_checkpoints, read_loss_log, train
+from so8t.training.train import list_checkpoints, read_loss_log, train
 from tests.fixtures.required import require_module
 
 REPO = Path(__file__).resolve().parents[2]
@@ -251,7 +251,7 @@ def test_so8t_train_survives_cuda_oom_with_the_next_remedy_and_resumes(tiny_llam
                                                                        capsys):
     """`so8t train --oom_retries N`: a CUDA out-of-memory error (simulated at the second attempt's start: the
     first wrote a checkpoint) records the next remedy and trains again from the newest checkpoint."""
-    import so8t.train_runs as tr
+    import so8t.training.runs as tr
 
     calls = []
 

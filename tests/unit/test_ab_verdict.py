@@ -9,9 +9,9 @@ import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import f1_score
 
-from so8t.abcompare import Calibration, compare_safety
-from so8t.abstats import bootstrap_indices
-from so8t.abtest import ABConfig, verdict
+from so8t.ab.compare import Calibration, compare_safety
+from so8t.ab.stats import bootstrap_indices
+from so8t.ab.runner import ABConfig, verdict
 
 
 def iv(estimate, low=None, high=None):

@@ -43,7 +43,8 @@ def test_a_failed_build_leaves_nothing_half_written(tmp_path, error):
 
 
 def test_bake_and_base_models_use_it():
-    from so8t import bake, base_models
+    from so8t.export import bake
+    from so8t import base_models
 
     assert bake.atomic_directory is atomic_directory and base_models.atomic_directory is atomic_directory
 

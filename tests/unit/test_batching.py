@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from so8t.batching import (GroupedBatchSampler, SharedPrefixCollator, forward_shared_prefix, sparse_head_matches,
+from so8t.training.batching import (GroupedBatchSampler, SharedPrefixCollator, forward_shared_prefix, sparse_head_matches,
                            sparse_lm_loss)
 from so8t.decision import DecisionPrompt
-from so8t.data import IGNORE_INDEX, LabelledRecord, PadCollator, encode_record
-from so8t.pet import pet_energy
+from so8t.training.data import IGNORE_INDEX, LabelledRecord, PadCollator, encode_record
+from so8t.training.pet import pet_energy
 
 
 def _model(path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from so8t.gates import attach_gates, iter_gates
-    from so8t.train import resolve_lora_targets
+    from so8t.training.gates import attach_gates, iter_gates
+    from so8t.training.train import resolve_lora_targets
 
     base = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     m = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,

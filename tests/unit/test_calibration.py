@@ -13,11 +13,11 @@ from scipy.optimize import OptimizeResult
 from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 
-from so8t import calibration as C
+from so8t.calibrate import calibration as C
 from so8t.decision import LABELS
 from so8t.errors import ConfigError, DataError
-from so8t.metrics import compute_metrics, softmax
-from so8t.thresholds import NEVER, fit_thresholds
+from so8t.calibrate.metrics import compute_metrics, softmax
+from so8t.calibrate.thresholds import NEVER, fit_thresholds
 from tests.fixtures.required import require_module
 
 
@@ -65,7 +65,7 @@ def test_lbfgsb_failure_falls_back_to_slsqp(monkeypatch, caplog):
 
     monkeypatch.setattr(C, "minimize", flaky)
     z, y = synthetic(2_000, 2.0, seed=3)
-    with caplog.at_level(logging.WARNING, logger="so8t.calibration"):
+    with caplog.at_level(logging.WARNING, logger="so8t.calibrate.calibration"):
         fit = C.fit_temperature(z, y)
     assert fit.fallback_used and fit.optimizer_used in ("SLSQP", "bounded-scalar")
     assert "falling back to SLSQP" in caplog.text
@@ -351,7 +351,7 @@ def test_config_is_frozen_strict_and_gathers_errors():
 
 def test_reliability_diagram_is_written(tmp_path):
     require_module("matplotlib")
-    from so8t.reliability import plot_reliability
+    from so8t.calibrate.reliability import plot_reliability
 
     z, y = synthetic(300, 2.0, seed=11)
     out = plot_reliability(softmax(z), softmax(z, 2.0), y, tmp_path / "cal" / "reliability_diagram.png")

@@ -51,7 +51,7 @@ def test_pipeline_params_compose_the_two_recipes_parameters_without_restating_th
     """Every field of the pipeline's parameters is a field of retrain's or calibrate-and-promote's (with the same
     type and default), and the halves it hands to the two recipes carry its values."""
     from release.params import CalibrateAndPromoteParams, PipelineParams, RetrainParams
-    from so8t.gate import GateConfig
+    from so8t.calibrate.promotion_gate import GateConfig
 
     pipe, ret, cap = PipelineParams.model_fields, RetrainParams.model_fields, CalibrateAndPromoteParams.model_fields
     assert set(pipe) == (set(ret) | set(cap)) - {"emit_event", "version"}

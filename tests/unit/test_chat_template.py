@@ -63,6 +63,8 @@ def test_render_chat_is_the_library_renderer():
         render_chat("{{ messages.__class__.__mro__[1].__subclasses__() }}", msgs, advice="; pass --raw")
     with pytest.raises(ModelError, match="failed to render"):
         render_chat("{% for m in messages %}", [])
-    from so8t import abperf, inference, scoring
+    from so8t.ab import perf as abperf
+    from so8t.serving import inference
+    from so8t.calibrate import scoring
 
     assert scoring.render_chat is render_chat and inference.render_chat is render_chat and abperf.render_chat is render_chat

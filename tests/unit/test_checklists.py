@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from so8t.config import TrainConfig
-from so8t.train import CHECKPOINT_MARKER, CONFIG_FILE, LOSS_LOG
+from so8t.training.train import CHECKPOINT_MARKER, CONFIG_FILE, LOSS_LOG
 from release.checklists import after_calibration_items, after_conversion_items, after_training_items, before_inference_items, before_training_items, checklist_markdown
 
 
@@ -46,8 +46,8 @@ def test_gpu_memory_line_compares_the_vram_estimate_with_free_memory(tmp_path, m
 
     import torch
 
-    from so8t.preflight import MODEL_CONFIGS
-    from so8t.vram import GIB, ModelShape, estimate_peak, training_setup
+    from so8t.training.preflight import MODEL_CONFIGS
+    from so8t.training.vram import GIB, ModelShape, estimate_peak, training_setup
 
     model = tmp_path / "phi"
     model.mkdir()

@@ -6,12 +6,12 @@ import argparse
 
 import pytest
 
-from so8t.abtest_cli import ABCommandConfig
-from so8t.bake import BakeConfig
-from so8t.calibration_cli import CalibrateCommandConfig
+from so8t.ab.cli import ABCommandConfig
+from so8t.export.bake import BakeConfig
+from so8t.calibrate.cli import CalibrateCommandConfig
 from so8t.cli import add_config_flags, config_values
 from so8t.config import TrainConfig
-from so8t.evaluate import EvaluateConfig
+from so8t.calibrate.evaluate import EvaluateConfig
 
 CONFIGS = [TrainConfig, BakeConfig, EvaluateConfig, ABCommandConfig, CalibrateCommandConfig]
 

@@ -3,7 +3,7 @@
 
 import pytest
 
-from so8t.data import IGNORE_INDEX, encode_dataset, encode_record, read_jsonl, InstructionRecord, LabelledRecord
+from so8t.training.data import IGNORE_INDEX, encode_dataset, encode_record, read_jsonl, InstructionRecord, LabelledRecord
 from so8t.decision import LABELS
 from so8t.errors import DataError
 
@@ -100,7 +100,7 @@ def test_truncation_is_counted_and_reported(tok, caplog, tiny_dataset):
 
 
 def test_text_records_train_on_every_token(tok):
-    from so8t.data import TextRecord
+    from so8t.training.data import TextRecord
 
     ex, _ = encode_record(TextRecord(text="calibration data"), tok, 512)
     assert [t for t in ex["labels"] if t != IGNORE_INDEX] == ex["input_ids"][1:]  # all but BOS

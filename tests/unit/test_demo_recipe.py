@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("recipe", ["demo", "full"])
 def test_recipes_train_on_real_data_and_keep_the_default_gate(recipe, tmp_path):
     from flows.demo import demo_params
-    from so8t.gate import GateConfig
+    from so8t.calibrate.promotion_gate import GateConfig
 
     p = demo_params(tmp_path, recipe)
     assert p.gate == GateConfig()  # a model is promoted because it is good, never because the gate moved

@@ -51,7 +51,7 @@ def test_digest_files_keeps_the_given_order_and_digest(tmp_path):
 def test_the_users_share_it(tmp_path):
     """GGUF provenance (hash_model_dir) and Prefect's cache key (path_digest) hash directories the same way."""
     from so8t import base_models
-    from so8t.gguf_source import hash_model_dir
+    from so8t.export.converter import hash_model_dir
     from so8t.digests import file_digest, path_digest
 
     _tree(tmp_path)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from so8t.gate import GateConfig, evaluate_gate
-from so8t.metrics import compute_metrics
-from so8t.thresholds import NEVER
+from so8t.calibrate.promotion_gate import GateConfig, evaluate_gate
+from so8t.calibrate.metrics import compute_metrics
+from so8t.calibrate.thresholds import NEVER
 
 
 def calibrated_scores(n: int = 3_000, seed: int = 0):

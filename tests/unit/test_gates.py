@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from so8t.errors import ModelError
-from so8t.gates import attach_gates, iter_gates, load_gates, remove_gates, resolve_layers, save_gates
+from so8t.training.gates import attach_gates, iter_gates, load_gates, remove_gates, resolve_layers, save_gates
 
 
 def _load(path):
@@ -18,7 +18,7 @@ def _load(path):
 def _lora(model):
     from peft import LoraConfig, get_peft_model
 
-    from so8t.train import resolve_lora_targets
+    from so8t.training.train import resolve_lora_targets
 
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=resolve_lora_targets(model, "all-linear")))
 
@@ -144,7 +144,7 @@ def test_load_refuses_missing_or_foreign_file(tiny_llama, tmp_path):
 
 
 def test_batched_rotation_cache_matches_per_gate_and_tracks_changes(tiny_llama):
-    from so8t.rotation import rotations_from_params
+    from so8t.training.rotation import rotations_from_params
 
     m = _load(tiny_llama)
     attach_gates(m)

@@ -61,7 +61,10 @@ def test_open_llama_passes_the_policy_and_maps_errors(recorder, monkeypatch, tmp
 
 def test_every_caller_loads_through_the_one_loader(recorder, monkeypatch, tmp_path):
     """Scoring (and decide/serve), A/B generation, GGUF fidelity and `so8t run` keep their settings."""
-    from so8t import abperf, gguf_fidelity, inference, scoring
+    from so8t.ab import perf as abperf
+    from so8t.export import fidelity as gguf_fidelity
+    from so8t.serving import inference
+    from so8t.calibrate import scoring
 
     monkeypatch.setattr(llama.os, "cpu_count", lambda: 8)
     path = tmp_path / "m.gguf"

@@ -10,8 +10,8 @@ import torch
 from scipy.special import rel_entr
 from scipy.special import softmax as sp_softmax
 
-from so8t import bake, gguf_fidelity
-from so8t.logit_compare import compare_logit_sets, compare_logits, kl_divergence
+from so8t.export import bake, fidelity as gguf_fidelity
+from so8t.export.logit_compare import compare_logit_sets, compare_logits, kl_divergence
 
 
 def _scipy_kl(ref: np.ndarray, got: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""so8t.metrics against independent implementations (scikit-learn, scipy, naive loops)."""
+"""so8t.calibrate.metrics against independent implementations (scikit-learn, scipy, naive loops)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from scipy.stats import binom, binomtest
 from sklearn.metrics import brier_score_loss, f1_score, log_loss
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from so8t import metrics as M
+from so8t.calibrate import metrics as M
 from so8t.decision import LABELS
 
 PROP = settings(max_examples=60, deadline=None)
@@ -99,7 +99,8 @@ def test_log_softmax_of_a_vocabulary_row_and_its_users():
     got = M.log_softmax(row)
     assert got.dtype == np.float64 and got.shape == row.shape
     np.testing.assert_allclose(got, scipy.special.log_softmax(row.astype(np.float64)), rtol=0, atol=1e-9)
-    from so8t import calibration, logit_compare, scoring
+    from so8t.calibrate import calibration, scoring
+    from so8t.export import logit_compare
 
     assert scoring.log_softmax is M.log_softmax and logit_compare.log_softmax is M.log_softmax
     assert calibration.log_softmax is M.log_softmax

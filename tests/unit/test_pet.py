@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from so8t.pet import pet_energy, pet_schedule
+from so8t.training.pet import pet_energy, pet_schedule
 
 
 def _hand_pet(h: np.ndarray, mask: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""The VRAM preflight (so8t/preflight.py): config lookup, the remedy order, the runbook's case, the dry run."""
+"""The VRAM preflight (so8t/training/preflight.py): config lookup, the remedy order, the runbook's case, the dry run."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from so8t.cli import main
 from so8t.config import TrainConfig
 from so8t.errors import ConfigError, ModelError
-from so8t.preflight import MODEL_CONFIGS, next_memory_remedy, plan_fit, read_model_shape
-from so8t.vram import GIB, estimate_peak, training_setup
+from so8t.training.preflight import MODEL_CONFIGS, next_memory_remedy, plan_fit, read_model_shape
+from so8t.training.vram import GIB, estimate_peak, training_setup
 
 #: The runbook's training command (docs: runbook "Step 2: SO8T QLoRA学習"), base model by its shipped config.
 RUNBOOK = ["--base_model", "phi-3.5-mini-instruct", "--dataset", "data/train.jsonl", "--lora_r", "16",
@@ -39,7 +39,7 @@ def test_the_shipped_phi35_config_is_phi35_minis_shape():
 
 def test_runbook_settings_need_gradient_checkpointing_on_a_12gb_card():
     """The runbook's case, pinned (docs/vram.md, "The runbook's case"). With --load_in_4bit, precision auto
-    trains without autocast (so8t.train.resolve_precision), prepare_model_for_kbit_training makes the
+    trains without autocast (so8t.training.train.resolve_precision), prepare_model_for_kbit_training makes the
     embeddings float32 and bitsandbytes returns float32 outputs for float32 inputs: every kept activation
     is float32. At 1024 tokens each of the 32 layers keeps 284,032 bytes per token, 8.7 GiB in all, on
     top of 2.9 GiB of 4-bit weights, float32 embeddings and head, LoRA and AdamW state, and 0.4 GiB for

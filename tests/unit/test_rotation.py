@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from so8t.rotation import (
+from so8t.training.rotation import (
     N_FREE,
     apply_block_rotation,
     block_diagonal,

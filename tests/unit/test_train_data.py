@@ -1,4 +1,4 @@
-"""so8t.train_data: the datasets-backed loader equals the in-memory encoder, caches, and keeps one-line errors."""
+"""so8t.training.train_data: the datasets-backed loader equals the in-memory encoder, caches, and keeps one-line errors."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from so8t import train_data
-from so8t.data import encode_dataset, read_jsonl
+from so8t.training import train_data
+from so8t.training.data import encode_dataset, read_jsonl
 from so8t.decision import load_decision_prompt
 from so8t.errors import DataError
-from so8t.train_data import TRAIN_COLUMNS, check_file, load_training_data
+from so8t.training.train_data import TRAIN_COLUMNS, check_file, load_training_data
 from tests.conftest import write_jsonl
 
 

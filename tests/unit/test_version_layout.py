@@ -18,7 +18,7 @@ def test_paths_and_kinds():
 
 def test_calibrated_version_files_replace_the_candidates_calibration_and_modelfile(tmp_path):
     from release.layout import Staged, calibrated_files
-    from so8t.evaluate import VERSION_CALIBRATION
+    from so8t.calibrate.evaluate import VERSION_CALIBRATION
 
     staged = Staged(version="v3", dir=str(tmp_path), files={
         LAYOUT.gguf("m_Q8_0.gguf"): "g", LAYOUT.modelfile: "old-modelfile", LAYOUT.decision_prompt: "p",

@@ -1,4 +1,4 @@
-"""The VRAM estimate (so8t/vram.py, docs/vram.md): published figures, independent counts, consistency.
+"""The VRAM estimate (so8t/training/vram.py, docs/vram.md): published figures, independent counts, consistency.
 
 Every published figure below is cited with where it is printed and the settings it was measured
 with; the tolerance of each test is stated and justified next to it. Independent checks compare the
@@ -13,7 +13,7 @@ import torch
 
 from so8t.config import TrainConfig
 from so8t.errors import ConfigError, ModelError
-from so8t.vram import (BITS_PER_WEIGHT, Dtypes, ModelShape, TrainingSetup, dynamic_phases, estimate_peak, gate_params,
+from so8t.training.vram import (BITS_PER_WEIGHT, Dtypes, ModelShape, TrainingSetup, dynamic_phases, estimate_peak, gate_params,
                        lora_params, lora_targets, resolved_precision, static_components, training_setup)
 from tests.fixtures.memory import LiveBytes, saved_tensor_bytes, storages_of
 
@@ -154,7 +154,7 @@ def test_base_parameter_count_equals_the_transformers_model(arch, tied):
 def test_lora_parameter_count_equals_peft(arch, targets, layers):
     from peft import LoraConfig, get_peft_model
 
-    from so8t.layer_spec import resolve_layers
+    from so8t.training.layer_spec import resolve_layers
 
     cfg = _tiny_config(arch)
     shape = ModelShape.from_config(cfg.to_dict(), arch)
@@ -168,7 +168,7 @@ def test_lora_parameter_count_equals_peft(arch, targets, layers):
 
 
 def test_lora_targets_are_the_linear_layers_train_finds():
-    from so8t.train import resolve_lora_targets
+    from so8t.training.train import resolve_lora_targets
 
     for arch in ("phi3", "llama"):
         cfg = _tiny_config(arch)
@@ -179,7 +179,7 @@ def test_lora_targets_are_the_linear_layers_train_finds():
 
 
 def test_gate_parameter_count_equals_the_attached_gates():
-    from so8t.gates import attach_gates, iter_gates
+    from so8t.training.gates import attach_gates, iter_gates
 
     cfg = _tiny_config("llama")
     model = _tiny_model(cfg)
@@ -212,9 +212,9 @@ def test_nf4_storage_equals_what_bitsandbytes_allocates(double_quant):
 
 # ----------------------------------------------------------------------------- measured on the CPU
 def _peft_model(arch: str, vocab: int, dropout: float, lora_layers: str, gates: bool, checkpointing: bool):
-    """A tiny model built by so8t.train.build_so8t_model (LoRA on every Linear, gates, checkpointing), its setup."""
-    from so8t.layer_spec import resolve_layers
-    from so8t.train import build_so8t_model
+    """A tiny model built by so8t.training.train.build_so8t_model (LoRA on every Linear, gates, checkpointing), its setup."""
+    from so8t.training.layer_spec import resolve_layers
+    from so8t.training.train import build_so8t_model
 
     cfg = _tiny_config(arch, vocab=vocab)
     shape = ModelShape.from_config(cfg.to_dict(), arch)
@@ -299,8 +299,8 @@ def test_gradient_accumulation_leaves_the_peak_unchanged():
 
 
 def test_precision_rule_is_the_trainers(monkeypatch):
-    """so8t.vram mirrors so8t.train.resolve_precision's CUDA branch (it must not import torch to plan)."""
-    from so8t import train
+    """so8t.training.vram mirrors so8t.training.train.resolve_precision's CUDA branch (it must not import torch to plan)."""
+    from so8t.training import train
 
     for bf16 in (True, False):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
