@@ -8,6 +8,7 @@ minus the fields the flow decides itself (output directories, the model file to 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ BUNDLED_TRAIN = ",".join(str(DATA_DIR / f) for f in ("decision_train.jsonl", "in
 BUNDLED_VAL = str(DATA_DIR / "decision_val.jsonl")
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
+ENV_WORK_DIR = "SO8T_WORK_DIR"  # a worker's own stage outputs and cache records (deployments/stack.py)
 
 
 def _settings_model(name: str, source: type[BaseModel], drop: set[str], defaults: dict[str, Any],
@@ -107,8 +109,9 @@ class _Target(BaseModel):
     model_config = _FROZEN
 
     model: ModelRef = Field(default_factory=ModelRef, description="Registry model and root.")
-    work_dir: str = Field("outputs/so8t", description="Where stage outputs, exports and their cache records go (one "
-                                                      "sub-directory per input digest).")
+    work_dir: str = Field(default_factory=lambda: os.environ.get(ENV_WORK_DIR) or "outputs/so8t",
+                          description="Where stage outputs, exports and their cache records go (one sub-directory per "
+                                      "input digest); default: $SO8T_WORK_DIR, else outputs/so8t.")
 
 
 class _Build(BaseModel):
