@@ -167,15 +167,16 @@ class Postgres:
         if not self.running():
             self._run([self._bin("pg_ctl"), "-D", str(self.data), "-l", str(Path(self.dir) / "postgres.log"),
                        "-w", "-t", "120", "start"], timeout=180)
-        exists = self._psql("SELECT 1 FROM pg_roles WHERE rolname = 'prefect'")
+        exists = self.sql("SELECT 1 FROM pg_roles WHERE rolname = 'prefect'")
         if exists != "1":
-            self._psql(f"CREATE ROLE prefect LOGIN PASSWORD '{self.password}'")
-        if self._psql("SELECT 1 FROM pg_database WHERE datname = 'prefect'") != "1":
-            self._psql("CREATE DATABASE prefect OWNER prefect")
+            self.sql(f"CREATE ROLE prefect LOGIN PASSWORD '{self.password}'")
+        if self.sql("SELECT 1 FROM pg_database WHERE datname = 'prefect'") != "1":
+            self.sql("CREATE DATABASE prefect OWNER prefect")
 
-    def _psql(self, sql: str) -> str:
-        return self._run([self._bin("psql"), "-h", self.dir, "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-                          "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]).stdout.strip()
+    def sql(self, query: str, database: str = "postgres") -> str:
+        """Run ``query`` as the superuser over the cluster's Unix socket; its output, unaligned."""
+        return self._run([self._bin("psql"), "-h", self.dir, "-p", str(self.port), "-U", "postgres", "-d", database,
+                          "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", query]).stdout.strip()
 
     def stop(self) -> None:
         if self.data.exists() and self.running():
@@ -223,9 +224,9 @@ class Proc:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _spawn(name: str, cmd: list[str], env: dict[str, str], cwd: Path, logs: Path) -> Proc:
+def _spawn(name: str, cmd: list[str], env: dict[str, str], cwd: Path, logs: Path, log_name: str | None = None) -> Proc:
     logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"{name}.log"
+    log = logs / f"{log_name or name}.log"
     with log.open("ab") as out:
         p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True)
@@ -476,8 +477,9 @@ class Stack:
         d = self.worker_dir(name)
         d.mkdir(parents=True, exist_ok=True)
         e = self.worker_env(name, {"PREFECT_WORKER_QUERY_SECONDS": str(query_s), **(env or {})})
-        w = _spawn(f"worker-{name}", [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type",
-                                      "process", "--name", name, "--limit", str(limit)], e, d, self.logs)
+        w = _spawn(name, [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type",
+                                      "process", "--name", name, "--limit", str(limit)], e, d, self.logs,
+                   log_name=f"worker-{name}")
         w.extra = {"pool": pool, "registry": e["SO8T_REGISTRY"], "work_dir": e["SO8T_WORK_DIR"]}
         self.workers = [x for x in self.workers if x.name != name] + [w]
         self.save()
@@ -533,7 +535,8 @@ def up(args: argparse.Namespace) -> Stack:
     return stack
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m deployments.stack`` command line (up, status, down)."""
     ap = argparse.ArgumentParser(prog="python -m deployments.stack", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.splitlines()[1:]))
@@ -557,6 +560,11 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--no-deploy", action="store_true", help="skip `prefect deploy --all`")
     u.add_argument("--no-install", action="store_true", help="never apt-get install PostgreSQL")
     dn.add_argument("--purge", action="store_true", help="also delete the database cluster and DIR")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     try:
         if args.cmd == "up":

@@ -1,8 +1,9 @@
 """End to end with a real Prefect server, `prefect deploy --all`, a process worker and the UI.
 
 1. ``prefect server start --host 127.0.0.1 --port <free>`` in a temporary PREFECT_HOME;
-2. ``prefect work-pool create so8t-process --type process`` and ``prefect deploy --all`` (prefect.yaml);
-3. ``prefect worker start --pool so8t-process``;
+2. ``prefect work-pool create so8t-gpu|so8t-cpu --type process`` and ``prefect deploy --all`` (prefect.yaml;
+   the workers clone a snapshot of this working tree: deployments/source.py);
+3. ``prefect worker start --pool so8t-cpu`` (calibrate-and-promote runs there);
 4. the cron schedules (retrain-nightly, recalibrate-nightly) and the event trigger of
    calibrate-and-promote are registered (read back through the API);
 5. ``prefect deployment run so8t-calibrate-and-promote/calibrate-and-promote`` on a registry with a
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from deployments.source import snapshot_worktree
 from tests.e2e.browser import Browser, find_chromium
 
 pytestmark = pytest.mark.slow
@@ -102,12 +104,15 @@ def server(tmp_path_factory):
             assert procs[0].poll() is None, (d / "server.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "prefect server did not become healthy in 240 s"
             time.sleep(1)
-        subprocess.run([*prefect, "work-pool", "create", "so8t-process", "--type", "process"], cwd=REPO, env=env,
-                       check=True, capture_output=True, timeout=120)
-        out = subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=300)
+        for pool in ("so8t-gpu", "so8t-cpu"):
+            subprocess.run([*prefect, "work-pool", "create", pool, "--type", "process"], cwd=REPO, env=env,
+                           check=True, capture_output=True, timeout=120)
+        code = snapshot_worktree(d / "code.git")  # the worker clones this working tree, not the last commit
+        deploy_env = {**env, "SO8T_GIT_REPOSITORY": (d / "code.git").as_uri(), "SO8T_GIT_COMMIT": code}
+        out = subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], cwd=REPO, env=deploy_env,
+                             capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        procs.append(_start([*prefect, "worker", "start", "--pool", "so8t-process", "--type", "process"], env, d / "worker.log"))
+        procs.append(_start([*prefect, "worker", "start", "--pool", "so8t-cpu", "--type", "process"], env, d / "worker.log"))
         yield {"api": api, "ui": f"http://127.0.0.1:{port}", "env": env, "dir": d}
     finally:
         for p in reversed(procs):
@@ -117,7 +122,7 @@ def server(tmp_path_factory):
 def test_schedules_and_trigger_are_registered(server):
     retrain = _api(server["api"], "/deployments/name/so8t-retrain/retrain-nightly")
     assert [(s["schedule"]["cron"], s["schedule"]["timezone"], s["active"]) for s in retrain["schedules"]] == [("0 2 * * *", "UTC", True)]
-    assert retrain["work_pool_name"] == "so8t-process"
+    assert retrain["work_pool_name"] == "so8t-gpu"
     train = retrain["parameters"]["params"]["train"]
     assert train["max_steps"] == 100 and train["label_loss"] == "label_token" and train["lora_layers"] == "top:10"
     recal = _api(server["api"], "/deployments/name/so8t-calibrate-and-promote/recalibrate-nightly")
@@ -128,8 +133,8 @@ def test_schedules_and_trigger_are_registered(server):
     assert [a["trigger"]["expect"] for a in autos] == [["so8t.candidate.published"]]
     schema = cap["parameter_openapi_schema"]
     assert "params" in schema["properties"], "flow parameters are a pydantic model: the UI renders a typed form"
-    for name in ("rollback", "pipeline"):
-        assert _api(server["api"], f"/deployments/name/so8t-{name}/{name}")["work_pool_name"] == "so8t-process"
+    for name, pool in (("rollback", "so8t-cpu"), ("pipeline", "so8t-gpu")):
+        assert _api(server["api"], f"/deployments/name/so8t-{name}/{name}")["work_pool_name"] == pool
 
 
 def test_deployment_run_completes_and_the_ui_shows_state_and_calibration(server, candidate_registry, tmp_path):

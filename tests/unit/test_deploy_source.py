@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -122,3 +123,30 @@ def test_kill_tree_reaches_children_in_their_own_sessions(tmp_path):
                 os.killpg(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_stack_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    from deployments.stack import main
+
+    assert main(["status", "--dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no stack here" in err and str(tmp_path / "none") in err
+    with pytest.raises(SystemExit) as e:
+        main(["up", "--dir", str(tmp_path), "--workers", "gpu,tpu"])
+    assert e.value.code == 2 and "--workers: choose from gpu, cpu" in capsys.readouterr().err
+    assert not (tmp_path / "stack.json").exists()  # nothing started, nothing written
+
+
+def test_stack_help_explains_every_flag():
+    from deployments.stack import build_parser
+
+    ap = build_parser()
+    (sub,) = [a for a in ap._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == {"up", "status", "down"}
+    for name, parser in sub.choices.items():
+        flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+        assert flags, name
+        for a in flags:
+            assert a.help and len(a.help) > 10, (name, a.option_strings)
+    assert {"--snapshot", "--zombie-after", "--workers", "--pg-dir"} <= {
+        o for a in sub.choices["up"]._actions for o in a.option_strings}
