@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from so8t.chat_template import render_chat
+from so8t.llama import open_vocab
 from so8t.errors import ConfigError, DataError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -43,19 +44,6 @@ class GgufChatInfo:
     context_length: int
 
 
-def _open_vocab(path: Path):
-    """llama.cpp's vocabulary-only model (quiet load, no context); the caller closes it."""
-    import llama_cpp
-    from llama_cpp._internals import LlamaModel  # the wrapper Llama itself uses
-
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    try:
-        return LlamaModel(path_model=str(path), params=params, verbose=False)
-    except ValueError as e:
-        raise ModelError(f"llama.cpp cannot load {path} ({e}); pass a file made by so8t convert") from None
-
-
 def read_chat_info(path: str | Path) -> GgufChatInfo:
     """Read architecture, chat template and special tokens from a GGUF's metadata (through llama.cpp).
 
@@ -69,7 +57,7 @@ def read_chat_info(path: str | Path) -> GgufChatInfo:
         magic = f.read(4)
     if magic != b"GGUF":
         raise ModelError(f"{p}: not a readable GGUF file (starts with {magic!r}, not b'GGUF'); pass a file made by so8t convert")
-    model = _open_vocab(p)
+    model = open_vocab(p)
     try:
         meta = model.metadata()
         arch = meta.get("general.architecture", "unknown")
@@ -159,7 +147,7 @@ def generate(gguf: str | Path, prompt: str, *, n_predict: int = 1024, threads: i
 
 def tokenize(gguf: str | Path, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
     """Token ids of ``text`` by the GGUF's own tokenizer (loads the vocabulary only, no context)."""
-    model = _open_vocab(Path(gguf))
+    model = open_vocab(Path(gguf))
     try:
         return model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
     finally:
