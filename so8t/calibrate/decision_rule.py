@@ -5,15 +5,15 @@ DENY if ``p_DENY >= tau_deny``, else ALLOW if ``p_ALLOW >= tau_escalate``, else 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from so8t.errors import DataError
+from so8t.jsonfile import read_json_object
 
-__all__ = ["Calibration", "load_calibration"]
+__all__ = ["Calibration", "load_calibration", "read_calibration_file"]
 
 
 class Calibration(BaseModel):
@@ -27,6 +27,15 @@ class Calibration(BaseModel):
     source: str = Field(description="The file it came from.")
 
 
+def read_calibration_file(path: str | Path) -> dict:
+    """The JSON object of a calibration results file, read with one-line errors (missing, unreadable, not an object).
+
+    Raises:
+        DataError: The file is missing or unreadable, not JSON, or not a JSON object.
+    """
+    return read_json_object(path, "calibration file", hint=": pass the calibration_results.json of so8t calibrate")
+
+
 def load_calibration(path: str | Path) -> Calibration:
     """Read temperature and thresholds from a calibration results JSON (top-level keys).
 
@@ -34,15 +43,7 @@ def load_calibration(path: str | Path) -> Calibration:
         DataError: Missing/unreadable file, missing key, or a value that is not a valid number.
     """
     p = Path(path).expanduser()
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{p}: calibration file not found: pass the calibration_results.json of so8t calibrate, "
-                        "or leave it out for argmax decisions") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{p}: calibration file unreadable ({e}): pass a calibration_results.json") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{p}: calibration file holds a {type(obj).__name__}, expected a JSON object")
+    obj = read_calibration_file(p)
     vals: dict[str, float] = {}
     for key in ("temperature", "tau_deny", "tau_escalate"):
         v = obj.get(key)

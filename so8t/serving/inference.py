@@ -10,7 +10,6 @@ then rendered back and must reproduce the Jinja output exactly, otherwise it is 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -286,14 +285,11 @@ def render_ollama_template(template: str, messages: list[dict]) -> str:
 
 
 def _calibrated_temperature(path: str | Path, gguf: Path) -> float:
+    from so8t.calibrate.decision_rule import read_calibration_file
+
     p = Path(path).expanduser()
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"calibration file {str(path)!r} does not exist: pass the calibration_results.json that so8t calibrate wrote") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{p}: not valid JSON ({e}); pass calibration_results.json") from None
-    t = data.get("temperature") if isinstance(data, dict) else None
+    data = read_calibration_file(p)
+    t = data.get("temperature")
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 100:
         raise DataError(f"{p}: top-level 'temperature' is {t!r}, must be a number in (0, 100); pass calibration_results.json")
     scored = data.get("model_sha256")
