@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -235,3 +239,130 @@ def test_gc_keeps_nothing_of_an_abandoned_pull_and_a_live_pull_is_safe(synced, t
     assert len(r.removed_blobs) == 2 and not any(p.exists() for p in leftovers)
     hub.fail_when = None
     assert _mirror(b, hub).pull(NAME, "v2").version == "v2" and b.verify().ok
+
+
+# ----------------------------------------------------------------------------- the release recipes pull what they lack
+def test_ensure_local_pulls_only_when_the_version_is_not_here(synced, tmp_path: Path, monkeypatch) -> None:
+    from release.params import MirrorSettings
+    from release.versions import ensure_local
+
+    hub, _a = synced
+    monkeypatch.delenv("SO8T_HF_REPO", raising=False)
+    root = str(tmp_path / "b")
+    settings = MirrorSettings(repo_id=REPO_ID, endpoint=hub.url)
+    with pytest.raises(NotFoundError, match="version v2 of model 'so8t-mini' does not exist"):
+        ensure_local(root, NAME, "v2", MirrorSettings())  # no mirror configured: the local error, unchanged
+    assert ensure_local(root, NAME, "v2", settings) == "v2"
+    hub.requests.clear()
+    assert ensure_local(root, NAME, "2", settings) == "v2" and hub.requests == []  # local now: no Hub call
+    assert ensure_local(root, NAME, "production", settings) == "v1"  # not set here: the Hub's production
+    assert Registry(root).state(NAME).aliases == {}
+    with pytest.raises(NotFoundError, match="neither in the local registry nor on the Hub mirror: version v9"):
+        ensure_local(root, NAME, "v9", settings)
+    monkeypatch.setenv("SO8T_HF_REPO", REPO_ID)  # the environment configures the mirror too
+    monkeypatch.setenv("SO8T_HF_ENDPOINT", hub.url)
+    c = str(tmp_path / "c")
+    assert ensure_local(c, NAME, "v1", MirrorSettings()) == "v1"
+
+
+def test_rollback_recipe_pulls_a_target_this_host_never_had(synced, tmp_path: Path) -> None:
+    from release.params import MirrorSettings, ModelRef, RollbackParams
+    from release.recipes import rollback
+    from release.stages import Stages
+
+    hub, a = synced
+    b = Registry(tmp_path / "b")
+    settings = MirrorSettings(repo_id=REPO_ID, endpoint=hub.url)
+    _mirror(b, hub).pull(NAME, "v1")
+    b.promote(NAME, "v1", reason="serving what the Hub serves")
+    entry = rollback(RollbackParams(model=ModelRef(name=NAME, registry_root=str(b.root)), to="v2",
+                                    reason="roll to v2 built elsewhere", mirror=settings), Stages())
+    assert (entry.from_version, entry.to_version) == ("v1", "v2")
+    assert b.state(NAME).aliases["production"] == "v2" and b.manifest(NAME, "v2") == a.manifest(NAME, "v2")
+    assert b.get(NAME, "production").path("model.gguf").read_bytes() == a.get(NAME, "v2").path("model.gguf").read_bytes()
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+
+    class NoPrefect:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "prefect":
+                raise ImportError(f"blocked import of {name}")
+            return None
+
+    sys.meta_path.insert(0, NoPrefect())
+    out, hub_url, repo_id = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    from tests.fixtures.tiny_models import build_tiny_llama, build_tokenizer_model
+
+    model = build_tiny_llama(out / "llama", build_tokenizer_model(out / "sp"))
+    train = out / "train.jsonl"
+    train.write_text("".join(json.dumps({"instruction": f"add {i} and {i + 1}", "output": f"{2 * i + 1}"}) + "\\n"
+                             for i in range(12)))
+    val = out / "val.jsonl"
+    val.write_text("\\n".join((Path("data") / "safety_val.jsonl").read_text(encoding="utf-8").splitlines()[:60]) + "\\n",
+                   encoding="utf-8")
+
+    from registry import Registry
+    from release.evaluation import EvaluationSettings
+    from release.params import (CalibrateAndPromoteParams, CalibrationSettings, ConvertSettings, MirrorSettings, ModelRef,
+                                RetrainParams, TrainSettings)
+    from release.recipes import build_candidate, calibrate_gate_promote
+    from release.stages import Stages
+    from so8t.calibrate.promotion_gate import GateConfig
+
+    mirror = MirrorSettings(repo_id=repo_id, endpoint=hub_url)
+    builder = ModelRef(name="pull-tiny", registry_root=str(out / "builder"))
+    worker = ModelRef(name="pull-tiny", registry_root=str(out / "worker"))
+    settings = dict(base_model=str(model), dataset=str(train), batch_size=2, gradient_accumulation_steps=1, max_steps=2,
+                    save_steps=1, max_length=64, lora_r=4, lora_alpha=8, learning_rate=1e-3)
+    # host 1 builds the candidate; the recipe mirrors it to the Hub before it reports it
+    cand = build_candidate(RetrainParams(model=builder, work_dir=str(out / "work-builder"), mirror=mirror,
+                                         train=TrainSettings(**settings), convert=ConvertSettings(quants=("Q8_0",), fidelity=False)),
+                           Stages())
+    # host 2 (another registry, never saw it) calibrates and promotes it, as the candidate.published trigger asks
+    promoted = calibrate_gate_promote(CalibrateAndPromoteParams(
+        model=worker, version=cand.version, work_dir=str(out / "work-worker"), mirror=mirror,
+        calibration=CalibrationSettings(val_data=str(val)), gate=GateConfig(ece_max=1.0, far_max=1.0, macro_f1_min=0.0),
+        evaluation=EvaluationSettings(data=None)), Stages())
+    b, w = Registry(builder.registry_root), Registry(worker.registry_root)
+    report = {
+        "candidate": cand.version, "promoted": promoted.model_dump(mode="json"),
+        "same_manifest": b.manifest("pull-tiny", cand.version) == w.manifest("pull-tiny", cand.version),
+        "worker_versions": {v.version: v.state.value for v in w.list_versions("pull-tiny")},
+        "worker_production": w.state("pull-tiny").aliases.get("production"),
+        "lineage": list(w.manifest("pull-tiny", "production").lineage.parents),
+        "worker_verify": w.verify().ok,
+        "prefect_loaded": sorted(m for m in sys.modules if m.split(".")[0] == "prefect"),
+    }
+    print("REPORT " + json.dumps(report))
+    """
+)
+
+
+@pytest.mark.slow
+def test_calibrate_and_promote_on_a_host_that_lacks_the_candidate_pulls_it(hub_env: HubStandin, tmp_path: Path) -> None:
+    """Two registries (two hosts) and the Hub stand-in: build_candidate on one mirrors its candidate; the
+    calibrate-and-promote recipe (plain Stages, no Prefect) on the other is given that version number (as the
+    so8t.candidate.published trigger does), pulls it, calibrates, gates, promotes and mirrors its production."""
+    hub = hub_env
+    env = {**os.environ, "SO8T_CACHE": str(tmp_path / "cache"), "HF_HUB_DISABLE_XET": "1", "PYTHONFAULTHANDLER": "1"}
+    env.pop("SO8T_HF_REPO", None)
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), hub.url, REPO_ID], cwd=repo, capture_output=True,
+                       text=True, timeout=1500, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    report = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("REPORT "))[len("REPORT "):])
+    cand = report["candidate"]
+    assert report["same_manifest"] and report["worker_verify"] and report["prefect_loaded"] == []
+    promoted = report["promoted"]
+    assert promoted["action"] == "promoted" and promoted["candidate"] == cand
+    assert report["worker_production"] == promoted["version"] != cand and report["lineage"] == [cand]
+    assert report["worker_versions"] == {cand: "candidate", promoted["version"]: "production"}
+    tags = hub.repos[REPO_ID].tags
+    assert cand in tags and promoted["version"] in tags  # the builder mirrored the candidate, the worker its release
+    pulled = [p for m, p, st in hub.requests if m == "GET" and "/resolve/" in p and st == 200
+              and not p.endswith("so8t-registry.json")]
+    assert pulled and all(tags[cand] in p for p in pulled)  # the worker downloaded the candidate's tag, nothing else
