@@ -9,11 +9,14 @@ Hub layout for model ``name`` in repo ``config.repo_id``:
   and states. Each local alias/state change (a history entry) becomes one commit on main, made
   with ``parent_commit=`` so a concurrent writer makes it fail instead of being overwritten.
 
-The local store is the source of truth and is never written by the mirror. What is already on the
+The local store is the source of truth and is never written by :meth:`HubMirror.sync`. What is already on the
 Hub is recorded in ``<root>/mirror/<name>/<repo>.json`` (tags uploaded, last history seq mirrored
 to main); what is pending is whatever the store has beyond that, so a crash or an outage loses
 nothing: :meth:`HubMirror.sync` catches up. Files the Hub already has (same sha256) are not sent
 again: unchanged paths are left out of commits, and the LFS batch API skips known objects.
+
+:meth:`HubMirror.pull` goes the other way: one version (``vN``, ``latest`` or an alias as ``main`` records it)
+into a local registry that lacks it, every file re-hashed against the tag's manifest before it becomes a blob.
 
 The token comes from ``token=``, ``HF_TOKEN`` or the ``huggingface-cli login`` cache; it is never
 stored, logged or put in an exception message. For a server without xet storage set
