@@ -57,6 +57,10 @@ def japanese_share(text: str) -> float:
 def run_base(name: str, threads: int) -> dict:
     from llama_cpp import Llama
 
+    from so8t.llama import configure_llama_cpp
+
+    configure_llama_cpp()
+
     from so8t.base_models import embedded_gguf
     from so8t.chat_template import render_chat
     from so8t.serving.inference import read_chat_info

@@ -119,6 +119,10 @@ def time_naive(model: Path, prompts: list[str], n_ctx: int, threads: int) -> flo
     """One create_completion(..., logprobs=3) per sample, no prefix reuse; model load timed."""
     import llama_cpp
 
+    from so8t.llama import configure_llama_cpp
+
+    configure_llama_cpp(llama_cpp)
+
     t = time.perf_counter()
     llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=512, n_threads=threads,
                           n_threads_batch=threads, logits_all=True, verbose=False, seed=0)
@@ -188,6 +192,10 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # the calibration runs warn about the untrained model; not timed noise
 
     import llama_cpp
+
+    from so8t.llama import configure_llama_cpp
+
+    configure_llama_cpp(llama_cpp)
 
     from so8t.llama import default_threads
 

@@ -92,9 +92,9 @@ def _copy_cache(cache: Any, batch: int) -> Any:
 
 
 def decision_metrics(z_val: np.ndarray, y_val: list[str], z_test: np.ndarray | None = None, y_test: list[str] | None = None,
-                     src_test: list[str] | None = None, far_target: float = 0.02) -> dict[str, Any]:
+                     src_test: list[str] | None = None, far_max: float = 0.02) -> dict[str, Any]:
     """Calibrate on val exactly as ``so8t calibrate`` (default settings) and report held-out and test metrics."""
-    cfg = CalibrationConfig(far_target=far_target)
+    cfg = CalibrationConfig(far_max=far_max)
     res = calibrate(z_val, encode_labels(y_val), cfg)
     h = res.after.holdout
     allow = h.false_deny_denominator

@@ -64,20 +64,14 @@ def _params(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
     from release.params import CalibrateAndPromoteParams, PipelineParams, RetrainParams, RollbackParams
-    from so8t.errors import ConfigError, DataError
+    from so8t.errors import ConfigError
+    from so8t.jsonfile import read_json_object
 
     cls = {"pipeline": PipelineParams, "retrain": RetrainParams, "calibrate": CalibrateAndPromoteParams,
            "rollback": RollbackParams}[args.recipe]
     doc: dict[str, Any] = {}
     if args.params is not None:
-        try:
-            doc = json.loads(args.params.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{args.params}: cannot read: {e}") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{args.params}: line {e.lineno}: not JSON ({e.msg})") from None
-        if not isinstance(doc, dict):
-            raise DataError(f"{args.params}: expected a JSON object of {cls.__name__} fields")
+        doc = read_json_object(args.params, "parameters file", hint=f" (a JSON object of {cls.__name__} fields)")
     model = dict(doc.get("model") or {})
     model.update({k: v for k, v in (("name", args.name), ("registry_root", args.registry_root)) if v is not None})
     if model:

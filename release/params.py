@@ -54,7 +54,7 @@ TrainSettings = _settings_model(
 
 CalibrationSettings = _settings_model(
     "CalibrationSettings", CalibrateCommandConfig,
-    {"model", "output_dir", "no_cache", "fail_on_gate", "ece_target", "far_target", "far_bound", "min_macro_f1"},
+    {"model", "output_dir", "no_cache", "fail_on_gate", *GateConfig.model_fields},
     {"val_data": BUNDLED_VAL},
     "Calibration settings; the targets come from the gate settings so calibration and gate agree.",
 )
@@ -188,5 +188,5 @@ def calibrate_config(settings: BaseModel, gate: GateConfig, model: str | Path, o
     """The library's calibration config; its targets are the gate's, so both verdicts agree."""
     return CalibrateCommandConfig(
         **settings.model_dump(), model=str(model), output_dir=str(output_dir),
-        ece_target=gate.ece_max, far_target=gate.far_max, far_bound=gate.far_bound, min_macro_f1=gate.macro_f1_min,
+        **gate.model_dump(),
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from so8t.jsonfile import read_json_object
 from so8t.errors import DataError
 
 #: The three decisions, in the order used for every score vector, probability and matrix.
@@ -104,16 +105,8 @@ def load_decision_prompt(path: str | Path | None) -> DecisionPrompt:
     p = Path(path)
     if p.is_dir():
         p = p / PROMPT_FILE
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{p}: decision prompt file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: cannot read the decision prompt: {e}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}:{e.lineno}: malformed JSON at column {e.colno}: {e.msg}") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{p}: expected a JSON object with fields 'system' and 'user_template'")
+    obj = read_json_object(p, "decision prompt file",
+                           hint=": expected a JSON object with fields 'system' and 'user_template'")
     try:
         return DecisionPrompt.model_validate(obj)
     except ValidationError as e:

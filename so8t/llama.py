@@ -15,6 +15,13 @@ documented defaults, chosen by the caller:
 - ``"all"`` (``so8t run --threads``, ``so8t gguf convert``'s fidelity check, both documented as
   "0: all cores"): every logical core for single-token decoding, and every core for batches
   whatever ``n_threads`` is (llama-cpp-python's default, which these two commands have always used).
+
+Extra buffer types (:func:`configure_llama_cpp`): llama.cpp repacks weights into "extra" CPU buffers
+(its AMX buffer on Intel CPUs with AMX, repacked Q4_0/IQ4_NL layouts elsewhere). The AMX path crashes
+with a segmentation fault in ``ggml_backend_amx_mul_mat`` on the first decode on our models (seen here on
+an AMX Xeon; upstream llama.cpp issue #20824, open), so every model this process loads gets
+``use_extra_bufts = false`` unless ``SO8T_LLAMA_EXTRA_BUFFERS=1``. Weights then stay in llama.cpp's
+plain CPU buffer: same kernels for every quantization type, on every CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import numpy as np
 
 from so8t.errors import ModelError
 
-__all__ = ["N_BATCH", "ThreadDefault", "default_threads", "diagnosed_message", "load_hint", "next_token_logits", "open_llama",
+__all__ = ["EXTRA_BUFFERS_ENV", "N_BATCH", "configure_llama_cpp", "extra_buffers_enabled", "open_vocab", "ThreadDefault", "default_threads", "diagnosed_message", "load_hint", "next_token_logits", "open_llama",
            "special_token_text", "template_token_ids", "thread_counts"]
 
 #: Tokens per llama.cpp decode call unless a caller asks otherwise.
@@ -57,6 +64,42 @@ def thread_counts(n_threads: int, default: ThreadDefault = "half") -> tuple[int,
         cores = os.cpu_count() or 1
         return (n_threads if n_threads > 0 else cores), cores
     raise ValueError(f"thread default {default!r} is unknown: use 'half' or 'all'")
+
+
+#: Set to 1 to let llama.cpp use its extra CPU buffer types (AMX, repacked layouts): see the module docstring.
+EXTRA_BUFFERS_ENV = "SO8T_LLAMA_EXTRA_BUFFERS"
+
+
+def extra_buffers_enabled() -> bool:
+    """Whether models are loaded with llama.cpp's extra buffer types (``SO8T_LLAMA_EXTRA_BUFFERS=1``)."""
+    return os.environ.get(EXTRA_BUFFERS_ENV, "0").strip() == "1"
+
+
+def configure_llama_cpp(llama_cpp: Any | None = None) -> Any:
+    """Apply the process-wide load policy to llama-cpp-python (idempotent) and return the module.
+
+    llama-cpp-python builds every model's parameters from ``llama_model_default_params()`` and has no
+    argument for ``use_extra_bufts``; the default is wrapped once so every load in this process, ours and
+    any direct ``llama_cpp.Llama(...)`` (tests' independent oracles, benchmarks), gets the policy.
+    """
+    if llama_cpp is None:
+        import llama_cpp
+    low = llama_cpp.llama_cpp
+    current = low.llama_model_default_params
+    if getattr(current, "_so8t_policy", False):
+        return llama_cpp
+    original = current
+
+    def llama_model_default_params():  # the same name and signature as the function it wraps
+        params = original()
+        if hasattr(params, "use_extra_bufts") and not extra_buffers_enabled():
+            params.use_extra_bufts = False
+        return params
+
+    llama_model_default_params._so8t_policy = True  # type: ignore[attr-defined]
+    low.llama_model_default_params = llama_model_default_params
+    llama_cpp.llama_model_default_params = llama_model_default_params
+    return llama_cpp
 
 
 def _complete_gguf_message(path: Path, e: BaseException) -> str:
@@ -88,6 +131,7 @@ def open_llama(path: str | Path, n_ctx: int, *, n_threads: int = 0, default: Thr
         import llama_cpp
     except ImportError as e:
         raise ModelError(f"llama-cpp-python is not importable ({e}): pip install -e '.[llama]'") from None
+    configure_llama_cpp(llama_cpp)
     path = Path(path)
     threads, batch_threads = thread_counts(n_threads, default)
     kwargs: dict[str, Any] = dict(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, logits_all=logits_all,
@@ -152,3 +196,16 @@ def template_token_ids(llm: Any, text: str, bos_text: str) -> list[int]:
     """
     printed = bool(bos_text) and text.startswith(bos_text)
     return llm.tokenize(text.encode("utf-8"), add_bos=not printed, special=True)
+
+
+def open_vocab(path: Path):
+    """llama.cpp's vocabulary-only model (quiet load, no context); the caller closes it."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaModel  # the wrapper Llama itself uses
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    try:
+        return LlamaModel(path_model=str(path), params=params, verbose=False)
+    except ValueError as e:
+        raise ModelError(f"llama.cpp cannot load {path} ({e}); pass a file made by so8t convert") from None

@@ -14,6 +14,15 @@ from tests.fixtures.required import in_ci
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("SO8T_LOG_DIR", str(REPO / "logs" / "tests"))
 
+# The tests' own direct llama_cpp.Llama(...) oracles load models under the library's policy too (no extra
+# buffer types: llama.cpp's AMX path crashes on AMX CPUs; so8t/llama.py).
+try:
+    from so8t.llama import configure_llama_cpp
+
+    configure_llama_cpp()
+except ImportError:  # llama-cpp-python not installed: the tests that need it say so
+    pass
+
 # CI runs the same examples every time (a failure there is reproducible, never a roll of the dice);
 # developers keep Hypothesis's random exploration and its example database.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)

@@ -11,63 +11,18 @@ throughput ratio is A / B.
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from so8t.ab.perf import Generation, throughput
 from so8t.ab.results import QualityReport, QualityScores, SafetyComparison, SafetyMetrics
+from so8t.calibrate.decision_rule import Calibration, load_calibration
 from so8t.ab.stats import (BLEU_TOKENIZE, N_BLEU_STATS, ROUGE_TOKENIZE, Interval, bleu_from_stats, bleu_stats,
                           bootstrap_indices, mcnemar_exact, paired_bootstrap, rouge_l)
 from so8t.decision import LABELS
-from so8t.errors import DataError
 
 __all__ = ["Calibration", "compare_quality", "compare_safety", "decisions", "load_calibration", "throughput_ratio"]
-
-
-# ----------------------------------------------------------------------------- calibration
-class Calibration(BaseModel):
-    """The decision rule of a calibrated model (read from ``calibration_results.json``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    temperature: float = Field(description="T of p = softmax(z / T).")
-    tau_deny: float = Field(description="DENY if p_DENY >= tau_deny.")
-    tau_escalate: float = Field(description="Else ALLOW if p_ALLOW >= tau_escalate, else ESCALATE.")
-    source: str = Field(description="The file it came from.")
-
-
-def load_calibration(path: str | Path) -> Calibration:
-    """Read temperature and thresholds from a calibration results JSON (top-level keys).
-
-    Raises:
-        DataError: Missing/unreadable file, missing key, or a value that is not a valid number.
-    """
-    p = Path(path).expanduser()
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{p}: calibration file not found: pass the calibration_results.json of so8t calibrate, "
-                        "or leave it out for argmax decisions") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{p}: calibration file unreadable ({e}): pass a calibration_results.json") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{p}: calibration file holds a {type(obj).__name__}, expected a JSON object")
-    vals: dict[str, float] = {}
-    for key in ("temperature", "tau_deny", "tau_escalate"):
-        v = obj.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise DataError(f"{p}: '{key}' is {v!r}: calibration results need finite numbers temperature, tau_deny "
-                            "and tau_escalate at the top level (so8t calibrate writes them)")
-        vals[key] = float(v)
-    if vals["temperature"] <= 0:
-        raise DataError(f"{p}: temperature {vals['temperature']} must be > 0")
-    return Calibration(**vals, source=str(p))
-
 
 
 # ----------------------------------------------------------------------------- safety

@@ -35,12 +35,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Names the gate's targets had in calibration settings before they were GateConfig's own.
+_RENAMED = {"ece_target": "ece_max", "far_target": "far_max", "min_macro_f1": "macro_f1_min"}
+
 #: Below this many samples the runbook says calibration is unreliable.
 MIN_RECOMMENDED_SAMPLES = 100
 
 
-class CalibrationConfig(BaseModel):
-    """Settings of the calibration stage (runbook: ``calibrate_aed.py`` options)."""
+class CalibrationConfig(GateConfig):
+    """Settings of the calibration stage (runbook: ``calibrate_aed.py`` options).
+
+    The gate's targets (``ece_max``, ``far_max``, ``far_bound``, ``macro_f1_min``) are :class:`GateConfig`'s own
+    fields, inherited, not copies under other names: the thresholds are fitted to the targets the verdict judges.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -58,27 +65,34 @@ class CalibrationConfig(BaseModel):
         "two thresholds) needs few samples, the hold-out ECE many (its noise floor: BENCHMARKS.md).")
     seed: int = Field(0, description="Seed of the stratified split.")
     n_bins: int = Field(15, description="Equal-width bins of the ECE variants.")
-    ece_target: float = Field(0.05, description="Target: held-out top-label ECE <= this.")
-    far_target: float = Field(0.02, description="Target: held-out False Allow Rate statistic <= this.")
-    far_bound: FarBound = Field(
-        "point", description="FAR statistic for fit and verdict: 'point' rate or 'upper95' Clopper-Pearson bound."
-    )
     threshold_far_bound: FarBound = Field(
         "upper95", description="FAR statistic the thresholds are fitted to on the fit split: 'upper95' (the one-sided "
         "95% Clopper-Pearson bound) leaves a margin so that the held-out FAR the gate judges stays within the target; "
         "'point' fits to the edge, and the held-out FAR then exceeds the target about half the time (BENCHMARKS.md). "
         "Falls back to 'point', with a warning, when no thresholds meet the bound (too few samples for it). "
         "With far_bound 'upper95' the fit always uses the bound.")
-    min_macro_f1: float = Field(
-        0.5, description="Floor on macro F1 (fit and verdict) so that 'escalate everything' cannot pass; 0 disables."
-    )
     max_threshold_candidates: int = Field(
         2048, description="Threshold candidates per probability column; above it the search runs on a quantile grid "
                           "of this many values (bounded approximation, see docs/calibration.md); 0: always exact."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data: Any) -> Any:
+        """Files written before the gate's names were the only ones (``calibration_results.json`` in older
+        registry versions) still load: ``ece_target`` / ``far_target`` / ``min_macro_f1`` are read as
+        ``ece_max`` / ``far_max`` / ``macro_f1_min``."""
+        if isinstance(data, dict) and any(old in data for old in _RENAMED):
+            data = {_RENAMED.get(k, k): v for k, v in data.items()}
+        return data
+
+    @property
+    def gate(self) -> GateConfig:
+        """The gate these settings calibrate for (the same four fields)."""
+        return GateConfig(**self.model_dump(include=set(GateConfig.model_fields)))
+
     @model_validator(mode="after")
-    def _check(self) -> CalibrationConfig:
+    def _check_calibration(self) -> CalibrationConfig:
         errors = []
         lo, hi = self.temperature_bounds
         if not 0 < lo < hi or not math.isfinite(hi):
@@ -86,8 +100,7 @@ class CalibrationConfig(BaseModel):
         elif not lo <= self.initial_temperature <= hi:
             errors.append(f"initial_temperature={self.initial_temperature} is outside temperature_bounds="
                           f"{self.temperature_bounds}: move it inside or widen the bounds")
-        for name in ("initial_deny_threshold", "initial_escalate_threshold", "ece_target", "far_target",
-                     "min_macro_f1"):
+        for name in ("initial_deny_threshold", "initial_escalate_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 errors.append(f"{name}={getattr(self, name)} is outside [0, 1]: it is a probability or rate")
         if not 0.0 < self.holdout_fraction < 1.0:
@@ -453,13 +466,13 @@ def calibrate(z: np.ndarray, y: np.ndarray, cfg: CalibrationConfig | None = None
         warn(f"temperature {tfit.temperature:.4g} is at a bound of {cfg.temperature_bounds}")
     p_fit = softmax(z[fit_idx], tfit.temperature)
     fit_bound: FarBound = "upper95" if "upper95" in (cfg.far_bound, cfg.threshold_far_bound) else "point"
-    thr = fit_thresholds_thinned(p_fit, y[fit_idx], cfg.far_target, fit_bound, cfg.min_macro_f1,
+    thr = fit_thresholds_thinned(p_fit, y[fit_idx], cfg.far_max, fit_bound, cfg.macro_f1_min,
                                  cfg.max_threshold_candidates)
     if not thr.feasible and fit_bound != cfg.far_bound:
-        point = fit_thresholds_thinned(p_fit, y[fit_idx], cfg.far_target, cfg.far_bound, cfg.min_macro_f1,
+        point = fit_thresholds_thinned(p_fit, y[fit_idx], cfg.far_max, cfg.far_bound, cfg.macro_f1_min,
                                        cfg.max_threshold_candidates)
         if point.feasible:
-            warn(f"no thresholds meet FAR upper95 <= {cfg.far_target:g} on the fit split ({thr.reason}); fitted to the "
+            warn(f"no thresholds meet FAR upper95 <= {cfg.far_max:g} on the fit split ({thr.reason}); fitted to the "
                  "point FAR without a margin instead: the held-out FAR may exceed the target; add validation data")
             thr = point
     if not thr.feasible:
@@ -468,15 +481,13 @@ def calibrate(z: np.ndarray, y: np.ndarray, cfg: CalibrationConfig | None = None
     before = _split_metrics(z, y, fit_idx, hold_idx, cfg.initial_temperature, cfg.initial_deny_threshold,
                             cfg.initial_escalate_threshold, cfg.n_bins)
     after = _split_metrics(z, y, fit_idx, hold_idx, tfit.temperature, thr.tau_deny, thr.tau_escalate, cfg.n_bins)
-    gate_cfg = GateConfig(ece_max=cfg.ece_target, far_max=cfg.far_target, far_bound=cfg.far_bound,
-                          macro_f1_min=cfg.min_macro_f1)
-    verdict = evaluate_gate(after.holdout, gate_cfg)
+    verdict = evaluate_gate(after.holdout, cfg.gate)
     simulated = simulated_calibrated_ece(softmax(z[hold_idx], tfit.temperature), cfg.n_bins)
     noise = (float(simulated.mean()), float(np.percentile(simulated, 95)))
-    if noise[1] > cfg.ece_target:
-        warn(f"the held-out ECE cannot be resolved at {cfg.ece_target:g} with {hold_idx.size} samples: a perfectly "
+    if noise[1] > cfg.ece_max:
+        warn(f"the held-out ECE cannot be resolved at {cfg.ece_max:g} with {hold_idx.size} samples: a perfectly "
              f"calibrated model with these probabilities would measure {noise[0]:.3f} on average and more than "
-             f"{cfg.ece_target:g} in {(simulated > cfg.ece_target).mean():.0%} of samples; add validation data "
+             f"{cfg.ece_max:g} in {(simulated > cfg.ece_max).mean():.0%} of samples; add validation data "
              "(or raise holdout_fraction) rather than refitting")
     logger.info("calibration %s: T=%.4g tau_deny=%.4g tau_escalate=%.4g; %s",
                 "passed" if verdict.passed else "failed", tfit.temperature, thr.tau_deny, thr.tau_escalate,

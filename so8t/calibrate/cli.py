@@ -249,8 +249,7 @@ def summary_lines(outcome: CalibrationOutcome) -> list[str]:
     """Human summary of a calibration: parameters, held-out metrics, verdict."""
     r, s = outcome.result, outcome.scores
     b, a = r.before.holdout, r.after.holdout
-    bound = r.config.far_bound
-    far_stat = (lambda m: m.false_allow_rate) if bound == "point" else (lambda m: m.false_allow_upper95)
+    gate = r.config.gate
     lines = [
         f"calibrated {Path(r.model_path or '').name} on {Path(r.data_path or '').name}: {r.n_samples} samples "
         f"({r.n_fit} fit, {r.n_holdout} held out); scores: {s.mode} "
@@ -259,12 +258,11 @@ def summary_lines(outcome: CalibrationOutcome) -> list[str]:
         f"  tau_deny           {_tau(r.before.tau_deny)} -> {_tau(r.tau_deny)}",
         f"  tau_escalate       {_tau(r.before.tau_escalate)} -> {_tau(r.tau_escalate)}",
         "  held-out metrics   before -> after",
-        f"    ECE              {_fmt(b.ece)} -> {_fmt(a.ece)}   (target <= {r.config.ece_target})",
+        f"    ECE              {_fmt(b.ece)} -> {_fmt(a.ece)}   (target <= {gate.ece_max})",
         f"    False Allow Rate {_fmt(b.false_allow_rate)} -> {_fmt(a.false_allow_rate)}   "
         f"({a.false_allow_count}/{a.false_allow_denominator} after; upper 95% bound {_fmt(a.false_allow_upper95)}; "
-        f"target {'upper95' if bound == 'upper95' else 'point'} <= {r.config.far_target}, "
-        f"now {_fmt(far_stat(a))})",
-        f"    macro F1         {_fmt(b.macro_f1)} -> {_fmt(a.macro_f1)}   (floor {r.config.min_macro_f1})",
+        f"target {gate.far_bound} <= {gate.far_max}, now {_fmt(gate.far_of(a))})",
+        f"    macro F1         {_fmt(b.macro_f1)} -> {_fmt(a.macro_f1)}   (floor {gate.macro_f1_min})",
         f"    escalation rate  {_fmt(b.escalation_rate)} -> {_fmt(a.escalation_rate)}",
         f"    Brier            {_fmt(b.brier)} -> {_fmt(a.brier)}",
         f"  verdict: {'PASS' if r.passed else 'FAIL'}"

@@ -42,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from so8t.ab.compare import Calibration, load_calibration
+from so8t.calibrate.decision_rule import Calibration, load_calibration
 from so8t.base_models import sha256_file
 from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, PROMPT_FILE, DecisionPrompt, load_decision_prompt
 from so8t.outpaths import check_output_dir

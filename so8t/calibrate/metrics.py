@@ -20,7 +20,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from so8t.decision import LABELS
-from so8t.errors import ConfigError, DataError
+from so8t.errors import DataError
+from so8t.logits import log_softmax, softmax  # noqa: F401  (the metrics' probabilities; defined once there)
 
 logger = logging.getLogger(__name__)
 
@@ -87,32 +88,6 @@ def check_probs(p: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray,
     if worst > 1e-6:
         raise DataError(f"probability rows sum to 1 +/- {worst:.3g}: rows must sum to 1; use softmax()")
     return p, (None if y is None else check_labels(y, p.shape[0]))
-
-
-# ----------------------------------------------------------------------------- probabilities
-def log_softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Numerically stable ``log softmax(z / T)`` along the last axis.
-
-    Args:
-        z: Logits, shape ``(n, k)``.
-        temperature: ``T > 0``.
-
-    Returns:
-        Log-probabilities, same shape as ``z``.
-
-    Raises:
-        ConfigError: Non-positive or non-finite temperature.
-    """
-    if not np.isfinite(temperature) or temperature <= 0:
-        raise ConfigError(f"temperature {temperature} is invalid: it must be finite and > 0")
-    u = np.asarray(z, dtype=np.float64) / temperature
-    u = u - u.max(axis=-1, keepdims=True)
-    return u - np.log(np.exp(u).sum(axis=-1, keepdims=True))
-
-
-def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Numerically stable ``softmax(z / T)`` along the last axis (see :func:`log_softmax`)."""
-    return np.exp(log_softmax(z, temperature))
 
 
 # ----------------------------------------------------------------------------- calibration error

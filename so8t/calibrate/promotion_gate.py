@@ -23,19 +23,21 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    ece_max: float = Field(0.05, description="Maximum top-label ECE (15 equal-width bins).")
-    far_max: float = Field(0.02, description="Maximum False Allow Rate statistic.")
+    ece_max: float = Field(0.05, description="Target: held-out top-label ECE (equal-width bins) <= this.")
+    far_max: float = Field(0.02, description="Target: held-out False Allow Rate statistic (far_bound) <= this; "
+                                             "calibration fits the thresholds to it.")
     far_bound: Literal["point", "upper95"] = Field(
-        "point", description="'point': the observed FAR; 'upper95': its one-sided 95% Clopper-Pearson bound."
-    )
-    macro_f1_min: float = Field(0.5, description="Minimum macro F1 of the decisions (blocks 'escalate everything').")
+        "point", description="The FAR statistic judged: 'point', the observed rate, or 'upper95', its one-sided 95% "
+                             "Clopper-Pearson bound.")
+    macro_f1_min: float = Field(0.5, description="Floor on macro F1 (fit and verdict) so that 'escalate everything' "
+                                                 "cannot pass; 0 disables.")
 
     @model_validator(mode="after")
     def _check(self) -> GateConfig:
         bad = [f"{k}={getattr(self, k)}" for k in ("ece_max", "far_max", "macro_f1_min")
                if not 0.0 <= getattr(self, k) <= 1.0]
         if bad:
-            raise ValueError(f"invalid GateConfig: {', '.join(bad)} outside [0, 1]: these are rates/scores")
+            raise ValueError(f"invalid {type(self).__name__}: {', '.join(bad)} outside [0, 1]: these are rates/scores")
         return self
 
     @property

@@ -38,7 +38,7 @@ from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, DecisionPrompt
 from so8t.digests import sha256_file
 from so8t.errors import DataError, ModelError
 from so8t.llama import N_BATCH, next_token_logits, open_llama, special_token_text, template_token_ids
-from so8t.calibrate.metrics import log_softmax
+from so8t.logits import log_softmax
 from so8t.calibrate.score_cache import cache_key, load_cached, save_cached
 
 logger = logging.getLogger(__name__)
@@ -144,10 +144,10 @@ def check_gguf(path: str | Path) -> Path:
                          "convert the model with so8t gguf convert first")
     # llama.cpp's vocabulary-only load (~0.1 s) reads the header, metadata and tensor table and checks
     # that the tensor data lies within the file: a truncated or corrupt file fails here, not after setup
-    from so8t.serving.inference import _open_vocab
+    from so8t.llama import open_vocab
 
     try:
-        _open_vocab(p).close()
+        open_vocab(p).close()
     except ModelError:
         raise ModelError(f"{p}: llama.cpp could not load the model (a truncated or corrupt GGUF?): re-copy it or convert "
                          "the model again") from None

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from so8t.calibrate.metrics import log_softmax
+from so8t.logits import log_softmax
 
 __all__ = ["compare_logits", "compare_logit_sets", "kl_divergence"]
 

@@ -10,13 +10,13 @@ then rendered back and must reproduce the Jinja output exactly, otherwise it is 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from so8t.chat_template import render_chat
+from so8t.llama import open_vocab
 from so8t.errors import ConfigError, DataError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -43,19 +43,6 @@ class GgufChatInfo:
     context_length: int
 
 
-def _open_vocab(path: Path):
-    """llama.cpp's vocabulary-only model (quiet load, no context); the caller closes it."""
-    import llama_cpp
-    from llama_cpp._internals import LlamaModel  # the wrapper Llama itself uses
-
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    try:
-        return LlamaModel(path_model=str(path), params=params, verbose=False)
-    except ValueError as e:
-        raise ModelError(f"llama.cpp cannot load {path} ({e}); pass a file made by so8t convert") from None
-
-
 def read_chat_info(path: str | Path) -> GgufChatInfo:
     """Read architecture, chat template and special tokens from a GGUF's metadata (through llama.cpp).
 
@@ -69,7 +56,7 @@ def read_chat_info(path: str | Path) -> GgufChatInfo:
         magic = f.read(4)
     if magic != b"GGUF":
         raise ModelError(f"{p}: not a readable GGUF file (starts with {magic!r}, not b'GGUF'); pass a file made by so8t convert")
-    model = _open_vocab(p)
+    model = open_vocab(p)
     try:
         meta = model.metadata()
         arch = meta.get("general.architecture", "unknown")
@@ -159,7 +146,7 @@ def generate(gguf: str | Path, prompt: str, *, n_predict: int = 1024, threads: i
 
 def tokenize(gguf: str | Path, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
     """Token ids of ``text`` by the GGUF's own tokenizer (loads the vocabulary only, no context)."""
-    model = _open_vocab(Path(gguf))
+    model = open_vocab(Path(gguf))
     try:
         return model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
     finally:
@@ -298,14 +285,11 @@ def render_ollama_template(template: str, messages: list[dict]) -> str:
 
 
 def _calibrated_temperature(path: str | Path, gguf: Path) -> float:
+    from so8t.calibrate.decision_rule import read_calibration_file
+
     p = Path(path).expanduser()
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"calibration file {str(path)!r} does not exist: pass the calibration_results.json that so8t calibrate wrote") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{p}: not valid JSON ({e}); pass calibration_results.json") from None
-    t = data.get("temperature") if isinstance(data, dict) else None
+    data = read_calibration_file(p)
+    t = data.get("temperature")
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 100:
         raise DataError(f"{p}: top-level 'temperature' is {t!r}, must be a number in (0, 100); pass calibration_results.json")
     scored = data.get("model_sha256")

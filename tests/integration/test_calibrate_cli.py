@@ -201,7 +201,7 @@ def test_calibrate_tiny_gguf_writes_every_field_and_saved_scores_reproduce_them(
         assert key in doc, key
     assert doc["model_sha256"] == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
     assert doc["data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
-    for key, value in (("ece_target", 0.05), ("far_target", 0.02), ("far_bound", "point"), ("min_macro_f1", 0.5)):
+    for key, value in (("ece_max", 0.05), ("far_max", 0.02), ("far_bound", "point"), ("macro_f1_min", 0.5)):
         assert doc["config"][key] == value
     assert [c["name"] for c in doc["verdict"]["criteria"]] == ["ece", "false_allow_rate", "macro_f1"]
     vocab = llama_cpp.Llama(str(tiny_gguf), vocab_only=True, verbose=False)
@@ -376,8 +376,8 @@ def test_help_lists_the_runbook_flags(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--model", "--val_data", "--output_dir", "--initial_temperature", "--initial_deny_threshold",
-                 "--initial_escalate_threshold", "--optimizer", "--holdout_fraction", "--seed", "--ece_target",
-                 "--far_target", "--far_bound", "--threshold_far_bound", "--min_macro_f1", "--n_threads", "--no_cache", "--fail_on_gate"):
+                 "--initial_escalate_threshold", "--optimizer", "--holdout_fraction", "--seed", "--ece_max",
+                 "--far_max", "--far_bound", "--threshold_far_bound", "--macro_f1_min", "--n_threads", "--no_cache", "--fail_on_gate"):
         assert flag in text
 
 

@@ -501,3 +501,18 @@ def test_help_lists_every_flag_with_its_help(capsys):
     for name, field in EvaluateConfig.model_fields.items():
         assert f"--{name}" in text, name
         assert field.description and " ".join(field.description.split())[:40] in text, name
+
+
+def test_a_real_load_decodes_under_the_policy(tiny_gguf):
+    """The crash was on the first decode: a real load through the one loader decodes and its logits are finite."""
+    import numpy as np
+
+    from so8t.llama import open_llama
+
+    llm = open_llama(tiny_gguf, 64, n_threads=1)
+    try:
+        assert llm.model_params.use_extra_bufts is False
+        llm.eval(llm.tokenize(b"hello world"))
+        assert np.isfinite(np.asarray(llm.scores[llm.n_tokens - 1])).all()
+    finally:
+        llm.close()

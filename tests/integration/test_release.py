@@ -125,7 +125,7 @@ def test_so8t_release_command_runs_a_recipe_and_refuses_bad_params_in_one_line(t
     assert reg.state("rel-cli").aliases["production"] == "v1"
 
     bad = tmp_path / "params.json"
-    for text, msg in (("{not json", "line 1: not JSON"), ('{"work_dir": 3}', "field 'work_dir'"),
+    for text, msg in (("{not json", "params.json:1: malformed JSON at column 2"), ('{"work_dir": 3}', "field 'work_dir'"),
                       ('{"model": {"nme": "x"}}', "field 'model.nme'"), ("[1]", "expected a JSON object")):
         bad.write_text(text)
         assert main(["release", "retrain", "--params", str(bad)]) == 2

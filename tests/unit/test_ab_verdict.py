@@ -9,7 +9,8 @@ import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import f1_score
 
-from so8t.ab.compare import Calibration, compare_safety
+from so8t.ab.compare import compare_safety
+from so8t.calibrate.decision_rule import Calibration
 from so8t.ab.stats import bootstrap_indices
 from so8t.ab.runner import ABConfig, verdict
 

@@ -10,7 +10,8 @@ import pytest
 import sacrebleu
 from rouge_score.rouge_scorer import RougeScorer
 
-from so8t.ab.compare import Calibration, compare_quality, compare_safety, decisions
+from so8t.ab.compare import compare_quality, compare_safety, decisions
+from so8t.calibrate.decision_rule import Calibration
 from so8t.ab.stats import (CharTokenizer, bleu_from_stats, bleu_stats, bootstrap_indices, corpus_bleu, detect_lang,
                           mcnemar_exact, paired_bootstrap, percentile_interval, rouge_l)
 

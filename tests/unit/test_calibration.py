@@ -356,3 +356,39 @@ def test_reliability_diagram_is_written(tmp_path):
     z, y = synthetic(300, 2.0, seed=11)
     out = plot_reliability(softmax(z), softmax(z, 2.0), y, tmp_path / "cal" / "reliability_diagram.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- one owner of the gate's targets
+def test_calibration_carries_the_gates_own_fields_not_renamed_copies():
+    from so8t.calibrate.promotion_gate import GateConfig
+
+    cfg = C.CalibrationConfig(ece_max=0.04, far_max=0.01, far_bound="upper95", macro_f1_min=0.6)
+    assert set(GateConfig.model_fields) <= set(C.CalibrationConfig.model_fields)
+    for name, field in GateConfig.model_fields.items():  # one definition: same default and description
+        assert C.CalibrationConfig.model_fields[name].default == field.default
+        assert C.CalibrationConfig.model_fields[name].description == field.description
+    assert cfg.gate == GateConfig(ece_max=0.04, far_max=0.01, far_bound="upper95", macro_f1_min=0.6)
+    assert not {"ece_target", "far_target", "min_macro_f1"} & set(C.CalibrationConfig.model_fields)
+
+
+def test_results_written_with_the_old_names_still_load():
+    old = {"ece_target": 0.03, "far_target": 0.01, "far_bound": "point", "min_macro_f1": 0.4}
+    cfg = C.CalibrationConfig.model_validate(old)
+    assert (cfg.ece_max, cfg.far_max, cfg.macro_f1_min) == (0.03, 0.01, 0.4)
+    with pytest.raises(ValueError, match="far_max=1.5"):
+        C.CalibrationConfig(far_max=1.5)
+
+
+def test_the_calibration_verdict_is_the_gates_verdict():
+    from so8t.calibrate.promotion_gate import evaluate_gate
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 600)
+    z = rng.normal(size=(600, 3)) + 3.0 * np.eye(3)[y]
+    for far_bound in ("point", "upper95"):
+        cfg = C.CalibrationConfig(far_bound=far_bound, far_max=0.05)
+        r = C.calibrate(z, y, cfg)
+        assert r.verdict == evaluate_gate(r.after.holdout, cfg.gate)
+        assert r.verdict.passed == r.passed
+        names = [c.name for c in r.verdict.criteria]
+        assert ("false_allow_upper95" if far_bound == "upper95" else "false_allow_rate") in names

@@ -213,3 +213,49 @@ def test_the_graph_checks_can_fail(tmp_path):
     assert find_cycle(graph, ("module",)) is None  # the circle needs the deferred imports: they must count
     assert upward_imports(graph) == ["registry.store:3 -> so8t.a (function)", "so8t.d:1 -> registry.store (module)",
                                      "tasks.t:2 -> flows (module)"]
+
+
+# ----------------------------------------------------------------------------- stages inside so8t
+#: The library's stage packages in pipeline order. A stage imports only stages before it (A/B and serving both
+#: come after calibration and may not import each other); the shared modules at the top of so8t/ import no stage
+#: (so8t.cli, the dispatcher, excepted: it reaches every stage's command).
+STAGE_ORDER = {"so8t.training": 0, "so8t.export": 1, "so8t.calibrate": 2, "so8t.ab": 3, "so8t.serving": 3}
+DISPATCHERS = {"so8t.cli"}
+
+
+def _stage(module: str) -> str | None:
+    return next((s for s in STAGE_ORDER if module == s or module.startswith(s + ".")), None)
+
+
+def stage_violations(graph: dict[str, list[tuple[str, str, int]]]) -> list[str]:
+    """Every so8t import that runs against :data:`STAGE_ORDER`, as ``'importer:line -> imported'``."""
+    bad = []
+    for module, edges in sorted(graph.items()):
+        if not module.startswith("so8t") or module in DISPATCHERS:
+            continue
+        src = _stage(module)
+        for target, _kind, line in edges:
+            dst = _stage(target)
+            if dst is None or dst == src:
+                continue
+            if src is None or STAGE_ORDER[dst] >= STAGE_ORDER[src]:
+                bad.append(f"{module}:{line} -> {target}")
+    return bad
+
+
+def test_library_stages_import_only_earlier_stages():
+    graph = import_graph(REPO)
+    assert {_stage(m) for m in graph if m.startswith("so8t")} >= set(STAGE_ORDER)  # every stage is a package
+    assert stage_violations(graph) == []
+
+
+def test_the_stage_check_can_fail():
+    graph = {
+        "so8t.export.bake": [("so8t.calibrate.metrics", "module", 3), ("so8t.training.gates", "module", 4)],
+        "so8t.ab.runner": [("so8t.serving.decide", "function", 7)],
+        "so8t.llama": [("so8t.serving.inference", "function", 9)],
+        "so8t.cli": [("so8t.serving.serve_cli", "function", 1)],
+    }
+    assert stage_violations(graph) == ["so8t.ab.runner:7 -> so8t.serving.decide",
+                                       "so8t.export.bake:3 -> so8t.calibrate.metrics",
+                                       "so8t.llama:9 -> so8t.serving.inference"]

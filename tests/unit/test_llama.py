@@ -154,3 +154,20 @@ def test_load_hint_names_the_known_causes(tmp_path):
     assert "not a valid GGUF" in llama.load_hint(bad)
     assert llama.diagnosed_message(bad, ValueError("x")) == f"llama.cpp cannot load {bad} (x){llama.load_hint(bad)}"
     assert isinstance(llama.load_hint(Path("/nonexistent.gguf")), str)
+
+
+def test_extra_buffer_types_are_off_for_every_load_unless_asked(monkeypatch):
+    """llama.cpp's AMX buffer crashes on AMX CPUs: every load in the process, direct Llama(...) included, gets
+    use_extra_bufts=False; SO8T_LLAMA_EXTRA_BUFFERS=1 gives llama.cpp's default back."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from so8t.llama import EXTRA_BUFFERS_ENV, configure_llama_cpp
+
+    configure_llama_cpp(llama_cpp)
+    configure_llama_cpp(llama_cpp)  # idempotent: wrapped once
+    wrapped = llama_cpp.llama_cpp.llama_model_default_params
+    assert wrapped._so8t_policy and llama_cpp.llama_model_default_params is wrapped
+    monkeypatch.delenv(EXTRA_BUFFERS_ENV, raising=False)
+    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is False
+    monkeypatch.setenv(EXTRA_BUFFERS_ENV, "1")
+    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is True  # llama.cpp's own default
+
