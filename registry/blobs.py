@@ -112,6 +112,34 @@ class BlobStore:
             remove(tmp)
         fsync_dir(final.parent)
 
+    def adopt_file(self, tmp: Path, sha256: str, size: int) -> None:
+        """Install the file ``tmp`` (in :attr:`tmp_dir`, made by someone else, e.g. a download) as blob ``sha256``.
+
+        The file is re-hashed first; it is moved into place (no copy) only when its content hashes to
+        ``sha256`` and has ``size`` bytes, else it is deleted. A blob already stored under that name (a
+        corrupted one included) is replaced.
+
+        Raises:
+            IntegrityError: The content is not what ``sha256``/``size`` say (one line: expected and actual).
+        """
+        try:
+            actual, actual_size = hash_file(tmp)
+            if (actual, actual_size) != (sha256, size):
+                raise IntegrityError(f"expected sha256 {sha256} ({size} bytes), got {actual} ({actual_size} bytes)")
+            fd = os.open(tmp, os.O_RDONLY | OPEN_FLAGS)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            final = self.path(sha256)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o444)
+            replace(tmp, final)
+        except BaseException:
+            remove(tmp)
+            raise
+        fsync_dir(final.parent)
+
     def verify(self, sha256: str, size: int | None = None) -> None:
         """Re-hash one blob.
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from registry.errors import RegistryError
+from registry.errors import InvalidInputError, RegistryError
 from registry.models import PRODUCTION
 from registry.store import ENV_ROOT, Registry
 
@@ -142,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--public", action="store_true", help="create the repo public (default: private)")
     s.add_argument("--attempts", type=int, default=5, help="tries per Hub call before giving up")
     s.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
+
+    s = cmd("pull", "download a version from the Hugging Face Hub mirror into this registry, every file "
+                    "verified against its sha256 (a rerun after an outage resumes)")
+    s.add_argument("target", metavar="NAME[@REF]",
+                   help="model name, optionally @vN, @ALIAS (resolved on the Hub, e.g. @production) or @latest "
+                        "(the highest vN on the Hub); default @production")
+    s.add_argument("--repo_id", "--repo", dest="repo", help="Hub repo id OWNER/NAME (default: $SO8T_HF_REPO)")
+    s.add_argument("--endpoint", help="Hub URL (default: $SO8T_HF_ENDPOINT, $HF_ENDPOINT or huggingface.co)")
+    s.add_argument("--attempts", type=int, default=5, help="tries per Hub call before giving up")
+    s.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     return p
 
 
@@ -246,6 +257,19 @@ def _run(args: argparse.Namespace) -> int:
     elif c == "export":
         dest = reg.export(args.name, args.ref, args.dest, link=args.link, with_manifest=args.with_manifest)
         _out(args, {"dest": str(dest)}, f"exported {args.name} {args.ref} to {dest}")
+    elif c == "pull":
+        from registry.hub import HubMirror, MirrorConfig
+
+        name, _, ref = args.target.partition("@")
+        if "@" in args.target and not ref:
+            raise InvalidInputError(f"{args.target!r}: nothing after '@': use NAME, NAME@vN, NAME@ALIAS or NAME@latest")
+        cfg = MirrorConfig.from_env(args.repo, args.endpoint, max_attempts=max(args.attempts, 1),
+                                    backoff_s=max(args.backoff, 0.0))
+        r = HubMirror(reg, cfg).pull(name, ref or PRODUCTION, progress=not args.no_progress and not args.json)
+        _out(args, r, f"{r.name} {r.version} is already in {reg.root}, identical: nothing pulled" if r.already_local
+             else f"pulled {r.name} {r.version} from {r.repo_id}@{r.commit[:8]}: {len(r.fetched)} file(s) downloaded "
+                  f"({_size(r.fetched_bytes)}), {len(r.skipped)} already here ({_size(r.skipped_bytes)}); "
+                  "every sha256 verified")
     elif c == "mirror":
         from registry.hub import HubMirror, MirrorConfig
 

@@ -9,11 +9,14 @@ Hub layout for model ``name`` in repo ``config.repo_id``:
   and states. Each local alias/state change (a history entry) becomes one commit on main, made
   with ``parent_commit=`` so a concurrent writer makes it fail instead of being overwritten.
 
-The local store is the source of truth and is never written by the mirror. What is already on the
+The local store is the source of truth and is never written by :meth:`HubMirror.sync`. What is already on the
 Hub is recorded in ``<root>/mirror/<name>/<repo>.json`` (tags uploaded, last history seq mirrored
 to main); what is pending is whatever the store has beyond that, so a crash or an outage loses
 nothing: :meth:`HubMirror.sync` catches up. Files the Hub already has (same sha256) are not sent
 again: unchanged paths are left out of commits, and the LFS batch API skips known objects.
+
+:meth:`HubMirror.pull` goes the other way: one version (``vN``, ``latest`` or an alias as ``main`` records it)
+into a local registry that lacks it, every file re-hashed against the tag's manifest before it becomes a blob.
 
 The token comes from ``token=``, ``HF_TOKEN`` or the ``huggingface-cli login`` cache; it is never
 stored, logged or put in an exception message. For a server without xet storage set
@@ -23,10 +26,12 @@ stored, logged or put in an exception message. For a server without xet storage 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,11 +41,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from registry.errors import MirrorError
+from registry.errors import IntegrityError, MirrorError, NotFoundError
 from registry.fsio import write_atomic
 from registry.locks import file_lock
 from registry.modelcard import RESERVED_PATHS, REGISTRY_FILE, registry_json, render_card, render_empty_card
-from registry.models import PRODUCTION, HistoryEntry, VersionManifest
+from registry.models import PRODUCTION, FileEntry, HistoryEntry, VersionManifest, check_alias, check_model_name, is_version
 from registry.store import Registry
 
 logger = logging.getLogger(__name__)
@@ -49,6 +54,9 @@ T = TypeVar("T")
 _RETRIABLE = {408, 425, 429, 500, 502, 503, 504}
 ENV_REPO = "SO8T_HF_REPO"
 ENV_ENDPOINT = "SO8T_HF_ENDPOINT"
+LATEST = "latest"
+"""Pull reference meaning the highest ``vN`` tag on the Hub."""
+_SYNC_HINT = "local store unchanged, rerun `so8t registry mirror --sync` when the Hub is reachable"
 
 
 class MirrorConfig(BaseModel):
@@ -146,8 +154,40 @@ class SyncReport(BaseModel):
         return self.error is None and not self.pending_versions and not self.pending_changes
 
 
+class PullReport(BaseModel):
+    """Outcome of one :meth:`HubMirror.pull`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    repo_id: str = Field(description="Repository pulled from.")
+    name: str = Field(description="Model name.")
+    ref: str = Field(description="What was asked for: 'vN', an alias (resolved on the Hub) or 'latest'.")
+    version: str = Field(description="The version pulled, now in the local registry.")
+    commit: str = Field(description="Hub commit of the version's vN tag.")
+    files: int = Field(description="Files in the version.")
+    fetched: tuple[str, ...] = Field(default=(), description="Paths downloaded (and verified) by this pull.")
+    fetched_bytes: int = Field(default=0, description="Bytes downloaded by this pull.")
+    skipped: tuple[str, ...] = Field(default=(), description="Paths whose blob was already in the local store "
+                                                             "(re-hashed, not downloaded).")
+    skipped_bytes: int = Field(default=0, description="Bytes of those.")
+    already_local: bool = Field(default=False, description="The version was already here, identical: nothing done.")
+
+
 class _Conflict(Exception):
     """The branch moved under a parent_commit compare-and-swap."""
+
+
+def _pull_ref(ref: str) -> str:
+    """``vN``, ``N`` (-> ``vN``), ``latest`` or an alias name.
+
+    Raises:
+        InvalidNameError: Anything else.
+    """
+    if isinstance(ref, str) and re.fullmatch(r"[0-9]+", ref):
+        ref = f"v{int(ref)}"
+    if ref == LATEST or (isinstance(ref, str) and is_version(ref)):
+        return ref
+    return check_alias(ref)
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -219,8 +259,15 @@ class HubMirror:
                 text = text.replace(s, "<redacted>")
         return text
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one Hub call with retries and exponential backoff on transient failures."""
+    def _call(self, what: str, fn: Callable[[], T], *, hint: str = _SYNC_HINT, not_found: str | None = None) -> T:
+        """Run one Hub call with retries and exponential backoff on transient failures.
+
+        Args:
+            what: The call, for messages.
+            fn: The call.
+            hint: What the final error tells the user to do.
+            not_found: With it, HTTP 404 raises :class:`NotFoundError` with this message.
+        """
         from huggingface_hub.errors import HfHubHTTPError
 
         delay = self.config.backoff_s
@@ -231,11 +278,12 @@ class HubMirror:
                 status = e.response.status_code if e.response is not None else None
                 if status == 412 or (status == 409 and "parent" in str(e).lower()):
                     raise _Conflict(what) from None
+                if status == 404 and not_found is not None:
+                    raise NotFoundError(self._redact(not_found)) from None
                 if status not in _RETRIABLE or attempt == self.config.max_attempts:
                     raise MirrorError(self._redact(
                         f"{what} failed on {self._endpoint()} (HTTP {status}) after {attempt} "
-                        f"attempt(s): {str(e).splitlines()[0]}; local store unchanged, rerun "
-                        "`so8t registry mirror --sync` when the Hub is reachable"
+                        f"attempt(s): {str(e).splitlines()[0]}; {hint}"
                     )) from None
                 reason = f"HTTP {status}"
             except Exception as e:
@@ -247,8 +295,7 @@ class HubMirror:
                     cause = (f"cannot reach {self._endpoint()} ({type(e).__name__})" if unreachable
                              else f"{type(e).__name__} talking to {self._endpoint()}")
                     raise MirrorError(self._redact(
-                        f"{what} failed: {cause} after {attempt} attempt(s); local store unchanged, rerun "
-                        "`so8t registry mirror --sync` later"
+                        f"{what} failed: {cause} after {attempt} attempt(s); {hint}"
                     )) from None
                 reason = type(e).__name__
             logger.warning("%s: %s (attempt %d/%d), retrying in %.2f s", what, reason, attempt,
@@ -256,6 +303,189 @@ class HubMirror:
             self._sleep(delay)
             delay = min(delay * 2, self.config.backoff_max_s)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------- pull
+    def pull(self, name: str, ref: str = PRODUCTION, *, progress: bool = False) -> PullReport:
+        """Fill the local registry with one version from the Hub, every file verified against its manifest.
+
+        ``ref`` is ``vN`` (or ``N``), ``latest`` (the highest ``vN`` tag) or an alias, resolved on the Hub
+        side: the aliases recorded in ``so8t-registry.json`` on ``main`` (what :meth:`sync` writes). The
+        version's manifest is read from ``so8t-registry.json`` at its ``vN`` tag; each file missing from the
+        local store is downloaded at that tag, re-hashed, and becomes a blob only if its sha256 and size
+        match the manifest; the manifest is linked last (:meth:`registry.store.Registry.adopt`), so an
+        outage or a crash leaves nothing visible, and a rerun downloads only the files still missing.
+
+        Only the version is pulled: local aliases, states and history stay as they are (the local
+        registry is the truth for its own promotions); the version arrives as a candidate here.
+
+        Args:
+            name: Model name (the repository holds this model).
+            ref: Version, alias or ``latest``.
+            progress: Show a progress bar over the bytes to download (stderr).
+
+        Raises:
+            NotFoundError: The repository, the version or the alias does not exist on the Hub.
+            IntegrityError: A downloaded file does not match the manifest; nothing is published.
+            StateError: The local registry has this version number with different content.
+            MirrorError: The Hub failed (after retries) or holds something that is not this model.
+        """
+        from huggingface_hub import HfApi
+
+        check_model_name(name)
+        ref = _pull_ref(ref)
+        repo = self.config.repo_id
+        hint = f"nothing published; rerun `so8t registry pull {name}@{ref}` to resume (verified files are kept)"
+        api = HfApi(endpoint=self._endpoint(), token=self._token)
+        version, commit = self._resolve_remote(api, name, ref, hint)
+        m = self._remote_manifest(api, name, version, commit, hint)
+        base = dict(repo_id=repo, name=name, ref=ref, version=version, commit=commit, files=len(m.files))
+        if self.registry.local_copy(m) is not None:
+            logger.info("%s %s is already in %s, identical: nothing to pull", name, version, self.registry.root)
+            self._record_tag(name, version, commit)
+            return PullReport(**base, already_local=True)
+
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers, tqdm
+
+        todo = sum(f.size for f in {f.sha256: f for f in m.files if not self.registry.blobs.exists(f.sha256)}.values())
+        # one bar over every byte to download (the client advances it chunk by chunk); a disabled one without progress
+        bar = tqdm(total=todo, unit="B", unit_scale=True, unit_divisor=1024, desc=f"pull {name} {version}",
+                   disable=not progress or None)
+        headers = build_hf_headers(token=self._token)
+        self.registry.blobs.ensure()
+        # one download folder per (Hub, model, version), kept when a pull fails: a rerun resumes its partial files
+        # (HTTP Range) from there; gc removes it once stale. The version's pull lock keeps a second pull of the same
+        # version from writing into the same partial files.
+        key = hashlib.sha1(f"{self._endpoint()}/{repo}".encode()).hexdigest()[:8]
+        staging = self.registry.blobs.tmp_dir / f"pull-{name}-{version}-{key}"
+        finished = [0]
+
+        def fetch(f: FileEntry) -> Path:
+            staging.mkdir(exist_ok=True)
+            part = staging / f"{f.sha256}.part"
+            url = hf_hub_url(repo, f.path, revision=commit, endpoint=self._endpoint())
+
+            def download() -> Path:
+                with open(part, "ab") as fh:
+                    done = fh.tell()
+                    if done > f.size:  # longer than it can be: start over
+                        fh.seek(0)
+                        fh.truncate()
+                        done = 0
+                    bar.n = finished[0] + done  # a retry resumes where the last attempt stopped
+                    bar.refresh()
+                    http_get(url, fh, resume_size=done, headers=headers, displayed_filename=f.path, _tqdm_bar=bar)
+                finished[0] += f.size
+                return part
+
+            return self._call(f"download {f.path} of {name} {version}", download, hint=hint,
+                              not_found=f"{repo}@{version} has no file {f.path}, which its manifest lists: the tag is "
+                                        "damaged; nothing published")
+
+        lock = self._state_path(name).parent / f"pull-{version}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with file_lock(lock, timeout_s=self.registry.lock_timeout_s):
+                _linked, fetched = self.registry.adopt(m, fetch)
+        except IntegrityError as e:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing of a refused download is reused
+            raise IntegrityError(f"{repo}@{version}: {e}") from None
+        finally:
+            bar.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        self._record_tag(name, version, commit)
+        sizes = {f.path: f.size for f in m.files}
+        skipped = tuple(p for p in sizes if p not in fetched)
+        logger.info("pulled %s %s from %s@%s: %d file(s) downloaded, %d already here", name, version, repo,
+                    commit[:8], len(fetched), len(skipped))
+        return PullReport(**base, fetched=fetched, fetched_bytes=sum(sizes[p] for p in fetched), skipped=skipped,
+                          skipped_bytes=sum(sizes[p] for p in skipped))
+
+    def _resolve_remote(self, api: Any, name: str, ref: str, hint: str) -> tuple[str, str]:
+        """(version, tag commit) that ``ref`` names on the Hub."""
+        repo = self.config.repo_id
+        refs = self._call("list refs", lambda: api.list_repo_refs(repo), hint=hint, not_found=(
+            f"no repository {repo} on {self._endpoint()} (HTTP 404): check --repo_id / ${ENV_REPO} and that the "
+            "token (HF_TOKEN) may read it"))
+        tags = {t.name: t.target_commit for t in refs.tags if is_version(t.name)}
+        listed = ", ".join(sorted(tags, key=lambda v: int(v[1:]))) or "none"
+        if ref == LATEST:
+            if not tags:
+                raise NotFoundError(f"{repo} has no version tags (vN) yet: nothing to pull; run "
+                                    f"`so8t registry mirror {name} --sync` on the host that built it")
+            version = max(tags, key=lambda v: int(v[1:]))
+        elif is_version(ref):
+            version = ref
+        else:
+            main = next((b.target_commit for b in refs.branches if b.name == "main"), None)
+            doc = self._registry_doc(api, main, "main", hint) if main else {}
+            if doc.get("model") not in (None, name):
+                raise MirrorError(f"{repo} mirrors model {doc.get('model')!r}, not {name!r}: check --repo_id")
+            aliases = doc.get("aliases") if isinstance(doc.get("aliases"), dict) else {}
+            version = aliases.get(ref)
+            if not isinstance(version, str) or not is_version(version):
+                there = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+                raise NotFoundError(f"alias {ref!r} of {name!r} is not set on {repo} (aliases there: {there}; "
+                                    f"versions: {listed}): pull {name}@vN or {name}@{LATEST}")
+        if version not in tags:
+            raise NotFoundError(f"version {version} of {name!r} is not on {repo} (versions there: {listed})"
+                                + (f"; the alias {ref!r} points at it but it was never uploaded (see "
+                                   f"`so8t registry mirror {name}` on the host that built it)" if version != ref else ""))
+        return version, tags[version]
+
+    def _registry_doc(self, api: Any, revision: str, where: str, hint: str) -> dict[str, Any]:
+        """``so8t-registry.json`` at ``revision`` ({} when that revision has none)."""
+        repo = self.config.repo_id
+        if REGISTRY_FILE not in self._call("list tree", lambda: [
+                e.path for e in api.list_repo_tree(repo, revision=revision)], hint=hint):
+            return {}
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers, tqdm
+
+        url = hf_hub_url(repo, REGISTRY_FILE, revision=revision, endpoint=self._endpoint())
+
+        def read() -> bytes:
+            buf = io.BytesIO()
+            http_get(url, buf, headers=build_hf_headers(token=self._token), _tqdm_bar=tqdm(disable=True))
+            return buf.getvalue()
+
+        raw = self._call(f"read {REGISTRY_FILE}", read, hint=hint)
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise MirrorError(f"{REGISTRY_FILE} at {repo}@{where} is not valid JSON ({e}); nothing published") from None
+        if not isinstance(doc, dict):
+            raise MirrorError(f"{REGISTRY_FILE} at {repo}@{where} is not a JSON object; nothing published")
+        return doc
+
+    def _remote_manifest(self, api: Any, name: str, version: str, commit: str, hint: str) -> VersionManifest:
+        repo = self.config.repo_id
+        doc = self._registry_doc(api, commit, version, hint)
+        if not doc:
+            raise MirrorError(f"{repo}@{version} has no {REGISTRY_FILE}: it was not made by `so8t registry mirror`, "
+                              "so its files cannot be verified; nothing published")
+        try:
+            m = VersionManifest.model_validate(doc.get("manifest"))
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise MirrorError(f"{REGISTRY_FILE} at {repo}@{version}: manifest field "
+                              f"{'.'.join(map(str, err['loc'])) or '(root)'} {err['msg']}; nothing published") from None
+        if (m.name, m.version) != (name, version):
+            raise MirrorError(f"{repo}@{version} holds {m.name} {m.version}, not {name} {version}: check --repo_id; "
+                              "nothing published")
+        return m
+
+    def _record_tag(self, name: str, version: str, commit: str) -> None:
+        """Remember that ``version`` is on the Hub at ``commit`` (a later sync from here skips it)."""
+        lock = self._state_path(name).with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(lock, timeout_s=self.registry.lock_timeout_s):
+            state = self.load_state(name)
+            if state.tags.get(version) != commit:
+                state.tags[version] = commit
+                self._save(name, state)
 
     # ------------------------------------------------------------------- sync
     def sync(self, name: str, *, raise_on_error: bool = False) -> SyncReport:

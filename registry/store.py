@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from pydantic import JsonValue, ValidationError
 from registry import aliases as al
 from registry.blobs import BlobStore
 from registry.checks import verify_store
-from registry.errors import InvalidInputError, NotFoundError, RegistryError
+from registry.errors import IntegrityError, InvalidInputError, NotFoundError, RegistryError, StateError
 from registry.fsio import create_exclusive, remove
 from registry.locks import DEFAULT_TIMEOUT_S, GC_LOCK, rw_lock
 from registry.modelcard import RESERVED_PATHS
@@ -191,6 +192,76 @@ class Registry:
         logger.info("published %s %s (%d files, %d bytes)", name, manifest.version,
                     len(manifest.files), manifest.total_size)
         return manifest
+
+    def adopt(self, manifest: VersionManifest, fetch: Callable[[FileEntry], Path]) -> tuple[bool, tuple[str, ...]]:
+        """Make a version built in another registry visible here under its own number (``registry.hub`` pull).
+
+        Under the shared gc lock, every file whose blob is missing (or no longer re-hashes to its name) is
+        obtained with ``fetch(entry)``, which returns a file in :attr:`BlobStore.tmp_dir` (same file system);
+        it becomes a blob only if it hashes to the manifest's sha256 and size. The manifest is linked last, so
+        the version appears complete or not at all; blobs of an interrupted adopt stay (a rerun skips them)
+        until it completes or gc collects them. Lineage parents are not required to be here.
+
+        Returns:
+            ``(linked, fetched)``: whether the manifest was linked now (False: an identical one was already
+            there) and the paths ``fetch`` was called for.
+
+        Raises:
+            IntegrityError: A fetched file does not match the manifest (nothing is published).
+            StateError: This registry already has ``manifest.version`` with different content.
+        """
+        name, version = manifest.name, manifest.version
+        check_model_name(name)
+        if self.local_copy(manifest) is not None:
+            return False, ()
+        self.blobs.ensure()
+        fetched: list[str] = []
+        with rw_lock(self.root / GC_LOCK, write=False, timeout_s=self.lock_timeout_s):
+            for f in manifest.files:
+                if self.blobs.exists(f.sha256):
+                    try:
+                        self.blobs.verify(f.sha256, f.size)
+                        continue
+                    except IntegrityError as e:
+                        logger.warning("%s %s: local blob of %s is damaged (%s): fetching it again", name, version,
+                                       f.path, e)
+                tmp = fetch(f)
+                try:
+                    self.blobs.adopt_file(Path(tmp), f.sha256, f.size)
+                except IntegrityError as e:
+                    raise IntegrityError(f"{name} {version}: {f.path} refused: {e}; nothing published") from None
+                fetched.append(f.path)
+            path = self._manifest_path(name, version)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            linked = create_exclusive(path, manifest.model_dump_json(indent=1).encode(), tmp_dir=self.blobs.tmp_dir)
+        if not linked:
+            self.local_copy(manifest)  # another process linked it first: the same, or refuse
+        logger.info("adopted %s %s (%d files, %d fetched)", name, version, len(manifest.files), len(fetched))
+        return linked, tuple(fetched)
+
+    def local_copy(self, manifest: VersionManifest) -> VersionManifest | None:
+        """This registry's manifest of ``manifest.version`` if it is identical to ``manifest``, None if the
+        version is not here.
+
+        Raises:
+            StateError: The version exists here with different content (files or metadata).
+        """
+        path = self._manifest_path(manifest.name, manifest.version)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        local = parse_stored(VersionManifest, raw, str(path))
+        if local != manifest:
+            ours = {f.path: f.sha256 for f in local.files}
+            theirs = {f.path: f.sha256 for f in manifest.files}
+            diff = sorted(p for p in ours.keys() | theirs.keys() if ours.get(p) != theirs.get(p))
+            what = f"files {diff[:5]} differ" if diff else "same files, different metadata (created_at/metrics/parameters)"
+            raise StateError(
+                f"{manifest.name} {manifest.version} already exists in {self.root} with different content ({what}): "
+                "versions are numbered per registry, so this one was built here independently; pull into an empty "
+                "registry, or use this registry's own version")
+        return local
 
     def _collect(self, source: Path | str | Mapping[str, FileSource]) -> dict[str, FileSource]:
         if isinstance(source, Mapping):
@@ -443,7 +514,10 @@ class Registry:
                     if t.name.startswith("blob-") or _mtime(t) < cutoff]
             if not dry_run:
                 for t in tmps:
-                    remove(t)
+                    if t.is_dir() and not t.is_symlink():  # an interrupted Hub pull's download folder
+                        shutil.rmtree(t, ignore_errors=True)
+                    else:
+                        remove(t)
         logger.info("gc: %d blobs (%d bytes), %d temporaries%s", len(removed), freed, len(tmps),
                     " (dry run)" if dry_run else "")
         return GcReport(removed_blobs=tuple(removed), removed_tmp=len(tmps), freed_bytes=freed,

@@ -90,6 +90,10 @@ class MirrorSettings(BaseModel):
     endpoint: str | None = Field(None, description="Hub URL; None: $SO8T_HF_ENDPOINT / $HF_ENDPOINT / huggingface.co.")
 
 
+MIRROR_DESCRIPTION = ("Hugging Face Hub mirror: versions are pushed after a publish, promotion or rollback, and a "
+                      "version missing from the local registry is pulled from it.")
+
+
 class ServiceSettings(BaseModel):
     """A decision service (``so8t serve``) that follows the alias: after a promotion or rollback the flow waits
     until it serves the new version (skipped when no URL is configured; the alias itself is the contract)."""
@@ -112,6 +116,7 @@ class _Target(BaseModel):
     work_dir: str = Field(default_factory=lambda: os.environ.get(ENV_WORK_DIR) or "outputs/so8t",
                           description="Where stage outputs, exports and their cache records go (one sub-directory per "
                                       "input digest); default: $SO8T_WORK_DIR, else outputs/so8t.")
+    mirror: MirrorSettings = Field(default_factory=MirrorSettings, description=MIRROR_DESCRIPTION)
 
 
 class _Build(BaseModel):
@@ -133,7 +138,6 @@ class _Promotion(BaseModel):
     ab: ABSettings = Field(default_factory=ABSettings, description="A/B comparison with production.")
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description="Held-out evaluation of the calibrated candidate.")
     smoke: SmokeSettings = Field(default_factory=SmokeSettings, description="Post-promotion smoke test.")
-    mirror: MirrorSettings = Field(default_factory=MirrorSettings, description="Hub mirror after a promotion or rollback.")
     service: ServiceSettings = Field(default_factory=ServiceSettings, description="Decision service to wait for.")
 
 
@@ -174,7 +178,7 @@ class RollbackParams(BaseModel):
     model: ModelRef = Field(default_factory=ModelRef, description="Registry model and root.")
     to: str | None = Field(None, description="Version to restore ('vN'); None: the previous production version.")
     reason: str = Field("manual rollback", description="Why (recorded in the registry history).")
-    mirror: MirrorSettings = Field(default_factory=MirrorSettings, description="Hub mirror after the rollback.")
+    mirror: MirrorSettings = Field(default_factory=MirrorSettings, description=MIRROR_DESCRIPTION)
     service: ServiceSettings = Field(default_factory=ServiceSettings, description="Decision service to wait for.")
 
 

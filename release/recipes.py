@@ -4,7 +4,8 @@ Each recipe takes its parameters (:mod:`release.params`) and a :class:`release.s
 one runs every stage here and now (``so8t release ...``, Python, the orchestration benchmark's direct
 twin); ``tasks.stages.PrefectStages`` runs them as Prefect tasks, which is all the flows in ``flows/`` add.
 
-- :func:`build_candidate`: train -> bake -> convert -> quantize -> publish a candidate (and report it).
+- :func:`build_candidate`: train -> bake -> convert -> quantize -> publish a candidate, mirror it to the Hub
+  (when configured) and report it.
 - :func:`calibrate_gate_promote`: a candidate is calibrated, evaluated on the held-out files, A/B-compared
   with production, and published as a new version holding its files plus its calibration (lineage parent:
   the candidate). Gate failure: both are rejected, production is untouched, the run fails naming the
@@ -13,6 +14,10 @@ twin); ``tasks.stages.PrefectStages`` runs them as Prefect tasks, which is all t
   data, else production rolls back to the newest earlier production version that passes.
 - :func:`run_pipeline`: both, the second on the candidate the first built.
 - :func:`rollback`: production back to the previous or a given version.
+
+A version a recipe reads but this host never built (the candidate of a ``candidate.published`` event from another
+host, the Hub's production, a rollback target) is pulled from the Hub mirror first when one is configured
+(:meth:`release.stages.Stages.ensure_local`).
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ def build_candidate(params: RetrainParams, stages: Stages) -> CandidateSummary:
         lineage={"base_model": plan.base_model, "dataset_hashes": plan.dataset_hashes, "code_revision": code_revision()},
         description=f"candidate: SO8T on {plan.base_model}, {trained.global_step} steps, {conv_cfg.quants[0]}",
         title="Candidate published")
+    stages.mirror(params.mirror, root, name)  # before the event: a worker on another host pulls it from the Hub
     if params.emit_event:
         stages.event("candidate.published", name, manifest.version,
                      {"registry_root": root, "main_gguf": main, "run_dir": plan.run_dir})
@@ -170,8 +176,9 @@ def publish_calibrated(p: CalibrateAndPromoteParams, cand: VersionManifest, stag
 def calibrate_gate_promote(params: CalibrateAndPromoteParams, stages: Stages) -> PromotionSummary:
     """Calibrate a candidate (or re-calibrate production), gate it, promote with a smoke test (module docstring)."""
     name, root = params.model.name, params.model.registry_root
-    info = resolve_version(root, name, params.version or find_candidate(root, name))
-    if info.is_production:
+    ref = params.version or find_candidate(root, name)
+    info = resolve_version(root, name, stages.ensure_local(root, name, ref, params.mirror))
+    if info.is_production or ref == PRODUCTION:  # the latter: this host lacked production and pulled the Hub's
         return recalibrate_production(params, info.manifest.version, stages)
     candidate, production = info.manifest.version, production_version(root, name)
 
@@ -216,6 +223,7 @@ def calibrate_gate_promote(params: CalibrateAndPromoteParams, stages: Stages) ->
 def recalibrate_production(p: CalibrateAndPromoteParams, production: str, stages: Stages) -> PromotionSummary:
     """Re-calibrate production on the given data; roll back to an earlier passing version if it fails."""
     name, root = p.model.name, p.model.registry_root
+    production = stages.ensure_local(root, name, production, p.mirror)
     data = Path(p.calibration.val_data).name
     _, run = calibrate_version(p, production, f"Re-calibration of production {production}", stages)
     decision = stages.gate(run.result, p.gate, f"Gate of production {production} on {data}")
@@ -252,7 +260,8 @@ def run_pipeline(params: PipelineParams, stages: Stages) -> PipelineSummary:
 def rollback(params: RollbackParams, stages: Stages) -> HistoryEntry | None:
     """Move production back to the previous or a given version; mirror it and wait for the service."""
     root, name = params.model.registry_root, params.model.name
-    entry = stages.rollback(root, name, params.to, params.reason)
+    to = stages.ensure_local(root, name, params.to, params.mirror) if params.to else None
+    entry = stages.rollback(root, name, to, params.reason)
     stages.mirror(params.mirror, root, name)
     if entry is not None:
         stages.wait_served(params.service, name, entry.to_version)

@@ -20,7 +20,7 @@ from release.evaluation import EvaluationSummary, run_heldout
 from release.gate import CalibrationRun, gate_decision
 from release.layout import convert_f16, quantize_gguf
 from release.smoke import SmokeReport, SmokeSettings, raise_if_failed, run_smoke_test
-from release.versions import publish_version
+from release.versions import ensure_local, mirror_configured, publish_version
 from so8t.export.bake import BakeConfig, BakeReport
 from so8t.calibrate.calibration import CalibrationResult
 from so8t.calibrate.cli import DIAGRAM_FILE, RESULTS_FILE, CalibrateCommandConfig
@@ -33,15 +33,6 @@ logger = logging.getLogger("so8t.release")
 
 #: Lifecycle events a recipe reports (the Prefect stages emit them as ``so8t.<kind with dots>`` events).
 EVENTS = ("candidate.published", "gate.failed", "production.rolled_back")
-
-
-def mirror_configured(settings: Any) -> bool:
-    """Whether a Hub repository is configured for the mirror (``settings.repo_id`` or ``$SO8T_HF_REPO``)."""
-    import os
-
-    from registry.hub import ENV_REPO
-
-    return bool(settings.repo_id or os.environ.get(ENV_REPO))
 
 
 class Stages:
@@ -144,7 +135,11 @@ class Stages:
                  evidence: dict[str, Any] | None = None) -> HistoryEntry | None:
         return Registry(root).rollback(name, to=to, reason=reason, evidence=evidence)
 
-    # ------------------------------------------------------------------ after a change of production
+    # ------------------------------------------------------------------ the Hub mirror
+    def ensure_local(self, root: str | None, name: str, ref: str, settings: Any) -> str:
+        """The local version ``ref`` names, pulled from the Hub mirror when this registry lacks it."""
+        return ensure_local(root, name, ref, settings)
+
     def mirror(self, settings: Any, root: str | None, name: str) -> None:
         from registry.hub import HubMirror, MirrorConfig
 

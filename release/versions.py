@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,8 @@ from pydantic import BaseModel
 
 from registry import PRODUCTION, NotFoundError, Registry, VersionManifest, VersionState
 from so8t.digests import file_digest
+
+logger = logging.getLogger("so8t.release")
 
 
 def open_registry(root: str | None) -> Registry:
@@ -97,3 +102,53 @@ def earlier_production_versions(reg: Registry, name: str, before: str) -> list[s
     n = int(before[1:])
     return [v.version for v in reversed(reg.list_versions(name))
             if int(v.version[1:]) < n and v.state == VersionState.ARCHIVED]
+
+
+def mirror_configured(settings: Any) -> bool:
+    """Whether a Hub repository is configured for the mirror (``settings.repo_id`` or ``$SO8T_HF_REPO``)."""
+    from registry.hub import ENV_REPO
+
+    return bool((settings is not None and settings.repo_id) or os.environ.get(ENV_REPO))
+
+
+def pull_version(root: str | None, name: str, ref: str, mirror: Any) -> Any:
+    """Pull ``name@ref`` from the Hub mirror into the registry at ``root`` (a :class:`registry.hub.PullReport`).
+
+    ``mirror`` has ``repo_id`` and ``endpoint`` (:class:`release.params.MirrorSettings`; None fields fall back to
+    ``$SO8T_HF_REPO`` / ``$SO8T_HF_ENDPOINT``).
+    """
+    from registry.hub import HubMirror, MirrorConfig
+
+    cfg = MirrorConfig.from_env(repo_id=getattr(mirror, "repo_id", None), endpoint=getattr(mirror, "endpoint", None))
+    return HubMirror(open_registry(root), cfg).pull(name, ref)
+
+
+def ensure_local(root: str | None, name: str, ref: str, mirror: Any, *,
+                 pull: Callable[[str | None, str, str, Any], Any] = pull_version) -> str:
+    """The local version ``ref`` names, pulled from the Hub mirror first when it is not here.
+
+    ``ref`` (``vN``, ``N`` or an alias) is resolved in the local registry; when that fails and a mirror is
+    configured (:func:`mirror_configured`), the version is pulled (an alias is then resolved on the Hub's
+    side, e.g. the Hub's production) and its number returned. Local aliases are not changed.
+
+    Args:
+        root: Registry root (None: ``$SO8T_REGISTRY`` or ``~/.cache/so8t/registry``).
+        name: Model name.
+        ref: Version or alias.
+        mirror: Mirror settings (``repo_id``, ``endpoint``) or None.
+        pull: What pulls (the Prefect stages pass their task); returns a report with ``.version``.
+
+    Raises:
+        NotFoundError: Not here, and no mirror is configured or the Hub does not have it either.
+    """
+    try:
+        return open_registry(root).resolve(name, ref)
+    except NotFoundError as e:
+        if not mirror_configured(mirror):
+            raise
+        local = str(e)
+    logger.info("%s %s is not in the local registry (%s): pulling it from the Hub mirror", name, ref, local)
+    try:
+        return pull(root, name, ref, mirror).version
+    except NotFoundError as e:
+        raise NotFoundError(f"{name} {ref} is neither in the local registry nor on the Hub mirror: {e}") from None

@@ -36,7 +36,7 @@ from tasks.checklists import show_checklist
 from tasks.evaluation import evaluate_task
 from tasks.events import CANDIDATE_PUBLISHED, GATE_FAILED, PRODUCTION_ROLLED_BACK, emit_model_event
 from tasks.gguf import convert_task, quantize_task
-from tasks.mirror import mirror_if_configured
+from tasks.mirror import ensure_local_or_pull, mirror_if_configured
 from tasks.registry import promote_task, publish_task, reject_task, rollback_task
 from tasks.serving import wait_served_task
 from tasks.smoke import smoke_test_task
@@ -116,6 +116,9 @@ class PrefectStages(Stages):
     def rollback(self, root: str | None, name: str, to: str | None, reason: str,
                  evidence: dict[str, Any] | None = None) -> HistoryEntry | None:
         return rollback_task(root, name, to=to, reason=reason, evidence=opaque(evidence) if evidence else None)
+
+    def ensure_local(self, root: str | None, name: str, ref: str, settings: Any) -> str:
+        return ensure_local_or_pull(settings, root, name, ref)
 
     def mirror(self, settings: Any, root: str | None, name: str) -> None:
         mirror_if_configured(settings, root, name)

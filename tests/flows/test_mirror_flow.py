@@ -73,3 +73,46 @@ def test_rollback_flow_mirrors_production_to_the_hub_through_a_brief_outage(pipe
         assert SECRET not in str(art.data) and SECRET not in (art.description or "")
     assert any(SECRET in h for h in hub.auth_headers)  # the token went to the Hub, in the Authorization header only
     assert not any(SECRET in Path(p).read_text(errors="ignore") for p in Path(reg_root).rglob("*.json"))
+
+
+def test_prefect_stages_pull_a_missing_version_as_one_task_and_never_retry_a_bad_digest(prefect_api, hub, tmp_path):
+    """PrefectStages.ensure_local: nothing to do (no task run) when the version is here; a pull-from-hub task run
+    when it is not; a tampered file fails that task at once (a retry cannot fix a bad digest) with nothing visible."""
+    import uuid
+
+    from prefect import flow, tags
+
+    from registry import Registry
+    from registry.hub import HubMirror, MirrorConfig
+    from release.params import MirrorSettings
+    from tasks.stages import PrefectStages
+    from tests.flows.helpers import task_runs_tagged
+
+    a = Registry(tmp_path / "a")
+    for payload in (b"one" * 2000, b"two" * 2000):
+        a.publish("pulled", {"model.gguf": payload, "Modelfile": b"FROM ./model.gguf\n"})
+    cfg = MirrorConfig(repo_id=REPO_ID, endpoint=hub.url, backoff_s=0)
+    assert HubMirror(a, cfg).sync("pulled").ok
+    settings = MirrorSettings(repo_id=REPO_ID, endpoint=hub.url)
+    b = tmp_path / "b"
+
+    @flow(name="pull-check")
+    def check(ref: str) -> str:
+        return PrefectStages().ensure_local(str(b), "pulled", ref, settings)
+
+    tag = f"t-{uuid.uuid4().hex[:8]}"
+    with tags(tag):
+        assert check("v1") == "v1"
+        assert check("v1") == "v1"  # here now: no task run
+    runs = task_runs_tagged(tag)
+    assert [r.name.rsplit("-", 1)[0] for r in runs] == ["pull-from-hub"] and runs[0].state_type.value == "COMPLETED"
+    assert Registry(b).manifest("pulled", "v1") == a.manifest("pulled", "v1")
+
+    gguf = a.manifest("pulled", "v2").file("model.gguf").sha256
+    hub.lfs[gguf] = b"x" * len(hub.lfs[gguf])
+    tag2 = f"t-{uuid.uuid4().hex[:8]}"
+    with tags(tag2), pytest.raises(Exception, match="model.gguf refused: expected sha256"):
+        check("v2")
+    runs = task_runs_tagged(tag2)
+    assert len(runs) == 1 and runs[0].run_count == 1 and runs[0].state_type.value == "FAILED"  # not retried
+    assert [v.version for v in Registry(b).list_versions("pulled")] == ["v1"]
