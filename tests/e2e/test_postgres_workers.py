@@ -256,7 +256,7 @@ def test_retrain_on_the_gpu_worker_and_the_event_promotes_on_the_cpu_worker(scen
     assert scenario["triggered"]["state_type"] == "COMPLETED", scenario["triggered"]["state"]["message"]
     assert cpu.manifest(NAME, "v1").files == cand.files  # pulled from the Hub, identical
     assert scenario["after_trigger"]["production"] == "v2"
-    assert cpu.manifest(NAME, "v2").lineage.parent == "v1"
+    assert cpu.manifest(NAME, "v2").lineage.parents == ("v1",)
 
 
 def test_killing_the_cpu_worker_crashes_the_run_and_a_rerun_reuses_its_cache(scenario):
