@@ -49,13 +49,16 @@ TOKEN = "hf_pgSECRETtoken0123456789abcdef"
 ZOMBIE_AFTER_S = 60
 VAL_A, VAL_B = "data/safety_val.jsonl", "data/ab_eval_safety.jsonl"  # paths inside the worker's clone
 HELDOUT = "data/ab_eval_safety.jsonl"
+# the killed run's held-out evaluation (829 records, ~5 s here) keeps it busy between the calibration's cache
+# record and the promotion, so the kill lands in between
+HELDOUT_LONG = "data/decision_test.jsonl"
 LOOSE_GATE = {"ece_max": 1.0, "far_max": 1.0, "macro_f1_min": 0.0}
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-def promotion_params(version: str | None, val_data: str) -> dict[str, Any]:
+def promotion_params(version: str | None, val_data: str, heldout: str = HELDOUT) -> dict[str, Any]:
     p: dict[str, Any] = {"model": {"name": NAME}, "calibration": {"val_data": val_data},
-                         "evaluation": {"data": HELDOUT}, "gate": LOOSE_GATE}
+                         "evaluation": {"data": heldout}, "gate": LOOSE_GATE}
     if version is not None:
         p["version"] = version
     return {"params": p}
@@ -194,12 +197,14 @@ def scenario(stack, hub, tiny_llama, train_file):
     # 3. a second calibration of v1, killed with its worker once the calibration's cache record exists
     records = cpu_dir / "work" / "calibration" / NAME / "v1" / ".prefect-cache"
     before = set(records.glob("*")) if records.exists() else set()
-    killed_id = run_deployment(api, "so8t-calibrate-and-promote/calibrate-and-promote", promotion_params("v1", VAL_B))
+    killed_id = run_deployment(api, "so8t-calibrate-and-promote/calibrate-and-promote", promotion_params("v1", VAL_B, HELDOUT_LONG))
     worker = next(w for w in stack.workers if w.name == "cpu")
-    deadline = time.monotonic() + 900
+    deadline, polls = time.monotonic() + 900, 0
     while not (set(records.glob("*")) - before):
-        run = api_call(api, f"/flow_runs/{killed_id}")
-        assert run["state_type"] not in FINAL, f"the run ended ({run['state_name']}) before its calibration was cached"
+        polls += 1
+        if polls % 40 == 0:  # the API every ~2 s, the directory every 50 ms
+            run = api_call(api, f"/flow_runs/{killed_id}")
+            assert run["state_type"] not in FINAL, f"the run ended ({run['state_name']}) before its calibration was cached"
         assert time.monotonic() < deadline, "no calibration cache record appeared"
         time.sleep(0.05)
     out["killed_groups"] = kill_tree(worker.pid, signal.SIGKILL)
@@ -211,7 +216,7 @@ def scenario(stack, hub, tiny_llama, train_file):
     # 4. the CPU worker comes back (same directory, registry, cache); the run is repeated
     stack.start_worker("cpu", POOLS["cpu"], limit=1, env={"SO8T_HF_REPO": HUB_REPO, "SO8T_HF_ENDPOINT": hub.url,
                                                          "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1"}, query_s=2)
-    rerun_id = run_deployment(api, "so8t-calibrate-and-promote/calibrate-and-promote", promotion_params("v1", VAL_B))
+    rerun_id = run_deployment(api, "so8t-calibrate-and-promote/calibrate-and-promote", promotion_params("v1", VAL_B, HELDOUT_LONG))
     out["rerun"] = wait_final(api, rerun_id, 900, logs("cpu"))
     out["rerun_tasks"] = task_runs(api, rerun_id)
     out["after_rerun"] = dict(Registry(cpu_dir / "registry").state(NAME).aliases)
