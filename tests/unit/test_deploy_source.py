@@ -150,3 +150,14 @@ def test_stack_help_explains_every_flag():
             assert a.help and len(a.help) > 10, (name, a.option_strings)
     assert {"--snapshot", "--zombie-after", "--workers", "--pg-dir"} <= {
         o for a in sub.choices["up"]._actions for o in a.option_strings}
+
+
+def test_work_dir_defaults_to_the_workers_own(monkeypatch):
+    from release.params import CalibrateAndPromoteParams, RetrainParams
+
+    monkeypatch.delenv("SO8T_WORK_DIR", raising=False)
+    assert RetrainParams().work_dir == "outputs/so8t"
+    monkeypatch.setenv("SO8T_WORK_DIR", "/srv/worker-a/work")
+    assert RetrainParams().work_dir == CalibrateAndPromoteParams().work_dir == "/srv/worker-a/work"
+    assert RetrainParams(work_dir="/elsewhere").work_dir == "/elsewhere"  # an explicit parameter wins
+    assert "work_dir" not in RetrainParams.model_json_schema().get("required", [])  # the UI form may leave it empty
