@@ -133,7 +133,8 @@ def load_base(model_dir: Path, cfg: TrainConfig) -> tuple[nn.Module, Any]:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
         )
-        kwargs["device_map"] = {"": 0} if _device_is_cuda() else {"": "cpu"}
+        # each process of a launched run holds its own copy on its own GPU (torchrun's LOCAL_RANK)
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))} if _device_is_cuda() else {"": "cpu"}
     from so8t.base_models import load_causal_lm
 
     return load_causal_lm(model_dir, **kwargs), tok
@@ -386,8 +387,10 @@ def train(cfg: TrainConfig) -> Path:
 
     from so8t.base_models import resolve_base_model
 
+    from so8t.training.launch import check_world
     from so8t.training.train_data import check_file, dataset_files, load_training_data
 
+    check_world(cfg)
     # one-line errors on bad data before anything else (loading the model costs seconds)
     checked = [check_file(f) for f in dataset_files(cfg.dataset)]
     prompt = load_decision_prompt(cfg.decision_prompt)
@@ -408,7 +411,8 @@ def train(cfg: TrainConfig) -> Path:
         raise ConfigError(f"max_length {cfg.max_length} leaves no answer token in {cfg.dataset}: raise --max_length")
 
     out.mkdir(parents=True, exist_ok=True)
-    write_decision_prompt(prompt, out)  # before any checkpoint: bake and calibration read it from here
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process of a launched run writes it, the others read
+        write_decision_prompt(prompt, out)  # before any checkpoint: bake and calibration read it from here
     SO8TTrainer, LossLogCallback = _make_trainer_class()
     cuda = _device_is_cuda()
     use_bf16 = resolve_precision(cfg.precision, cuda, cfg.load_in_4bit) == "bf16"
@@ -437,10 +441,11 @@ def train(cfg: TrainConfig) -> Path:
         ddp_find_unused_parameters=False,
     )
     loss_log = out / LOSS_LOG
-    if resume is None:
-        loss_log.unlink(missing_ok=True)
-    else:
-        _truncate_loss_log(loss_log, _checkpoint_step(resume))
+    if args.process_index == 0:  # one writer: in a launched run every process gets here (a rewrite raced and lost lines)
+        if resume is None:
+            loss_log.unlink(missing_ok=True)
+        else:
+            _truncate_loss_log(loss_log, _checkpoint_step(resume))
     share = cfg.share_prompt_prefix and args.world_size == 1
     # DDP must see the wrapped model's own forward (its gradient hooks): the decoder-only path is single-process
     sparse = (cfg.sparse_lm_head and args.world_size == 1
@@ -485,6 +490,7 @@ def train(cfg: TrainConfig) -> Path:
                          "files": [{"path": str(c.path), "sha256": c.sha256, "records": c.records} for c in data.files],
                          "encoding_fingerprint": data.fingerprint},
                 "world_size": trainer.args.world_size,
+                "distributed_type": getattr(trainer.accelerator.distributed_type, "value", "NO"),  # DDP: MULTI_GPU/CPU
                 "precision": "bf16" if use_bf16 else "fp32",
                 "sparse_lm_head": sparse,
             }
