@@ -133,7 +133,8 @@ def load_base(model_dir: Path, cfg: TrainConfig) -> tuple[nn.Module, Any]:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
         )
-        kwargs["device_map"] = {"": 0} if _device_is_cuda() else {"": "cpu"}
+        # each process of a launched run holds its own copy on its own GPU (torchrun's LOCAL_RANK)
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))} if _device_is_cuda() else {"": "cpu"}
     from so8t.base_models import load_causal_lm
 
     return load_causal_lm(model_dir, **kwargs), tok
@@ -426,15 +427,17 @@ def train(cfg: TrainConfig) -> Path:
         raise ConfigError(f"max_length {cfg.max_length} leaves no answer token in {cfg.dataset}: raise --max_length")
 
     out.mkdir(parents=True, exist_ok=True)
-    write_decision_prompt(prompt, out)  # before any checkpoint: bake and calibration read it from here
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process of a launched run writes it, the others read
+        write_decision_prompt(prompt, out)  # before any checkpoint: bake and calibration read it from here
     cuda = _device_is_cuda()
     use_bf16 = resolve_precision(cfg.precision, cuda, cfg.load_in_4bit) == "bf16"
     args = _training_arguments(cfg, out, cuda, use_bf16)
     loss_log = out / LOSS_LOG
-    if resume is None:
-        loss_log.unlink(missing_ok=True)
-    else:
-        _truncate_loss_log(loss_log, _checkpoint_step(resume))
+    if args.process_index == 0:  # one writer: in a launched run every process gets here (a rewrite raced and lost lines)
+        if resume is None:
+            loss_log.unlink(missing_ok=True)
+        else:
+            _truncate_loss_log(loss_log, _checkpoint_step(resume))
     trainer = _build_trainer(cfg, model, tok, data, args, loss_log, use_bf16)
     with _disk_full_is_one_line(out):
         _train_or_finish(trainer, cfg, resume)
@@ -453,8 +456,10 @@ def train(cfg: TrainConfig) -> Path:
 def _check_before_loading(cfg: TrainConfig) -> tuple[list, DecisionPrompt, Path | None]:
     """The checks that need no model, before anything is loaded or written: ``(the checked data files, the
     decision prompt, the checkpoint to resume or None)``."""
+    from so8t.training.launch import check_world
     from so8t.training.train_data import check_file, dataset_files
 
+    check_world(cfg)
     # one-line errors on bad data before anything else (loading the model costs seconds)
     checked = [check_file(f) for f in dataset_files(cfg.dataset)]
     prompt = load_decision_prompt(cfg.decision_prompt)
@@ -548,6 +553,7 @@ def _run_record(cfg: TrainConfig, trainer: Any, model: nn.Module, *, model_dir: 
                  "files": [{"path": str(c.path), "sha256": c.sha256, "records": c.records} for c in data.files],
                  "encoding_fingerprint": data.fingerprint},
         "world_size": trainer.args.world_size,
+        "distributed_type": getattr(trainer.accelerator.distributed_type, "value", "NO"),  # DDP: MULTI_GPU/CPU
         "precision": "bf16" if use_bf16 else "fp32",
         "sparse_lm_head": trainer.sparse_head,
     }
