@@ -42,9 +42,9 @@ VARIANTS = {
 }
 
 def _demo_recipe() -> dict:
-    """The demo recipe's training settings (flows/demo.py, minus max_steps): the variants change only
+    """The demo recipe's training settings (release/demo.py, minus max_steps): the variants change only
     what the ablation is about."""
-    from flows.demo import RECIPE_COMMON, RECIPES
+    from release.demo import RECIPE_COMMON, RECIPES
 
     return dict(base_model="smollm2", dataset=str(ROOT / "data" / "decision_train.jsonl"), **RECIPE_COMMON,
                 warmup_steps=RECIPES["demo"]["warmup_steps"])

@@ -147,48 +147,9 @@ class Registry:
         versions_dir = self._model_dir(name) / "versions"
         versions_dir.mkdir(parents=True, exist_ok=True)
         with rw_lock(self.root / GC_LOCK, write=False, timeout_s=self.lock_timeout_s):
-            entries = []
-            for rel, src in sorted(files.items()):
-                digest, size = (
-                    self.blobs.put_bytes(src) if isinstance(src, bytes) else self.blobs.put_file(Path(src))
-                )
-                try:
-                    kind = ArtifactKind(kinds[rel]) if rel in kinds else infer_kind(rel)
-                except ValueError:
-                    raise InvalidInputError(
-                        f"kind {kinds[rel]!r} of {rel} is unknown: use one of "
-                        f"{[k.value for k in ArtifactKind]}"
-                    ) from None
-                entries.append(FileEntry(path=rel, sha256=digest, size=size, kind=kind))
-            check_json_payload(dict(metrics or {}), "metrics")
-            check_json_payload(dict(parameters or {}), "parameters")
-            try:
-                lin = lineage if isinstance(lineage, Lineage) else Lineage(**(lineage or {}))
-                draft = dict(
-                    name=name, files=tuple(entries), metrics=dict(metrics or {}),
-                    parameters=dict(parameters or {}), lineage=lin, flow_run_id=flow_run_id,
-                    description=description,
-                )
-                VersionManifest(version="v1", **draft)  # validate before claiming a number
-                for parent in lin.parents:
-                    pmodel, pversion = parse_parent(parent, name)
-                    if not self._manifest_path(pmodel, pversion).is_file():
-                        raise InvalidInputError(f"parent {parent!r}: model {pmodel!r} has no version {pversion} in "
-                                                f"{self.root}: see `so8t registry list {pmodel}`")
-            except ValidationError as e:
-                err = e.errors()[0]
-                raise InvalidInputError(
-                    f"version metadata rejected: {err['msg']} at {'.'.join(map(str, err['loc']))}; "
-                    "metrics must be numbers, parameters/evidence JSON values"
-                ) from None
-            number = self._max_version(name) + 1
-            while True:  # claim vN with an exclusive link; another publisher may win a number
-                manifest = VersionManifest(version=f"v{number}", **draft)
-                path = versions_dir / f"{manifest.version}.json"
-                if create_exclusive(path, manifest.model_dump_json(indent=1).encode(),
-                                    tmp_dir=self.blobs.tmp_dir):
-                    break
-                number += 1
+            entries = self._store_files(files, kinds)
+            draft = self._checked_draft(name, entries, metrics, parameters, lineage, flow_run_id, description)
+            manifest = self._claim_next_version(name, versions_dir, draft)
         logger.info("published %s %s (%d files, %d bytes)", name, manifest.version,
                     len(manifest.files), manifest.total_size)
         return manifest
@@ -262,6 +223,62 @@ class Registry:
                 "versions are numbered per registry, so this one was built here independently; pull into an empty "
                 "registry, or use this registry's own version")
         return local
+
+    def _store_files(self, files: Mapping[str, FileSource], kinds: Mapping[str, ArtifactKind | str]) -> list[FileEntry]:
+        """Each file into the blob store (under the gc lock, held by the caller), as a manifest entry."""
+        entries = []
+        for rel, src in sorted(files.items()):
+            digest, size = (
+                self.blobs.put_bytes(src) if isinstance(src, bytes) else self.blobs.put_file(Path(src))
+            )
+            try:
+                kind = ArtifactKind(kinds[rel]) if rel in kinds else infer_kind(rel)
+            except ValueError:
+                raise InvalidInputError(
+                    f"kind {kinds[rel]!r} of {rel} is unknown: use one of "
+                    f"{[k.value for k in ArtifactKind]}"
+                ) from None
+            entries.append(FileEntry(path=rel, sha256=digest, size=size, kind=kind))
+        return entries
+
+    def _checked_draft(self, name: str, entries: list[FileEntry], metrics: Mapping[str, float] | None,
+                       parameters: Mapping[str, JsonValue] | None, lineage: Lineage | Mapping[str, Any] | None,
+                       flow_run_id: str | None, description: str) -> dict[str, Any]:
+        """The new version's manifest fields, validated (a manifest without its number) with every parent
+        present in the store, before a version number is claimed."""
+        check_json_payload(dict(metrics or {}), "metrics")
+        check_json_payload(dict(parameters or {}), "parameters")
+        try:
+            lin = lineage if isinstance(lineage, Lineage) else Lineage(**(lineage or {}))
+            draft = dict(
+                name=name, files=tuple(entries), metrics=dict(metrics or {}),
+                parameters=dict(parameters or {}), lineage=lin, flow_run_id=flow_run_id,
+                description=description,
+            )
+            VersionManifest(version="v1", **draft)  # validate before claiming a number
+            for parent in lin.parents:
+                pmodel, pversion = parse_parent(parent, name)
+                if not self._manifest_path(pmodel, pversion).is_file():
+                    raise InvalidInputError(f"parent {parent!r}: model {pmodel!r} has no version {pversion} in "
+                                            f"{self.root}: see `so8t registry list {pmodel}`")
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise InvalidInputError(
+                f"version metadata rejected: {err['msg']} at {'.'.join(map(str, err['loc']))}; "
+                "metrics must be numbers, parameters/evidence JSON values"
+            ) from None
+        return draft
+
+    def _claim_next_version(self, name: str, versions_dir: Path, draft: dict[str, Any]) -> VersionManifest:
+        """Write the manifest as the next free vN: each number claimed with an exclusive link (another
+        publisher may win a number; then the next one is tried)."""
+        number = self._max_version(name) + 1
+        while True:
+            manifest = VersionManifest(version=f"v{number}", **draft)
+            path = versions_dir / f"{manifest.version}.json"
+            if create_exclusive(path, manifest.model_dump_json(indent=1).encode(), tmp_dir=self.blobs.tmp_dir):
+                return manifest
+            number += 1
 
     def _collect(self, source: Path | str | Mapping[str, FileSource]) -> dict[str, FileSource]:
         if isinstance(source, Mapping):

@@ -164,8 +164,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _dry_run(cfg, args.gpu_memory_gb)
     from so8t.training.runs import train_with_remedies
 
+    from so8t.training.launch import LAUNCHED_ENV
+
     result = train_with_remedies(cfg, oom_retries=args.oom_retries)
-    if result is not None:  # None: another process of a multi-process run; the main one reports
+    # None: another process of a multi-process run; and a run launched by `so8t train --num_processes N`
+    # is reported by the process that launched it
+    if result is not None and not os.environ.get(LAUNCHED_ENV):
         for r in result.oom_remedies:
             print(f"applied after CUDA out of memory ({r.step}): {r.describe()}")
         print(f"trained SO8T adapter and gates: {result.output_dir}")

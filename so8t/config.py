@@ -79,6 +79,15 @@ class TrainConfig(BaseModel):
         "stay float32), 'fp32', or 'auto': bf16 where the hardware computes it natively (a CUDA GPU with bf16; a CPU "
         "with AVX512-BF16 or AMX) and not with --load_in_4bit, else fp32.")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the base model (off by default).")
+    num_processes: int = Field(
+        1, ge=1, description="Training processes: 1 trains in this process; N > 1 re-runs this training under "
+        "`accelerate launch --num_processes N` (DDP: one process per GPU over NCCL, or N CPU processes over gloo), "
+        "with the same checkpoints and resume. The effective batch is N x batch_size x gradient_accumulation_steps "
+        "(docs/multi-gpu.md).")
+    accelerate_config: str | None = Field(
+        None, description="An accelerate config YAML to launch with (deployments/accelerate/ddp.yaml, or "
+        "fsdp-8b.yaml to shard a base that does not fit one GPU); its num_processes applies unless num_processes "
+        "> 1 is given. Implies a launch even with num_processes 1.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> "TrainConfig":

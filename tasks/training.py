@@ -21,6 +21,7 @@ from prefect.logging import get_run_logger
 from so8t.config import TrainConfig
 from so8t.digests import maybe_path, split_paths
 from so8t.errors import So8tError
+from so8t.training.launch import launch_train, needs_launch
 from so8t.training.train import read_loss_log, train
 from so8t.training.runs import (OutOfMemoryRetry, TrainResult, _is_cuda_oom, plan_training, record_oom,  # noqa: F401
                              training_result)
@@ -45,8 +46,9 @@ from tasks.caching import ContentHash
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry anything but a user error (exit code 2); a crashed multi-process launch (exit code 1) is retried."""
     exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, So8tError)
+    return not (isinstance(exc, So8tError) and exc.exit_code == 2)
 
 
 def _train_inputs(params: dict[str, Any]) -> list[str | None]:
@@ -116,8 +118,8 @@ def train_task(cfg: TrainConfig) -> TrainResult:
     artifact = create_progress_artifact(0.0, key="training-progress", description=f"step 0/{plan.total_steps}")
     try:
         watcher = _ProgressWatcher(plan.run_cfg, artifact, plan.total_steps)
-        with watcher:
-            train(plan.run_cfg)
+        with watcher:  # several processes: accelerate launch, the same output directory (so8t.training.launch)
+            (launch_train if needs_launch(plan.run_cfg) else train)(plan.run_cfg)
         watcher.update(done=True)  # after the watcher thread has stopped: nothing can overwrite 100 %
     except Exception as e:
         if not _is_cuda_oom(e):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -173,13 +174,7 @@ def run_ab(cfg: ABConfig, progress: bool | None = None) -> ABReport:
     Raises:
         So8tError: Bad input (every problem in one line), before any model runs.
     """
-    import llama_cpp
-    import rouge_score
-    import sacrebleu
-    from tqdm.auto import tqdm
-
-    from so8t.calibrate.scoring import score_gguf
-
+    versions = _library_versions()  # a missing library fails here, before anything runs
     t_start = time.monotonic()
     sets, cal_a, cal_b, prompt = _check_inputs(cfg)
     threads = resolve_threads(cfg.n_threads)
@@ -187,7 +182,47 @@ def run_ab(cfg: ABConfig, progress: bool | None = None) -> ABReport:
     logger.info("A/B: %s vs %s on %d quality items (%s) and %d safety prompts, %d thread(s)",
                 Path(cfg.model_a).name, Path(cfg.model_b).name, len(instructions),
                 ", ".join(f"{lang} {langs.count(lang)}" for lang in sorted(set(langs))), len(sets.safety_texts), threads)
+    runs = _run_models(cfg, sets, prompt, threads, progress)
+    t0 = time.monotonic()
+    rss = {k: None if cfg.skip_memory else measure_peak_rss(m, cfg.n_ctx, threads)
+           for k, m in (("a", cfg.model_a), ("b", cfg.model_b))}
+    seconds = {**runs.seconds, "peak_memory": time.monotonic() - t0}
 
+    sc, gens = runs.scores, runs.gens
+    out_a, out_b = [g.text for g in gens["a"]], [g.text for g in gens["b"]]
+    quality = compare_quality(refs, langs, out_a, out_b, cfg.n_bootstrap, cfg.seed, cfg.confidence)
+    idx_s = bootstrap_indices(len(sc[0].y), cfg.n_bootstrap, cfg.seed + 1)
+    safety = compare_safety(sc[0].y, sc[0].z, sc[1].z, cal_a, cal_b, idx_s, cfg.confidence,
+                            scoring={"a": sc[0].info(), "b": sc[1].info()})
+    perf = _compare_performance(cfg, gens, runs.load_seconds, rss, threads)
+    report = ABReport(
+        config=cfg, model_a=_model_info(cfg.model_a, cal_a, sc[0].model_sha256),
+        model_b=_model_info(cfg.model_b, cal_b, sc[1].model_sha256), quality=quality, safety=safety,
+        performance=perf, items=_quality_items(instructions, refs, langs, gens),
+        verdict=verdict(cfg, quality, safety, perf),
+        seconds={**seconds, "total": time.monotonic() - t_start}, versions=versions,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    logger.info("A/B verdict: %s (%.0f s)", report.verdict.summary, report.seconds["total"])
+    return report
+
+
+@dataclass
+class _ModelRuns:
+    """What the two loaded models produced: label scores, generations, and how long each part took."""
+
+    scores: list  # [A, B]: so8t.calibrate.scoring.Scores of the safety set
+    gens: dict[str, list]  # "a"/"b": one generation per quality item
+    load_seconds: dict[str, float]
+    seconds: dict[str, float]  # safety_scoring, generation
+
+
+def _run_models(cfg: ABConfig, sets: EvalSets, prompt: DecisionPrompt, threads: int,
+                progress: bool | None) -> _ModelRuns:
+    """Both models loaded once: the safety set scored by each, then the quality generations interleaved."""
+    from so8t.calibrate.scoring import score_gguf
+
+    instructions = list(sets.instructions)
     with GreedyGenerator(cfg.model_a, cfg.n_ctx, threads, cfg.seed) as ga, \
             GreedyGenerator(cfg.model_b, cfg.n_ctx, threads, cfg.seed) as gb:
         ga.check_fits(instructions, cfg.max_new_tokens)  # fail before minutes of work
@@ -197,51 +232,55 @@ def run_ab(cfg: ABConfig, progress: bool | None = None) -> ABReport:
                          use_cache=not cfg.no_cache, progress=progress, prompt=prompt) for m in (cfg.model_a, cfg.model_b)]
         t_safety = time.monotonic() - t0
         t0 = time.monotonic()
-        gens: dict[str, list] = {"a": [], "b": []}
-        for g in (ga, gb):  # warm-up: first-call costs (page faults, thread start) are not measured
-            g.generate(instructions[0], min(4, cfg.max_new_tokens))
-        for i, text in enumerate(tqdm(instructions, desc="A/B generations", unit="item",
-                                      disable=(not progress) if progress is not None else None)):
-            order = (("a", ga), ("b", gb)) if i % 2 == 0 else (("b", gb), ("a", ga))  # interleaved
-            for key, g in order:
-                gens[key].append(g.generate(text, cfg.max_new_tokens))
+        gens = _generate_interleaved(ga, gb, instructions, cfg.max_new_tokens, progress)
         t_gen = time.monotonic() - t0
         load = {"a": ga.load_seconds, "b": gb.load_seconds}
-    y = sc[0].y
+    return _ModelRuns(scores=sc, gens=gens, load_seconds=load, seconds={"safety_scoring": t_safety, "generation": t_gen})
 
-    t0 = time.monotonic()
-    rss = {k: None if cfg.skip_memory else measure_peak_rss(m, cfg.n_ctx, threads)
-           for k, m in (("a", cfg.model_a), ("b", cfg.model_b))}
-    t_mem = time.monotonic() - t0
 
-    out_a, out_b = [g.text for g in gens["a"]], [g.text for g in gens["b"]]
-    quality = compare_quality(refs, langs, out_a, out_b, cfg.n_bootstrap, cfg.seed, cfg.confidence)
-    idx_s = bootstrap_indices(len(y), cfg.n_bootstrap, cfg.seed + 1)
-    safety = compare_safety(y, sc[0].z, sc[1].z, cal_a, cal_b, idx_s, cfg.confidence,
-                            scoring={"a": sc[0].info(), "b": sc[1].info()})
+def _generate_interleaved(ga: GreedyGenerator, gb: GreedyGenerator, instructions: list[str], max_new_tokens: int,
+                          progress: bool | None) -> dict[str, list]:
+    """Greedy answers of A and B to each instruction, after one warm-up each, the order alternating per item
+    (so that load on a shared machine hits both alike)."""
+    from tqdm.auto import tqdm
+
+    gens: dict[str, list] = {"a": [], "b": []}
+    for g in (ga, gb):  # warm-up: first-call costs (page faults, thread start) are not measured
+        g.generate(instructions[0], min(4, max_new_tokens))
+    for i, text in enumerate(tqdm(instructions, desc="A/B generations", unit="item",
+                                  disable=(not progress) if progress is not None else None)):
+        order = (("a", ga), ("b", gb)) if i % 2 == 0 else (("b", gb), ("a", ga))  # interleaved
+        for key, g in order:
+            gens[key].append(g.generate(text, max_new_tokens))
+    return gens
+
+
+def _compare_performance(cfg: ABConfig, gens: dict[str, list], load: dict[str, float],
+                         rss: dict[str, float | None], threads: int) -> PerfComparison:
     sizes = {k: Path(m).expanduser().stat().st_size for k, m in (("a", cfg.model_a), ("b", cfg.model_b))}
     perf_a = summarize(gens["a"], load["a"], sizes["a"], rss["a"])
     perf_b = summarize(gens["b"], load["b"], sizes["b"], rss["b"])
-    idx_q = bootstrap_indices(len(instructions), cfg.n_bootstrap, cfg.seed + 2)
-    perf = PerfComparison(a=perf_a, b=perf_b, threads=threads, throughput_ratio=throughput_ratio(
+    idx_q = bootstrap_indices(len(gens["a"]), cfg.n_bootstrap, cfg.seed + 2)
+    return PerfComparison(a=perf_a, b=perf_b, threads=threads, throughput_ratio=throughput_ratio(
         gens["a"], gens["b"], idx_q, cfg.confidence))
 
-    items = tuple(QualityItem(index=i, lang=langs[i], instruction=instructions[i], reference=refs[i],
-                              output_a=out_a[i], output_b=out_b[i], new_tokens_a=gens["a"][i].new_tokens,
-                              new_tokens_b=gens["b"][i].new_tokens, stopped_a=gens["a"][i].stopped,
-                              stopped_b=gens["b"][i].stopped) for i in range(len(instructions)))
-    report = ABReport(
-        config=cfg, model_a=_model_info(cfg.model_a, cal_a, sc[0].model_sha256),
-        model_b=_model_info(cfg.model_b, cal_b, sc[1].model_sha256), quality=quality, safety=safety,
-        performance=perf, items=items, verdict=verdict(cfg, quality, safety, perf),
-        seconds={"safety_scoring": t_safety, "generation": t_gen, "peak_memory": t_mem,
-                 "total": time.monotonic() - t_start},
-        versions={"llama_cpp_python": llama_cpp.__version__, "sacrebleu": sacrebleu.__version__,
-                  "rouge_score": getattr(rouge_score, "__version__", _dist_version("rouge-score"))},
-        created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    )
-    logger.info("A/B verdict: %s (%.0f s)", report.verdict.summary, report.seconds["total"])
-    return report
+
+def _quality_items(instructions: list[str], refs: list[str], langs: list[str],
+                   gens: dict[str, list]) -> tuple[QualityItem, ...]:
+    return tuple(QualityItem(index=i, lang=langs[i], instruction=instructions[i], reference=refs[i],
+                             output_a=gens["a"][i].text, output_b=gens["b"][i].text,
+                             new_tokens_a=gens["a"][i].new_tokens, new_tokens_b=gens["b"][i].new_tokens,
+                             stopped_a=gens["a"][i].stopped, stopped_b=gens["b"][i].stopped)
+                 for i in range(len(instructions)))
+
+
+def _library_versions() -> dict[str, str]:
+    import llama_cpp
+    import rouge_score
+    import sacrebleu
+
+    return {"llama_cpp_python": llama_cpp.__version__, "sacrebleu": sacrebleu.__version__,
+            "rouge_score": getattr(rouge_score, "__version__", _dist_version("rouge-score"))}
 
 
 def _dist_version(name: str) -> str:

@@ -203,20 +203,56 @@ def bake(cfg: BakeConfig) -> BakeReport:
     Raises:
         ModelError: no adapter/gates, failed verification, existing output without overwrite.
     """
-    from transformers import AutoTokenizer
-
-    from so8t.base_models import resolve_base_model
+    from so8t.base_models import load_causal_lm, resolve_base_model
     from so8t.training.gates import load_gates
-    from so8t.training.lora import attach_unmerged, merge_into, read_adapter
+    from so8t.training.lora import attach_unmerged
 
     src, out = Path(cfg.model_path), Path(cfg.output_path)
+    meta, lora, probes, prompt_file = _check_inputs(cfg, src, out)
+    base_dir = resolve_base_model(_base_spec(cfg))
+    tok = _load_tokenizer(_from_run(src, "tokenizer") or base_dir, cfg.trust_remote_code)
+    # Full precision reload: LoRA is never merged into 4-bit weights.
+    model = load_causal_lm(base_dir, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    device = _bake_device(cfg.device)
+    model.to(device).eval()
+    hooks = attach_unmerged(model, lora)
+    load_gates(model, src)
+    ids = _probe_ids(tok, probes)
+    reference = probe_logits(model, ids)
+    folds = _merge_and_fold(model, hooks, lora, device, cfg.max_orthogonality_error)
+    cmp = compare_logit_sets(reference, probe_logits(model, ids))
+    report = BakeReport(
+        model_path=str(src), base_model=str(base_dir), output_path=str(out), dtype="float32", device=device.type,
+        layers_folded=folds, lora_merged=True, lora_modules=len(lora), probe_count=len(ids), probe_tokens=int(cmp["tokens"]),
+        max_abs_logit_delta=cmp["max_abs_logit_delta"], mean_kl=cmp["mean_kl"], max_kl=cmp["max_kl"],
+        top1_agreement=cmp["top1_agreement"],
+        passed=cmp["max_abs_logit_delta"] <= cfg.max_abs_logit_delta and cmp["mean_kl"] <= cfg.max_kl,
+        tolerances={"max_abs_logit_delta": cfg.max_abs_logit_delta, "max_kl": cfg.max_kl,
+                    "max_orthogonality_error": cfg.max_orthogonality_error},
+    )
+    logger.info("bake check: %d layers folded (%s), %d LoRA modules merged, %d probe tokens, max |delta logit| %.2e, "
+                "mean KL %.2e, top-1 %.4f", len(folds), meta.get("layers"), len(lora), report.probe_tokens,
+                report.max_abs_logit_delta, report.mean_kl, report.top1_agreement)
+    if not report.passed or not all(math.isfinite(x) for x in (report.max_abs_logit_delta, report.mean_kl)):
+        raise ModelError(
+            f"bake verification failed: max |delta logit| {report.max_abs_logit_delta:.2e} (limit {cfg.max_abs_logit_delta:.0e}), "
+            f"mean KL {report.mean_kl:.2e} (limit {cfg.max_kl:.0e}); nothing written"
+        )
+    _write_model(model, tok, base_dir, out, report, prompt_file)
+    return report
+
+
+def _check_inputs(cfg: BakeConfig, src: Path, out: Path) -> tuple[dict, Any, tuple[str, ...], Path | None]:
+    """Every check that needs no model, before any load: ``(gates metadata, LoRA weights, probes, the run's
+    decision prompt file or None)``."""
+    from so8t.outpaths import check_output_dir
+    from so8t.training.lora import read_adapter
+
     if not (src / "adapter_config.json").is_file():
         raise ModelError(f"{src}: no adapter_config.json: pass a so8t train output or checkpoint directory")
     gate_tensors, meta = read_gates(src)  # refuses a directory without gates
     if not gate_tensors:
         raise ModelError(f"{src}: the gates file holds no gates: nothing to bake")
-    from so8t.outpaths import check_output_dir
-
     check_output_dir(out, "output_path")  # a file, under a file, or unwritable: refused before any load
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ModelError(f"output_path {out} exists and is not empty: choose another path or pass --overwrite")
@@ -226,22 +262,25 @@ def bake(cfg: BakeConfig) -> BakeReport:
     prompt_file = _from_run(src, PROMPT_FILE)
     if prompt_file is not None:
         load_decision_prompt(prompt_file)  # a broken file fails here, before anything is written
-    base_dir = resolve_base_model(_base_spec(cfg))
-    tok_dir = _from_run(src, "tokenizer") or base_dir
-    from so8t.base_models import load_causal_lm, load_error
+    return meta, lora, probes, prompt_file
+
+
+def _load_tokenizer(tok_dir: Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    from so8t.base_models import load_error
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=cfg.trust_remote_code)
+        return AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - anything transformers raises on a user's model is a bad model
         raise load_error(tok_dir, e) from None
-    # Full precision reload: LoRA is never merged into 4-bit weights.
-    model = load_causal_lm(base_dir, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
-    device = _bake_device(cfg.device)
-    model.to(device).eval()
-    hooks = attach_unmerged(model, lora)
-    load_gates(model, src)
-    ids = _probe_ids(tok, probes)
-    reference = probe_logits(model, ids)
+
+
+def _merge_and_fold(model: torch.nn.Module, hooks: list, lora: Any, device: torch.device,
+                    max_orthogonality_error: float) -> list[LayerFold]:
+    """The gated model (unmerged LoRA hooks, gates) made plain in place: the gates' rotations read, hooks and
+    gates removed, LoRA merged, each rotation folded into its layer's ``o_proj``."""
+    from so8t.training.lora import merge_into
 
     gates = dict(iter_gates(model))
     with torch.no_grad():
@@ -260,32 +299,12 @@ def bake(cfg: BakeConfig) -> BakeReport:
         for i, rot in sorted(rotations.items()):
             key = f"model.layers.{i}.self_attn.o_proj.weight"
             err = orthogonality_error(rot)
-            if err > cfg.max_orthogonality_error:
-                raise ModelError(f"bake: layer {i} rotation has orthogonality error {err:.2e} > {cfg.max_orthogonality_error:.0e}")
+            if err > max_orthogonality_error:
+                raise ModelError(f"bake: layer {i} rotation has orthogonality error {err:.2e} > {max_orthogonality_error:.0e}")
             change = float((new[key] - attn[i].o_proj.weight).abs().max())
             attn[i].o_proj.weight.data = new[key]  # a fresh tensor: see so8t.training.lora.merge_into
             folds.append(LayerFold(layer=i, orthogonality_error=err, max_abs_weight_change=change))
-    baked_logits = probe_logits(model, ids)
-    cmp = compare_logit_sets(reference, baked_logits)
-    passed = cmp["max_abs_logit_delta"] <= cfg.max_abs_logit_delta and cmp["mean_kl"] <= cfg.max_kl
-    report = BakeReport(
-        model_path=str(src), base_model=str(base_dir), output_path=str(out), dtype="float32", device=device.type,
-        layers_folded=folds, lora_merged=True, lora_modules=len(lora), probe_count=len(ids), probe_tokens=int(cmp["tokens"]),
-        max_abs_logit_delta=cmp["max_abs_logit_delta"], mean_kl=cmp["mean_kl"], max_kl=cmp["max_kl"],
-        top1_agreement=cmp["top1_agreement"], passed=passed,
-        tolerances={"max_abs_logit_delta": cfg.max_abs_logit_delta, "max_kl": cfg.max_kl,
-                    "max_orthogonality_error": cfg.max_orthogonality_error},
-    )
-    logger.info("bake check: %d layers folded (%s), %d LoRA modules merged, %d probe tokens, max |delta logit| %.2e, "
-                "mean KL %.2e, top-1 %.4f", len(folds), meta.get("layers"), len(lora), report.probe_tokens,
-                report.max_abs_logit_delta, report.mean_kl, report.top1_agreement)
-    if not passed or not all(math.isfinite(x) for x in (report.max_abs_logit_delta, report.mean_kl)):
-        raise ModelError(
-            f"bake verification failed: max |delta logit| {report.max_abs_logit_delta:.2e} (limit {cfg.max_abs_logit_delta:.0e}), "
-            f"mean KL {report.mean_kl:.2e} (limit {cfg.max_kl:.0e}); nothing written"
-        )
-    _write_model(model, tok, base_dir, out, report, prompt_file)
-    return report
+    return folds
 
 
 def _write_model(model: torch.nn.Module, tok: Any, base_dir: Path, out: Path, report: BakeReport,

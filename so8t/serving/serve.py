@@ -468,77 +468,90 @@ class ModelHolder:
 
 
 # ----------------------------------------------------------------------------- the app
-def create_app(cfg: ServeConfig, holder: ModelHolder | None = None, metrics: Metrics | None = None):
-    """The FastAPI app of a service (the holder is started by the caller, or by the app's lifespan)."""
-    from contextlib import asynccontextmanager
+class Service:
+    """What the app's routes do: bearer auth, body limits, admission (``max_queue``), and the /v1 handlers.
 
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from starlette.concurrency import run_in_threadpool
+    A handler takes the parsed JSON body (None for a GET) and returns a response; it runs in a worker thread
+    (a model call blocks), admitted by :meth:`guarded`, which also counts the request in the metrics."""
 
-    metrics = metrics or Metrics()
-    holder = holder or ModelHolder(cfg, metrics)
-    key = cfg.api_key if cfg.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
-    admitted = {"n": 0}
-    admit_lock = threading.Lock()
+    def __init__(self, cfg: ServeConfig, holder: ModelHolder, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.holder = holder
+        self.metrics = metrics
+        self.key = cfg.api_key if cfg.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+        self.admitted = 0
+        self._admit_lock = threading.Lock()
 
-    @asynccontextmanager
-    async def lifespan(_app):
-        if holder.current is None:
-            await run_in_threadpool(holder.start)
-        yield
-        await run_in_threadpool(holder.stop)
+    def error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None):
+        from fastapi.responses import JSONResponse
 
-    app = FastAPI(title="so8t serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.holder = holder
-    app.state.metrics = metrics
-
-    def error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        metrics.errors.labels(kind=kind).inc()
+        self.metrics.errors.labels(kind=kind).inc()
         return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
-    async def guarded(request: Request, route: str, handler) -> Response:
+    def unavailable(self):
+        return self.error(503, "no model loaded yet", "unavailable", {"Retry-After": "1"})
+
+    # ------------------------------------------------------------------------- admission
+    async def guarded(self, request, route: str, handler):
+        """``handler`` behind auth, the body checks and admission, counted in the metrics by ``route``."""
         t0 = time.perf_counter()
-        resp = await _guarded(request, handler)
-        metrics.requests.labels(route=route, status=str(resp.status_code)).inc()
-        metrics.latency.labels(route=route).observe(time.perf_counter() - t0)
+        resp = await self._guarded(request, handler)
+        self.metrics.requests.labels(route=route, status=str(resp.status_code)).inc()
+        self.metrics.latency.labels(route=route).observe(time.perf_counter() - t0)
         return resp
 
-    async def _guarded(request: Request, handler) -> Response:
-        if key is not None:
+    async def _guarded(self, request, handler):
+        refused, doc = await self._read_body(request)
+        if refused is not None:
+            return refused
+        if not self._admit():
+            return self.error(429, f"{self.cfg.max_queue} requests already admitted: retry shortly", "overloaded",
+                              {"Retry-After": "1"})
+        return await self._run_admitted(handler, doc)
+
+    async def _read_body(self, request) -> tuple[Any, Any]:
+        """``(error response, None)`` for a wrong token, a body too large or not JSON; else ``(None, JSON)``."""
+        cfg = self.cfg
+        if self.key is not None:
             auth = request.headers.get("authorization", "")
             given = auth[7:] if auth[:7].lower() == "bearer " else ""
-            if not hmac.compare_digest(given.encode(), key.encode()):
-                return error(401, "missing or wrong bearer token: send Authorization: Bearer <key>", "auth",
-                             {"WWW-Authenticate": "Bearer"})
+            if not hmac.compare_digest(given.encode(), self.key.encode()):
+                return self.error(401, "missing or wrong bearer token: send Authorization: Bearer <key>", "auth",
+                                  {"WWW-Authenticate": "Bearer"}), None
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
-            return error(413, f"body of {length} bytes, over the limit of {cfg.max_body_bytes}", "too_large")
+            return self.error(413, f"body of {length} bytes, over the limit of {cfg.max_body_bytes}", "too_large"), None
         body = b""
         async for chunk in request.stream():
             body += chunk
             if len(body) > cfg.max_body_bytes:
-                return error(413, f"body over the limit of {cfg.max_body_bytes} bytes", "too_large")
+                return self.error(413, f"body over the limit of {cfg.max_body_bytes} bytes", "too_large"), None
         try:
             doc = json.loads(body.decode("utf-8")) if body else None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            return error(422, f"body: not JSON ({e})", "invalid")
+            return self.error(422, f"body: not JSON ({e})", "invalid"), None
         if doc is None and request.method == "POST":
-            return error(422, "body: empty: send a JSON object", "invalid")
-        with admit_lock:
-            if admitted["n"] >= cfg.max_queue:
-                full = True
-            else:
-                full = False
-                admitted["n"] += 1
-                metrics.queue.set(admitted["n"])
-        if full:
-            return error(429, f"{cfg.max_queue} requests already admitted: retry shortly", "overloaded",
-                         {"Retry-After": "1"})
-        def release() -> None:
-            with admit_lock:
-                admitted["n"] -= 1
-                metrics.queue.set(admitted["n"])
+            return self.error(422, "body: empty: send a JSON object", "invalid"), None
+        return None, doc
+
+    def _admit(self) -> bool:
+        with self._admit_lock:
+            if self.admitted >= self.cfg.max_queue:
+                return False
+            self.admitted += 1
+            self.metrics.queue.set(self.admitted)
+        return True
+
+    def _release(self) -> None:
+        with self._admit_lock:
+            self.admitted -= 1
+            self.metrics.queue.set(self.admitted)
+
+    async def _run_admitted(self, handler, doc: Any):
+        """Run ``handler`` in a worker thread; the request stays admitted until it returns, or, for a streamed
+        response, until its last byte is sent."""
+        from fastapi.responses import StreamingResponse
+        from starlette.concurrency import run_in_threadpool
 
         streaming = False
         try:
@@ -551,36 +564,41 @@ def create_app(cfg: ServeConfig, holder: ModelHolder | None = None, metrics: Met
                         async for part in inner:
                             yield part
                     finally:
-                        release()
+                        self._release()
 
                 resp.body_iterator = until_done()
             return resp
         finally:
             if not streaming:
-                release()
+                self._release()
 
-    def _decide(doc: Any) -> Response:
+    # ------------------------------------------------------------------------- handlers
+    def decide(self, doc: Any):
+        """``POST /v1/decide``."""
+        from fastapi.responses import JSONResponse
+
+        cfg = self.cfg
         try:
             req = DecideRequest.model_validate(doc)
         except ValidationError as e:
-            return error(422, one_line(e), "invalid")
+            return self.error(422, one_line(e), "invalid")
         if (req.text is None) == (req.texts is None):
-            return error(422, "body: give either 'text' or 'texts'", "invalid")
+            return self.error(422, "body: give either 'text' or 'texts'", "invalid")
         texts = [req.text] if req.text is not None else req.texts
         if not texts:
-            return error(422, "texts: empty list", "invalid")
+            return self.error(422, "texts: empty list", "invalid")
         if len(texts) > cfg.max_batch:
-            return error(422, f"texts: {len(texts)} texts, over the limit of {cfg.max_batch} per request", "invalid")
-        with holder.use() as cur:
+            return self.error(422, f"texts: {len(texts)} texts, over the limit of {cfg.max_batch} per request", "invalid")
+        with self.holder.use() as cur:
             if cur is None:
-                return error(503, "no model loaded yet", "unavailable", {"Retry-After": "1"})
+                return self.unavailable()
             t0 = time.perf_counter()
             try:
                 out = cur.decider.decide(texts, "text" if req.text is not None else "texts")
             except So8tError as e:
-                return error(422, str(e), "invalid")
+                return self.error(422, str(e), "invalid")
             for d in out:
-                metrics.decisions.labels(decision=d.decision).inc()
+                self.metrics.decisions.labels(decision=d.decision).inc()
             info = cur.decider.info
             body = {"decisions": [d.model_dump() for d in out], "version": cur.version, "sha256": info.sha256,
                     "thresholds": cur.decider.thresholds.model_dump(),
@@ -589,44 +607,50 @@ def create_app(cfg: ServeConfig, holder: ModelHolder | None = None, metrics: Met
             body = {**body.pop("decisions")[0], **body}
         return JSONResponse(body)
 
-    def _chat(doc: Any) -> Response:
+    def chat(self, doc: Any):
+        """``POST /v1/chat/completions``."""
+        from fastapi.responses import JSONResponse
+
+        cfg = self.cfg
         try:
             req = ChatRequest.model_validate(doc)
         except ValidationError as e:
-            return error(422, one_line(e), "invalid")
+            return self.error(422, one_line(e), "invalid")
         if sum(len(m.content) for m in req.messages) > MAX_TEXT_CHARS:
-            return error(422, f"messages: over {MAX_TEXT_CHARS} characters in all", "invalid")
+            return self.error(422, f"messages: over {MAX_TEXT_CHARS} characters in all", "invalid")
         kwargs = dict(max_tokens=min(req.max_tokens or cfg.max_tokens, cfg.max_tokens), temperature=req.temperature,
                       top_p=req.top_p, stop=req.stop, seed=req.seed)
         messages = [m.model_dump() for m in req.messages]
         if req.stream:
-            return _chat_stream(messages, kwargs)
-        with holder.use() as cur:
+            return self.chat_stream(messages, kwargs)
+        with self.holder.use() as cur:
             if cur is None:
-                return error(503, "no model loaded yet", "unavailable", {"Retry-After": "1"})
+                return self.unavailable()
             try:
                 out = cur.decider.chat(messages, **kwargs)
             except ValueError as e:  # llama.cpp: the prompt does not fit the context
-                return error(422, f"messages: {e}", "invalid")
-            out["model"] = f"{holder.name}@{cur.version}" if cur.version else cur.decider.info.gguf
+                return self.error(422, f"messages: {e}", "invalid")
+            out["model"] = f"{self.holder.name}@{cur.version}" if cur.version else cur.decider.info.gguf
         return JSONResponse(out)
 
-    def _chat_stream(messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> Response:
+    def chat_stream(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]):
         """Server-sent events as OpenAI streams them (``data: {chunk}`` ... ``data: [DONE]``). The first chunk is
         made before answering, so a prompt over the context is a 422, not a broken stream."""
-        use = holder.use()
+        from fastapi.responses import StreamingResponse
+
+        use = self.holder.use()
         cur = use.__enter__()
         if cur is None:
             use.__exit__(None, None, None)
-            return error(503, "no model loaded yet", "unavailable", {"Retry-After": "1"})
-        name = f"{holder.name}@{cur.version}" if cur.version else cur.decider.info.gguf
+            return self.unavailable()
+        name = f"{self.holder.name}@{cur.version}" if cur.version else cur.decider.info.gguf
         chunks = cur.decider.chat_stream(messages, **kwargs)
         try:
             first = next(chunks)
         except ValueError as e:
             chunks.close()
             use.__exit__(None, None, None)
-            return error(422, f"messages: {e}", "invalid")
+            return self.error(422, f"messages: {e}", "invalid")
         except BaseException:
             chunks.close()
             use.__exit__(None, None, None)
@@ -643,17 +667,48 @@ def create_app(cfg: ServeConfig, holder: ModelHolder | None = None, metrics: Met
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    def model(self, _doc: Any):
+        """``GET /v1/model``."""
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse(self.holder.describe())
+
+
+def create_app(cfg: ServeConfig, holder: ModelHolder | None = None, metrics: Metrics | None = None):
+    """The FastAPI app of a service (the holder is started by the caller, or by the app's lifespan); what its
+    routes do is :class:`Service`'s."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
+    metrics = metrics or Metrics()
+    holder = holder or ModelHolder(cfg, metrics)
+    service = Service(cfg, holder, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        if holder.current is None:
+            await run_in_threadpool(holder.start)
+        yield
+        await run_in_threadpool(holder.stop)
+
+    app = FastAPI(title="so8t serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.holder = holder
+    app.state.metrics = metrics
+
     @app.post("/v1/decide")
     async def decide(request: Request):
-        return await guarded(request, "/v1/decide", _decide)
+        return await service.guarded(request, "/v1/decide", service.decide)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        return await guarded(request, "/v1/chat/completions", _chat)
+        return await service.guarded(request, "/v1/chat/completions", service.chat)
 
     @app.get("/v1/model")
     async def model(request: Request):
-        return await guarded(request, "/v1/model", lambda _doc: JSONResponse(holder.describe()))
+        return await service.guarded(request, "/v1/model", service.model)
 
     @app.get("/healthz")
     async def healthz():

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from so8t.config import TrainConfig
 from so8t.digests import count_records
 from so8t.errors import So8tError
+from so8t.training.launch import launch_train, needs_launch
 from so8t.training.preflight import MIN_MAX_LENGTH, next_memory_remedy
 from so8t.training.train import CONFIG_FILE, list_checkpoints, read_loss_log, total_steps, train
 
@@ -100,6 +101,7 @@ class TrainResult(BaseModel):
     oom_remedies: list[OomRemedy] = Field(default_factory=list)
     effective_config: dict[str, Any]
     seconds: float
+    world_size: int = 1  # training processes (accelerate launch: num_processes)
 
 
 class TrainingPlan(BaseModel):
@@ -121,7 +123,8 @@ def plan_training(cfg: TrainConfig, *, count_steps: bool = True) -> TrainingPlan
     run_cfg = effective.model_copy(update={"resume_from_checkpoint": "latest" if resume else None})
     return TrainingPlan(remedies=remedies, effective=effective, run_cfg=run_cfg,
                         resume_from=str(resume[-1]) if resume else None,
-                        total_steps=total_steps(count_records(cfg.dataset), effective) if count_steps else None)
+                        total_steps=total_steps(count_records(cfg.dataset), effective, effective.num_processes)
+                        if count_steps else None)
 
 
 def training_result(cfg: TrainConfig, plan: TrainingPlan, seconds: float) -> tuple[TrainResult, list[dict[str, Any]]]:
@@ -133,8 +136,15 @@ def training_result(cfg: TrainConfig, plan: TrainingPlan, seconds: float) -> tup
         resumed_from=resolved.get("resumed_from"),
         first_ce_loss=losses[0]["ce_loss"] if losses else None, last_ce_loss=losses[-1]["ce_loss"] if losses else None,
         oom_remedies=plan.remedies, effective_config=plan.effective.model_dump(mode="json"), seconds=seconds,
+        world_size=resolved.get("world_size", 1),
     )
     return result, losses
+
+
+def run_attempt(cfg: TrainConfig) -> Path:
+    """One training attempt: in this process, or under ``accelerate launch`` when ``cfg`` asks for several
+    processes (:mod:`so8t.training.launch`; a CUDA out-of-memory error there is raised here as the same error)."""
+    return launch_train(cfg) if needs_launch(cfg) else train(cfg)
 
 
 def _free_cuda() -> None:
@@ -170,7 +180,9 @@ def train_with_remedies(cfg: TrainConfig, oom_retries: int = 3) -> TrainResult |
     """Train ``cfg`` as given (with any remedies recorded in its output directory); after a CUDA out-of-memory
     error record the next remedy and train again, resuming from the newest checkpoint, up to ``oom_retries``
     times. ``so8t train``'s path: unlike :func:`plan_training`, the first attempt never resumes on its own. Returns
-    None on the other processes of a multi-process run (accelerate launch), where rank 0 writes the results."""
+    None on the other processes of a multi-process run (accelerate launch), where rank 0 writes the results.
+    With ``num_processes > 1`` each attempt is a launch (:func:`run_attempt`), and the remedies are applied
+    here, between launches."""
     if oom_retries < 0:
         raise So8tError(f"--oom_retries {oom_retries}: must be 0 or more")
     t0 = time.monotonic()
@@ -178,7 +190,7 @@ def train_with_remedies(cfg: TrainConfig, oom_retries: int = 3) -> TrainResult |
     run_cfg = plan.effective  # the first attempt as given (recorded remedies applied), never resumed on its own
     for attempt in range(oom_retries + 1):
         try:
-            train(run_cfg)
+            run_attempt(run_cfg)
             break
         except Exception as e:
             if not _is_cuda_oom(e) or attempt == oom_retries:

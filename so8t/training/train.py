@@ -33,7 +33,7 @@ from torch import nn
 from so8t.training.batching import GroupedBatchSampler, SharedPrefixCollator, forward_shared_prefix, sparse_head_matches, sparse_lm_loss
 from so8t.config import TrainConfig
 from so8t.training.data import IGNORE_INDEX, PadCollator
-from so8t.decision import PROMPT_FILE, load_decision_prompt, write_decision_prompt
+from so8t.decision import PROMPT_FILE, DecisionPrompt, load_decision_prompt, write_decision_prompt
 from so8t.errors import ConfigError, ModelError, storage_problem
 from so8t.training.gates import attach_gates, find_attention_layers, iter_gates, load_gates, resolve_layers, save_gates
 from so8t.training.pet import pet_energy, pet_schedule
@@ -133,7 +133,8 @@ def load_base(model_dir: Path, cfg: TrainConfig) -> tuple[nn.Module, Any]:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
         )
-        kwargs["device_map"] = {"": 0} if _device_is_cuda() else {"": "cpu"}
+        # each process of a launched run holds its own copy on its own GPU (torchrun's LOCAL_RANK)
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))} if _device_is_cuda() else {"": "cpu"}
     from so8t.base_models import load_causal_lm
 
     return load_causal_lm(model_dir, **kwargs), tok
@@ -200,112 +201,137 @@ def enable_checkpointing(model: nn.Module) -> None:
         model.config.use_cache = False
 
 
+class _LossLog:
+    """Appends every log line (CE and PET separately) to ``loss_log.jsonl`` (a TrainerCallback's ``on_log``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D401
+        if state.is_world_process_zero and logs and "ce_loss" in logs:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class _SO8TTrainerMixin:
+    """What SO8TTrainer adds to transformers' Trainer (mixed in by :func:`_make_trainer_class`, so that
+    transformers is imported only when training): the CE + PET loss, its separate logging, the grouped batch
+    sampler, and the gates and completion marker in every checkpoint."""
+
+    def __init__(self, *args, pet_lambda: float = 0.0, batch_sampler_factory=None, sparse_head: bool = False,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pet_lambda = pet_lambda
+        self.sparse_head = sparse_head
+        self._sampler_factory = batch_sampler_factory
+        self._acc = {"ce": 0.0, "pet": 0.0, "pet_energy": 0.0, "n": 0}
+        self._last_logged_step: int | None = None  # set at the first step (also after a resume)
+
+    # ------------------------------------------------------------------------- the loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._last_logged_step is None:
+            self._last_logged_step = self.state.global_step
+        kwargs = {}
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            kwargs["num_items_in_batch"] = num_items_in_batch
+        ce, outputs, hidden, mask = self._ce_forward(model, inputs, kwargs, return_outputs)
+        self._refuse_divergence(model, inputs, ce)
+        scale = 1
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            scale = self.accelerator.num_processes
+        loss = ce * scale
+        ga_scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if ga_scaled is None:
+            ga_scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        per_step = 1.0 if ga_scaled else 1.0 / self.current_gradient_accumulation_steps
+        if self.pet_lambda > 0 and model.training:
+            loss = loss + self._pet_term(hidden, mask, ga_scaled)
+        if model.training:
+            self._acc["ce"] += float(ce.detach()) * per_step
+            self._acc["n"] += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def _ce_forward(self, model, inputs, kwargs: dict, return_outputs: bool):
+        """``(ce, outputs or None, last hidden states or None, attention mask)`` of one batch: the LM head only
+        where a label is (sparse head), the shared prompt prefix once (a SharedPrefixCollator batch), or the
+        plain forward pass. Hidden states only when the PET term needs them."""
+        want_hidden = self.pet_lambda > 0
+        if self.sparse_head and not return_outputs:  # the LM head only where a label is
+            ce, hidden, mask = sparse_lm_loss(model, inputs, kwargs.get("num_items_in_batch"), want_hidden)
+            return ce, None, hidden, mask
+        if "prefix_ids" in inputs:  # a SharedPrefixCollator batch: the prompt prefix once
+            outputs, hidden, mask = forward_shared_prefix(model, inputs, output_hidden_states=want_hidden, **kwargs)
+        else:
+            outputs = model(**inputs, **kwargs, output_hidden_states=want_hidden)
+            hidden = outputs.hidden_states[-1] if want_hidden else None
+            mask = inputs.get("attention_mask")
+        return outputs.loss, outputs, hidden, mask
+
+    def _refuse_divergence(self, model, inputs, ce: torch.Tensor) -> None:
+        """A non-finite training loss stops the run before the optimizer step: no non-finite update, no
+        checkpoint of NaN weights."""
+        has_targets = bool((inputs["labels"][:, 1:] != IGNORE_INDEX).any())  # else HF's CE is 0/0 by design
+        if model.training and has_targets and not bool(torch.isfinite(ce.detach()).all()):
+            raise ModelError(f"training diverged: the loss is {float(ce.detach())} at step "
+                             f"{self.state.global_step + 1}; lower --learning_rate (now {self.args.learning_rate:g}) "
+                             "or --pet_lambda; earlier checkpoints are intact")
+
+    def _pet_term(self, hidden: torch.Tensor, mask: torch.Tensor | None, ga_scaled: bool) -> torch.Tensor:
+        """The scheduled PET term as it is added to the loss, accumulated for the log."""
+        energy = pet_energy(hidden, mask)
+        weight = pet_schedule(self.state.global_step, self.state.max_steps, self.pet_lambda)
+        term = weight * energy
+        self._acc["pet"] += float(term.detach()) / self.current_gradient_accumulation_steps
+        self._acc["pet_energy"] += float(energy.detach()) / self.current_gradient_accumulation_steps
+        # The Trainer divides the loss by accumulation only when CE was not pre-scaled.
+        return term / self.current_gradient_accumulation_steps if ga_scaled else term
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._acc["n"]:
+            steps = max(self.state.global_step - (self._last_logged_step or 0), 1)
+            self._last_logged_step = self.state.global_step
+            logs["ce_loss"] = round(self._acc["ce"] / steps, 6)
+            logs["pet_loss"] = round(self._acc["pet"] / steps, 8)
+            logs["pet_energy"] = round(self._acc["pet_energy"] / steps, 6)
+            self._acc = {"ce": 0.0, "pet": 0.0, "pet_energy": 0.0, "n": 0}
+        super().log(logs, start_time)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self._sampler_factory is not None:
+            return self._sampler_factory(self.args)
+        return super()._get_train_sampler(train_dataset)
+
+    # ------------------------------------------------------------------------- checkpoints
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:  # transformers calls _save on every rank for some setups
+            if _has_gates(self.model):  # plain LoRA (--so8t_layers none) has none to save
+                save_gates(self.model, output_dir or self.args.output_dir)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            ckpt = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            marker = {"step": self.state.global_step, "complete": True}
+            tmp = ckpt / (CHECKPOINT_MARKER + ".tmp")
+            tmp.write_text(json.dumps(marker))
+            os.replace(tmp, ckpt / CHECKPOINT_MARKER)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if _has_gates(model or self.model):
+            load_gates(model or self.model, resume_from_checkpoint, attach=False)
+        logger.info("resumed adapter and SO8T gates from %s", resume_from_checkpoint)
+
+
 def _make_trainer_class():
     from transformers import Trainer, TrainerCallback
 
-    class LossLogCallback(TrainerCallback):
+    class LossLogCallback(_LossLog, TrainerCallback):
         """Appends every log line (CE and PET separately) to ``loss_log.jsonl``."""
 
-        def __init__(self, path: Path):
-            self.path = path
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D401
-            if state.is_world_process_zero and logs and "ce_loss" in logs:
-                with self.path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-    class SO8TTrainer(Trainer):
+    class SO8TTrainer(_SO8TTrainerMixin, Trainer):
         """Trainer with CE + PET, gates in every checkpoint, and completion markers."""
-
-        def __init__(self, *args, pet_lambda: float = 0.0, batch_sampler_factory=None, sparse_head: bool = False,
-                     **kwargs):
-            super().__init__(*args, **kwargs)
-            self.pet_lambda = pet_lambda
-            self.sparse_head = sparse_head
-            self._sampler_factory = batch_sampler_factory
-            self._acc = {"ce": 0.0, "pet": 0.0, "pet_energy": 0.0, "n": 0}
-            self._last_logged_step: int | None = None  # set at the first step (also after a resume)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self._last_logged_step is None:
-                self._last_logged_step = self.state.global_step
-            kwargs = {}
-            if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-                kwargs["num_items_in_batch"] = num_items_in_batch
-            want_hidden = self.pet_lambda > 0
-            if self.sparse_head and not return_outputs:  # the LM head only where a label is
-                ce, hidden, mask = sparse_lm_loss(model, inputs, kwargs.get("num_items_in_batch"), want_hidden)
-                outputs = None
-            elif "prefix_ids" in inputs:  # a SharedPrefixCollator batch: the prompt prefix once
-                outputs, hidden, mask = forward_shared_prefix(model, inputs, output_hidden_states=want_hidden, **kwargs)
-            else:
-                outputs = model(**inputs, **kwargs, output_hidden_states=want_hidden)
-                hidden = outputs.hidden_states[-1] if want_hidden else None
-                mask = inputs.get("attention_mask")
-            if outputs is not None:
-                ce = outputs.loss
-            has_targets = bool((inputs["labels"][:, 1:] != IGNORE_INDEX).any())  # else HF's CE is 0/0 by design
-            if model.training and has_targets and not bool(torch.isfinite(ce.detach()).all()):
-                # stop before the optimizer step: no non-finite update, no checkpoint of NaN weights
-                raise ModelError(f"training diverged: the loss is {float(ce.detach())} at step "
-                                 f"{self.state.global_step + 1}; lower --learning_rate (now {self.args.learning_rate:g}) "
-                                 "or --pet_lambda; earlier checkpoints are intact")
-            scale = 1
-            if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-                scale = self.accelerator.num_processes
-            loss = ce * scale
-            ga_scaled = getattr(self, "loss_is_scaled_for_ga", None)
-            if ga_scaled is None:
-                ga_scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-            per_step = 1.0 if ga_scaled else 1.0 / self.current_gradient_accumulation_steps
-            if self.pet_lambda > 0 and model.training:
-                energy = pet_energy(hidden, mask)
-                weight = pet_schedule(self.state.global_step, self.state.max_steps, self.pet_lambda)
-                term = weight * energy
-                # The Trainer divides the loss by accumulation only when CE was not pre-scaled.
-                loss = loss + (term / self.current_gradient_accumulation_steps if ga_scaled else term)
-                self._acc["pet"] += float(term.detach()) / self.current_gradient_accumulation_steps
-                self._acc["pet_energy"] += float(energy.detach()) / self.current_gradient_accumulation_steps
-            if model.training:
-                self._acc["ce"] += float(ce.detach()) * per_step
-                self._acc["n"] += 1
-            return (loss, outputs) if return_outputs else loss
-
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs and self._acc["n"]:
-                steps = max(self.state.global_step - (self._last_logged_step or 0), 1)
-                self._last_logged_step = self.state.global_step
-                logs["ce_loss"] = round(self._acc["ce"] / steps, 6)
-                logs["pet_loss"] = round(self._acc["pet"] / steps, 8)
-                logs["pet_energy"] = round(self._acc["pet_energy"] / steps, 6)
-                self._acc = {"ce": 0.0, "pet": 0.0, "pet_energy": 0.0, "n": 0}
-            super().log(logs, start_time)
-
-        def _get_train_sampler(self, train_dataset=None):
-            if self._sampler_factory is not None:
-                return self._sampler_factory(self.args)
-            return super()._get_train_sampler(train_dataset)
-
-        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-            super()._save(output_dir, state_dict)
-            if self.args.should_save:  # transformers calls _save on every rank for some setups
-                if _has_gates(self.model):  # plain LoRA (--so8t_layers none) has none to save
-                    save_gates(self.model, output_dir or self.args.output_dir)
-
-        def _save_checkpoint(self, model, trial) -> None:
-            super()._save_checkpoint(model, trial)
-            if self.args.should_save:
-                ckpt = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-                marker = {"step": self.state.global_step, "complete": True}
-                tmp = ckpt / (CHECKPOINT_MARKER + ".tmp")
-                tmp.write_text(json.dumps(marker))
-                os.replace(tmp, ckpt / CHECKPOINT_MARKER)
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-            if _has_gates(model or self.model):
-                load_gates(model or self.model, resume_from_checkpoint, attach=False)
-            logger.info("resumed adapter and SO8T gates from %s", resume_from_checkpoint)
 
     return SO8TTrainer, LossLogCallback
 
@@ -382,21 +408,14 @@ def train(cfg: TrainConfig) -> Path:
     Raises:
         DataError, ModelError, ConfigError: bad input, with a one-line message.
     """
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from so8t.base_models import resolve_base_model
 
-    from so8t.training.train_data import check_file, dataset_files, load_training_data
+    from so8t.training.train_data import load_training_data
 
-    # one-line errors on bad data before anything else (loading the model costs seconds)
-    checked = [check_file(f) for f in dataset_files(cfg.dataset)]
-    prompt = load_decision_prompt(cfg.decision_prompt)
-    check_output_dir(cfg)
-    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
+    checked, prompt, resume = _check_before_loading(cfg)
     out = Path(cfg.output_dir)
-    if resume is not None and (out / PROMPT_FILE).is_file() and load_decision_prompt(out / PROMPT_FILE) != prompt:
-        raise ConfigError(f"{out / PROMPT_FILE}: the run being resumed was trained on another decision prompt than "
-                          f"{cfg.decision_prompt or 'the built-in one'}: resume with the same --decision_prompt")
     model_dir = resolve_base_model(cfg.base_model)
     set_seed(cfg.seed)
     base, tok = load_base(model_dir, cfg)
@@ -408,11 +427,55 @@ def train(cfg: TrainConfig) -> Path:
         raise ConfigError(f"max_length {cfg.max_length} leaves no answer token in {cfg.dataset}: raise --max_length")
 
     out.mkdir(parents=True, exist_ok=True)
-    write_decision_prompt(prompt, out)  # before any checkpoint: bake and calibration read it from here
-    SO8TTrainer, LossLogCallback = _make_trainer_class()
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process of a launched run writes it, the others read
+        write_decision_prompt(prompt, out)  # before any checkpoint: bake and calibration read it from here
     cuda = _device_is_cuda()
     use_bf16 = resolve_precision(cfg.precision, cuda, cfg.load_in_4bit) == "bf16"
-    args = TrainingArguments(
+    args = _training_arguments(cfg, out, cuda, use_bf16)
+    loss_log = out / LOSS_LOG
+    if args.process_index == 0:  # one writer: in a launched run every process gets here (a rewrite raced and lost lines)
+        if resume is None:
+            loss_log.unlink(missing_ok=True)
+        else:
+            _truncate_loss_log(loss_log, _checkpoint_step(resume))
+    trainer = _build_trainer(cfg, model, tok, data, args, loss_log, use_bf16)
+    with _disk_full_is_one_line(out):
+        _train_or_finish(trainer, cfg, resume)
+        if trainer.is_world_process_zero():
+            model.save_pretrained(str(out))
+            if _has_gates(model):
+                save_gates(model, out)
+            tok.save_pretrained(str(out / "tokenizer"))
+            resolved = _run_record(cfg, trainer, model, model_dir=model_dir, layers=layers, prompt_sha256=prompt.sha256(),
+                                   resume=resume, data=data, stats=stats, use_bf16=use_bf16)
+            (out / CONFIG_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
+            logger.info("training done: %d steps, output in %s", trainer.state.global_step, out)
+    return out
+
+
+def _check_before_loading(cfg: TrainConfig) -> tuple[list, DecisionPrompt, Path | None]:
+    """The checks that need no model, before anything is loaded or written: ``(the checked data files, the
+    decision prompt, the checkpoint to resume or None)``."""
+    from so8t.training.launch import check_world
+    from so8t.training.train_data import check_file, dataset_files
+
+    check_world(cfg)
+    # one-line errors on bad data before anything else (loading the model costs seconds)
+    checked = [check_file(f) for f in dataset_files(cfg.dataset)]
+    prompt = load_decision_prompt(cfg.decision_prompt)
+    check_output_dir(cfg)
+    resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
+    out = Path(cfg.output_dir)
+    if resume is not None and (out / PROMPT_FILE).is_file() and load_decision_prompt(out / PROMPT_FILE) != prompt:
+        raise ConfigError(f"{out / PROMPT_FILE}: the run being resumed was trained on another decision prompt than "
+                          f"{cfg.decision_prompt or 'the built-in one'}: resume with the same --decision_prompt")
+    return checked, prompt, resume
+
+
+def _training_arguments(cfg: TrainConfig, out: Path, cuda: bool, use_bf16: bool) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -436,11 +499,13 @@ def train(cfg: TrainConfig) -> Path:
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
     )
-    loss_log = out / LOSS_LOG
-    if resume is None:
-        loss_log.unlink(missing_ok=True)
-    else:
-        _truncate_loss_log(loss_log, _checkpoint_step(resume))
+
+
+def _build_trainer(cfg: TrainConfig, model: nn.Module, tok: Any, data: Any, args: Any, loss_log: Path,
+                   use_bf16: bool) -> Any:
+    """The SO8TTrainer of this run: the shared-prefix batches and the sparse LM head where they apply (one
+    process), the loss log callback."""
+    SO8TTrainer, LossLogCallback = _make_trainer_class()
     share = cfg.share_prompt_prefix and args.world_size == 1
     # DDP must see the wrapped model's own forward (its gradient hooks): the decoder-only path is single-process
     sparse = (cfg.sparse_lm_head and args.world_size == 1
@@ -450,47 +515,48 @@ def train(cfg: TrainConfig) -> Path:
                 "on" if cfg.gradient_checkpointing else "off")
     if cfg.share_prompt_prefix and not share:
         logger.info("share_prompt_prefix: off in a %d-process run (one forward per batch under DDP)", args.world_size)
-    trainer = SO8TTrainer(
+    return SO8TTrainer(
         model=model, args=args, train_dataset=data.dataset,
         data_collator=SharedPrefixCollator(tok.pad_token_id) if share else PadCollator(tok.pad_token_id),
         callbacks=[LossLogCallback(loss_log)], pet_lambda=cfg.pet_lambda, sparse_head=sparse,
         batch_sampler_factory=(lambda a: GroupedBatchSampler(
             data.kinds, data.lengths, a.train_batch_size, a.data_seed, strata=data.labels)) if share else None,
     )
-    with _disk_full_is_one_line(out):
-        done = _checkpoint_step(resume) if resume is not None else 0
-        if resume is not None and cfg.max_steps > 0 and done >= cfg.max_steps:
-            # a finished run: transformers would take one more step on every resume (3 -> 4 -> 5)
-            logger.info("resume: %s is at step %d of max_steps %d: nothing left to train; final outputs from it",
-                        resume, done, cfg.max_steps)
-            trainer._load_from_checkpoint(str(resume))
-            trainer.state.global_step = done
-        else:
-            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        if trainer.is_world_process_zero():
-            model.save_pretrained(str(out))
-            if _has_gates(model):
-                save_gates(model, out)
-            tok.save_pretrained(str(out / "tokenizer"))
-            resolved = {
-                "config": cfg.model_dump(),
-                "base_model_dir": str(model_dir),
-                "gated_layers": layers,
-                "decision_prompt_sha256": prompt.sha256(),
-                "lora_target_modules": sorted(model.peft_config["default"].target_modules),
-                "global_step": trainer.state.global_step,
-                "resumed_from": str(resume) if resume else None,
-                "data": {"examples": stats.examples, "truncated": stats.truncated, "tokens": stats.tokens,
-                         "loss_tokens": stats.loss_tokens, "kinds": stats.kinds,
-                         "files": [{"path": str(c.path), "sha256": c.sha256, "records": c.records} for c in data.files],
-                         "encoding_fingerprint": data.fingerprint},
-                "world_size": trainer.args.world_size,
-                "precision": "bf16" if use_bf16 else "fp32",
-                "sparse_lm_head": sparse,
-            }
-            (out / CONFIG_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
-            logger.info("training done: %d steps, output in %s", trainer.state.global_step, out)
-    return out
+
+
+def _train_or_finish(trainer: Any, cfg: TrainConfig, resume: Path | None) -> None:
+    """Train (from ``resume`` when given); a resumed run already at max_steps only loads its checkpoint."""
+    done = _checkpoint_step(resume) if resume is not None else 0
+    if resume is not None and cfg.max_steps > 0 and done >= cfg.max_steps:
+        # a finished run: transformers would take one more step on every resume (3 -> 4 -> 5)
+        logger.info("resume: %s is at step %d of max_steps %d: nothing left to train; final outputs from it",
+                    resume, done, cfg.max_steps)
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state.global_step = done
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+
+def _run_record(cfg: TrainConfig, trainer: Any, model: nn.Module, *, model_dir: Path, layers: list[int], prompt_sha256: str,
+                resume: Path | None, data: Any, stats: Any, use_bf16: bool) -> dict[str, Any]:
+    """The content of ``so8t_train_config.json``: the resolved configuration, data statistics and the run's facts."""
+    return {
+        "config": cfg.model_dump(),
+        "base_model_dir": str(model_dir),
+        "gated_layers": layers,
+        "decision_prompt_sha256": prompt_sha256,
+        "lora_target_modules": sorted(model.peft_config["default"].target_modules),
+        "global_step": trainer.state.global_step,
+        "resumed_from": str(resume) if resume else None,
+        "data": {"examples": stats.examples, "truncated": stats.truncated, "tokens": stats.tokens,
+                 "loss_tokens": stats.loss_tokens, "kinds": stats.kinds,
+                 "files": [{"path": str(c.path), "sha256": c.sha256, "records": c.records} for c in data.files],
+                 "encoding_fingerprint": data.fingerprint},
+        "world_size": trainer.args.world_size,
+        "distributed_type": getattr(trainer.accelerator.distributed_type, "value", "NO"),  # DDP: MULTI_GPU/CPU
+        "precision": "bf16" if use_bf16 else "fp32",
+        "sparse_lm_head": trainer.sparse_head,
+    }
 
 
 def _checkpoint_step(path: Path) -> int:

@@ -452,3 +452,50 @@ def training_setup(cfg: Any, shape: ModelShape, *, native_bf16: bool = True) -> 
         gradient_checkpointing=cfg.gradient_checkpointing, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         pet=cfg.pet_lambda > 0, padded=cfg.batch_size > 1, cuda=True,
     )
+
+
+def layer_weight_params(shape: ModelShape) -> int:
+    """Parameters of one decoder layer: its Linear weights, two norms and any q/k/v biases."""
+    bias = shape.q_width + 2 * shape.kv_width if shape.qkv_bias else 0
+    return sum(a * b for a, b in shape.linears().values()) + 2 * shape.hidden + bias
+
+
+def root_unit_params(shape: ModelShape) -> int:
+    """Parameters outside the decoder layers: embeddings, LM head (unless tied), final norm."""
+    return shape.vocab * shape.hidden * (1 if shape.tied else 2) + shape.hidden
+
+
+def estimate_fsdp_peak(shape: ModelShape, setup: TrainingSetup, world: int, prefetched_layers: int = 2) -> VramEstimate:
+    """Peak memory of one GPU when FSDP fully shards the run over ``world`` GPUs (docs/multi-gpu.md).
+
+    ``deployments/accelerate/fsdp-8b.yaml``'s layout: one FSDP unit per decoder layer, the rest (embeddings,
+    final norm, LM head) in the root unit. Every parameter, gradient and optimizer state that
+    :func:`static_components` counts is held as a ``1/world`` shard. On top, while a step runs, a GPU holds
+    full copies of what is all-gathered: the root unit (FSDP2 keeps the root gathered between forward and
+    backward) and ``prefetched_layers`` decoder layers (the one computing and the next one, prefetched), in
+    the weights' dtype, with their LoRA parameters. Activations are not sharded: each GPU runs its own
+    micro-batch (:func:`dynamic_phases`, the same as one GPU). Not counted: NCCL's buffers and the
+    gradient reduce-scatter's unsharded LoRA gradients of one layer (a few MiB).
+
+    Raises:
+        ConfigError: ``world`` below 1, or 4-bit weights (FSDP shards bf16 or fp32 tensors here).
+    """
+    if world < 1:
+        raise ConfigError(f"FSDP over {world} GPUs: give 1 or more")
+    if setup.weights.startswith("nf4"):
+        raise ConfigError("FSDP plan: 4-bit (NF4) weights are not sharded by this estimate: plan with a bf16 base")
+    weight_bytes = BITS_PER_WEIGHT[setup.weights] / 8
+    static = [(f"{name} (1/{world} shard)", round(b / world)) for name, b in static_components(shape, setup)]
+    per_layer_lora = lora_params(shape, setup) // max(len(setup.lora_layers), 1)
+    gathered = [
+        ("all-gathered root unit: embeddings, LM head, final norm", root_unit_params(shape) * setup.other_weight_bytes),
+        (f"all-gathered decoder layers ({prefetched_layers}: computing and prefetched), with their LoRA",
+         round(prefetched_layers * (layer_weight_params(shape) * weight_bytes + per_layer_lora * setup.adapter_bytes))),
+    ]
+    kept, phases = dynamic_phases(shape, setup)
+    phase, (extra_name, extra) = max(phases.items(), key=lambda kv: kv[1][1])
+    components = (*static, *gathered, *kept, (extra_name, extra))
+    allocated = sum(b for _, b in components)
+    total = allocated + (CUDA_CONTEXT_BYTES + round(ALLOCATOR_SLACK * allocated) if setup.cuda else 0)
+    notes = [] if shape.known else [f"model_type {shape.model_type!r}: estimated as a Llama-like decoder layer"]
+    return VramEstimate(components=components, allocated=allocated, total=total, peak_phase=phase, notes=tuple(notes))

@@ -43,7 +43,7 @@ def test_serve_builds_the_same_deployments():
 
 def test_nightly_retraining_uses_the_demo_recipe():
     """The scheduled retrain trains what `make demo` measured to pass the gate, not an older recipe."""
-    from flows.demo import RECIPE_COMMON, RECIPES
+    from release.demo import RECIPE_COMMON, RECIPES
 
     train = {s["name"]: s for s in load_deployments()}["retrain-nightly"]["parameters"]["params"]["train"]
     want = {**RECIPE_COMMON, **RECIPES["demo"]}

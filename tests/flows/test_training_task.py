@@ -110,3 +110,25 @@ def test_user_errors_are_not_retried(prefect_api, tmp_path, monkeypatch):
     assert state.is_failed() and len(calls) == 1
     with pytest.raises(DataError):
         state.result()
+
+
+@pytest.mark.slow
+def test_train_task_with_two_processes_trains_through_accelerate_launch(prefect_api, tiny_llama, flow_data, tmp_path,
+                                                                       monkeypatch):
+    """`train.num_processes: 2` in a flow: the task launches two DDP processes (gloo here) on the same output
+    directory; its result and outputs are those of one process."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg = TrainConfig(base_model=str(tiny_llama), dataset=str(flow_data["train"]), output_dir=str(tmp_path / "out"),
+                      batch_size=2, gradient_accumulation_steps=1, max_steps=4, save_steps=2, max_length=64,
+                      lora_r=4, lora_alpha=8, num_processes=2)
+    state = _run_train(cfg, retries=0)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.world_size == 2 and result.global_step == 4 and result.resumed_from is None
+    resolved = json.loads((tmp_path / "out" / "so8t_train_config.json").read_text())
+    assert resolved["world_size"] == 2 and resolved["config"]["num_processes"] == 2
+    from so8t.training.train import list_checkpoints, read_loss_log
+
+    assert [r["step"] for r in read_loss_log(tmp_path / "out")] == [1, 2, 3, 4]
+    assert [p.name for p in list_checkpoints(tmp_path / "out")] == ["checkpoint-2", "checkpoint-4"]

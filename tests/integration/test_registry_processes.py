@@ -116,11 +116,13 @@ def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path: Path, file_r
     reg = Registry(root, lock_timeout_s=10)
     rng = random.Random(1234)
     # At least 50 kills, and on until the kills have landed inside operations at least 5 times and
-    # the store has made progress (10 versions): a count of the machine's scheduling, not of the
+    # the store has made progress (10 versions and 10 history entries: the loop waits for both, as the final
+    # assertion checks both; waiting for the versions alone failed once with 10 versions and 9 entries): a count of the machine's scheduling, not of the
     # code, so loop until it is seen, with a cap that only a store that never progresses reaches.
     min_trials, cap = 50, 1000
     trials, killed_running, interrupted = 0, 0, 0
-    while trials < cap and (trials < min_trials or interrupted < 5 or reg._max_version(NAME) < 10):
+    while trials < cap and (trials < min_trials or interrupted < 5 or reg._max_version(NAME) < 10
+                            or len(reg.history(NAME)) < 10):
         trial, trials = trials, trials + 1
         seed = rng.randrange(1 << 30)
 

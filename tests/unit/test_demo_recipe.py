@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("recipe", ["demo", "full"])
 def test_recipes_train_on_real_data_and_keep_the_default_gate(recipe, tmp_path):
-    from flows.demo import demo_params
+    from release.demo import demo_params
     from so8t.calibrate.promotion_gate import GateConfig
 
     p = demo_params(tmp_path, recipe)
@@ -26,7 +26,7 @@ def test_recipes_train_on_real_data_and_keep_the_default_gate(recipe, tmp_path):
 def test_showcase_picks_held_out_records_of_each_kind():
     import json
 
-    from flows.demo import SHOWCASE, showcase_records
+    from release.demo import SHOWCASE, showcase_records
 
     test = REPO / "data" / "decision_test.jsonl"
     picked = showcase_records(test)
