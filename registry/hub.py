@@ -402,6 +402,27 @@ class HubMirror:
         return PullReport(**base, fetched=fetched, fetched_bytes=sum(sizes[p] for p in fetched), skipped=skipped,
                           skipped_bytes=sum(sizes[p] for p in skipped))
 
+    def next_version(self, name: str) -> int:
+        """The lowest version number no host has mirrored yet: the Hub's highest ``vN`` tag + 1 (1 for a new repo).
+
+        A registry that publishes through a shared mirror numbers its next version at least this high, so two
+        hosts never give one number to two different versions (what remains is a race between two publishes
+        before either is mirrored: the second tag is then refused by the Hub and said by ``sync``).
+
+        Raises:
+            MirrorError: The Hub cannot be reached after the configured retries.
+        """
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=self._endpoint(), token=self._token)
+        repo = self.config.repo_id
+        try:
+            refs = self._call("list refs", lambda: api.list_repo_refs(repo), not_found=f"no repository {repo}")
+        except NotFoundError:  # nothing mirrored yet
+            return 1
+        numbers = [int(t.name[1:]) for t in refs.tags if is_version(t.name)]
+        return max(numbers, default=0) + 1
+
     def _resolve_remote(self, api: Any, name: str, ref: str, hint: str) -> tuple[str, str]:
         """(version, tag commit) that ``ref`` names on the Hub."""
         repo = self.config.repo_id

@@ -113,6 +113,7 @@ class Registry:
         lineage: Lineage | Mapping[str, Any] | None = None,
         flow_run_id: str | None = None,
         description: str = "",
+        min_version: int = 1,
     ) -> VersionManifest:
         """Store files as the next version (v1, v2, ...) of ``name``.
 
@@ -126,6 +127,9 @@ class Registry:
             lineage: Parents, base model, dataset hashes, code revision.
             flow_run_id: Prefect flow-run id, when published from a flow.
             description: Free-text note.
+            min_version: The lowest number the new version may take: when several registries publish one
+                model through a shared Hub mirror, the Hub's highest tag + 1 (``registry.hub.HubMirror.
+                next_version``), so a number is never given to two different versions.
 
         Returns:
             The manifest of the new version (state: candidate).
@@ -149,7 +153,7 @@ class Registry:
         with rw_lock(self.root / GC_LOCK, write=False, timeout_s=self.lock_timeout_s):
             entries = self._store_files(files, kinds)
             draft = self._checked_draft(name, entries, metrics, parameters, lineage, flow_run_id, description)
-            manifest = self._claim_next_version(name, versions_dir, draft)
+            manifest = self._claim_next_version(name, versions_dir, draft, min_version)
         logger.info("published %s %s (%d files, %d bytes)", name, manifest.version,
                     len(manifest.files), manifest.total_size)
         return manifest
@@ -269,10 +273,11 @@ class Registry:
             ) from None
         return draft
 
-    def _claim_next_version(self, name: str, versions_dir: Path, draft: dict[str, Any]) -> VersionManifest:
-        """Write the manifest as the next free vN: each number claimed with an exclusive link (another
-        publisher may win a number; then the next one is tried)."""
-        number = self._max_version(name) + 1
+    def _claim_next_version(self, name: str, versions_dir: Path, draft: dict[str, Any],
+                            min_version: int = 1) -> VersionManifest:
+        """Write the manifest as the next free vN (at least ``min_version``): each number claimed with an exclusive
+        link (another publisher may win a number; then the next one is tried)."""
+        number = max(self._max_version(name) + 1, min_version)
         while True:
             manifest = VersionManifest(version=f"v{number}", **draft)
             path = versions_dir / f"{manifest.version}.json"

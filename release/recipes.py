@@ -104,7 +104,7 @@ def build_candidate(params: RetrainParams, stages: Stages) -> CandidateSummary:
                     "convert": params.convert.model_dump(mode="json"), "run_dir": plan.run_dir},
         lineage={"base_model": plan.base_model, "dataset_hashes": plan.dataset_hashes, "code_revision": code_revision()},
         description=f"candidate: SO8T on {plan.base_model}, {trained.global_step} steps, {conv_cfg.quants[0]}",
-        title="Candidate published")
+        title="Candidate published", mirror=params.mirror)
     stages.mirror(params.mirror, root, name)  # before the event: a worker on another host pulls it from the Hub
     if params.emit_event:
         stages.event("candidate.published", name, manifest.version,
@@ -170,7 +170,8 @@ def publish_calibrated(p: CalibrateAndPromoteParams, cand: VersionManifest, stag
         parameters={**cand.parameters, "gate": p.gate.model_dump(mode="json"), "calibration": {
             "temperature": r.temperature, "tau_deny": r.tau_deny, "tau_escalate": r.tau_escalate, "val_data": str(val)}},
         lineage=lineage_of(cand, {val.name: file_digest(val)}),
-        description=f"{cand.version} calibrated on {val.name}: T={r.temperature:.3g}", title="Calibrated version published")
+        description=f"{cand.version} calibrated on {val.name}: T={r.temperature:.3g}", title="Calibrated version published",
+        mirror=p.mirror)
 
 
 def calibrate_gate_promote(params: CalibrateAndPromoteParams, stages: Stages) -> PromotionSummary:
@@ -194,6 +195,7 @@ def calibrate_gate_promote(params: CalibrateAndPromoteParams, stages: Stages) ->
             stages.reject(root, name, v, why, evidence(run, decision))
         stages.event("gate.failed", name, release.version,
                      {"candidate": candidate, "failed": list(decision.failed), "summary": decision.summary})
+        stages.mirror(params.mirror, root, name)  # the number is taken on the Hub too, though the version is rejected
         raise GateFailed(f"{name} {release.version} (calibrated {candidate}) failed the promotion gate on "
                          f"{', '.join(decision.failed)}: {decision.summary}; rejected, production unchanged "
                          f"({production or 'none'})")
@@ -207,6 +209,7 @@ def calibrate_gate_promote(params: CalibrateAndPromoteParams, stages: Stages) ->
         now = production_version(root, name)
         if now != release.version:  # restored after the failed smoke test, or never promoted
             stages.reject(root, name, release.version, f"smoke test failed: {e}", {"error": str(e)})
+        stages.mirror(params.mirror, root, name)
         raise PromotionFailed(f"{name} {release.version} failed its smoke test ({e}); it is rejected and production "
                               f"is {now or 'still unset'}" + (f" (restored by the {stages.undo})" if production else "")) from e
 

@@ -76,9 +76,9 @@ class Stages:
 
     def publish(self, root: str | None, name: str, files: dict[str, str], *, kinds: dict[str, str],
                 metrics: dict[str, float], parameters: dict[str, Any], lineage: dict[str, Any], description: str,
-                title: str) -> VersionManifest:
+                title: str, mirror: Any = None) -> VersionManifest:
         m, published = publish_version(Registry(root), name, files, kinds=kinds, metrics=metrics, parameters=parameters,
-                                       lineage=lineage, description=description)
+                                       lineage=lineage, description=description, mirror=mirror)
         logger.info("%s: %s %s%s", title, name, m.version, "" if published else " (identical version existed)")
         return m
 

@@ -38,18 +38,37 @@ def find_identical(reg: Registry, name: str, files: dict[str, str], parameters: 
 def publish_version(reg: Registry, name: str, files: dict[str, str], *, kinds: dict[str, str] | None = None,
                     metrics: dict[str, float] | None = None, parameters: dict[str, Any] | None = None,
                     lineage: dict[str, Any] | None = None, description: str = "",
-                    flow_run_id: str | None = None) -> tuple[VersionManifest, bool]:
+                    flow_run_id: str | None = None, mirror: Any = None) -> tuple[VersionManifest, bool]:
     """Publish ``files`` as the next version unless an identical version exists (idempotent).
+
+    With a Hub mirror configured (``mirror``: :class:`release.params.MirrorSettings` or None, see
+    :func:`mirror_configured`), the number is at least the Hub's highest version + 1
+    (:func:`hub_next_version`): hosts that share the mirror then never give one number to two versions.
 
     Returns:
         The manifest and whether it was published now (False: an identical version was found).
+
+    Raises:
+        registry.MirrorError: A mirror is configured and the Hub cannot be reached to number the version.
     """
     parameters = parameters or {}
     m = find_identical(reg, name, files, parameters)
     if m is not None:
         return m, False
+    floor = hub_next_version(reg, name, mirror) if mirror_configured(mirror) else 1
     return reg.publish(name, files, kinds=kinds, metrics=metrics, parameters=parameters, lineage=lineage,
-                       flow_run_id=flow_run_id, description=description), True
+                       flow_run_id=flow_run_id, description=description, min_version=floor), True
+
+
+def hub_next_version(reg: Registry, name: str, mirror: Any) -> int:
+    """The lowest version number the Hub mirror has not seen (its highest ``vN`` tag + 1)."""
+    from registry.hub import HubMirror, MirrorConfig
+
+    cfg = MirrorConfig.from_env(repo_id=getattr(mirror, "repo_id", None), endpoint=getattr(mirror, "endpoint", None))
+    n = HubMirror(reg, cfg).next_version(name)
+    logger.info("%s: the Hub mirror %s has versions up to v%d; the next version here is at least v%d",
+                name, cfg.repo_id, n - 1, n)
+    return n
 
 
 class VersionInfo(BaseModel):

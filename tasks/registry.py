@@ -55,12 +55,13 @@ def _manifest_markdown(reg: Registry, m: VersionManifest, title: str) -> str:
 def publish_task(root: str | None, name: str, files: dict[str, str], *, kinds: dict[str, str] | None = None,
                  metrics: dict[str, float] | None = None, parameters: dict[str, Any] | None = None,
                  lineage: dict[str, Any] | None = None, description: str = "",
-                 title: str = "Published") -> VersionManifest:
-    """Publish ``files`` ({path in version: source file}) as the next version (idempotent)."""
+                 title: str = "Published", mirror: Any = None) -> VersionManifest:
+    """Publish ``files`` ({path in version: source file}) as the next version (idempotent); with a Hub mirror
+    configured, numbered above every version the Hub has (hosts sharing it never reuse a number)."""
     log = get_run_logger()
     reg = open_registry(root)
     m, published = publish_version(reg, name, files, kinds=kinds, metrics=metrics, parameters=parameters,
-                                   lineage=lineage, description=description, flow_run_id=_run_id())
+                                   lineage=lineage, description=description, flow_run_id=_run_id(), mirror=mirror)
     if published:
         log.info("published %s %s (%d files)", name, m.version, len(m.files))
     else:

@@ -78,9 +78,10 @@ class PrefectStages(Stages):
 
     def publish(self, root: str | None, name: str, files: dict[str, str], *, kinds: dict[str, str],
                 metrics: dict[str, float], parameters: dict[str, Any], lineage: dict[str, Any], description: str,
-                title: str) -> VersionManifest:
+                title: str, mirror: Any = None) -> VersionManifest:
         return publish_task(root, name, opaque(files), kinds=opaque(kinds), metrics=opaque(metrics),
-                            parameters=opaque(parameters), lineage=opaque(lineage), description=description, title=title)
+                            parameters=opaque(parameters), lineage=opaque(lineage), description=description, title=title,
+                            mirror=mirror)
 
     def calibrate(self, cfg: CalibrateCommandConfig, title: str, cache_dir: str) -> CalibrationRun:
         (calibrate,) = bind_cache(cache_dir, calibrate_task)

@@ -265,6 +265,33 @@ def test_ensure_local_pulls_only_when_the_version_is_not_here(synced, tmp_path: 
     assert ensure_local(c, NAME, "v1", MirrorSettings()) == "v1"
 
 
+def test_hosts_sharing_a_mirror_never_give_one_number_to_two_versions(synced, tmp_path: Path, monkeypatch) -> None:
+    """Host A built v1, v2 and mirrored them; host B pulls v1 and publishes its own version: it is v3, not B's local
+    next number v2 (which the Hub already holds with other content), and A's next publish after B mirrored is v4."""
+    from release.params import MirrorSettings
+    from release.versions import publish_version
+
+    hub, a = synced
+    monkeypatch.delenv("SO8T_HF_REPO", raising=False)
+    settings = MirrorSettings(repo_id=REPO_ID, endpoint=hub.url)
+    b = Registry(tmp_path / "b")
+    assert HubMirror(b, MirrorConfig(repo_id=REPO_ID, endpoint=hub.url, backoff_s=0)).pull(NAME, "v1").version == "v1"
+    src = tmp_path / "calibrated.gguf"
+    src.write_bytes(b"calibrated on host b")
+    m, published = publish_version(b, NAME, {"model.gguf": str(src)}, mirror=settings)
+    assert published and m.version == "v3"
+    assert publish_version(b, NAME, {"model.gguf": str(src)}, mirror=settings) == (m, False)  # idempotent, no new number
+    unmirrored = publish_version(b, NAME, {"model.gguf": str(src)}, parameters={"x": 1})[0]  # no mirror: local numbering
+    assert unmirrored.version == "v4"
+    assert _mirror(b, hub).sync(NAME).ok
+    src.write_bytes(b"next candidate on host a")
+    assert publish_version(a, NAME, {"model.gguf": str(src)}, mirror=settings)[0].version == "v5"
+    assert publish_version(a, NAME, {"model.gguf": str(src)}, parameters={"y": 2})[0].version == "v6"  # a's own next
+    fresh = Registry(tmp_path / "fresh")  # a repository with no tags yet: numbering starts at 1
+    cfg = MirrorSettings(repo_id="someone/empty-repo", endpoint=hub.url)
+    assert publish_version(fresh, NAME, {"model.gguf": str(src)}, mirror=cfg)[0].version == "v1"
+
+
 def test_rollback_recipe_pulls_a_target_this_host_never_had(synced, tmp_path: Path) -> None:
     from release.params import MirrorSettings, ModelRef, RollbackParams
     from release.recipes import rollback
