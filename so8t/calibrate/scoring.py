@@ -37,7 +37,7 @@ from so8t.chat_template import render_chat
 from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, DecisionPrompt
 from so8t.digests import sha256_file
 from so8t.errors import DataError, ModelError
-from so8t.llama import N_BATCH, next_token_logits, open_llama, special_token_text, template_token_ids
+from so8t.llama import N_BATCH, VocabOnly, next_token_logits, open_llama, special_token_text, template_token_ids
 from so8t.calibrate.metrics import log_softmax
 from so8t.calibrate.score_cache import cache_key, load_cached, save_cached
 from so8t.shards import ShardExecutor, ShardTiming, merge_in_order, shard_ranges, where, worker_threads
@@ -445,7 +445,7 @@ def _prepare(llm, texts: Sequence[str], *, mode: ScoringMode, label_texts: Seque
              n_ctx: int, prompt: DecisionPrompt, model_name: str) -> _Plan:
     """Render and tokenize every prompt, find the label tokens, the mode and the shared prefix (no evaluation).
 
-    ``llm`` may be a loaded model or the vocabulary alone (:class:`_Vocab`): both tokenize alike.
+    ``llm`` may be a loaded model or the vocabulary alone (:class:`so8t.llama.VocabOnly`): both tokenize alike.
     """
     prompter = _Prompter(llm, chat_template, prompt)
     prompts = [prompter.render(t) for t in texts]
@@ -484,31 +484,6 @@ def _score_ids(llm, ids: Sequence[Sequence[int]], n_prefix: int, lab_ids: Sequen
 
 
 # ----------------------------------------------------------------------------- sharded scoring
-class _Vocab:
-    """llama.cpp's vocabulary-only model with the few ``Llama`` members :class:`_Prompter` uses (no weights loaded)."""
-
-    def __init__(self, path: Path):
-        from so8t.serving.inference import _open_vocab
-
-        self._model = _open_vocab(path)
-        self.metadata = self._model.metadata()
-
-    def token_bos(self) -> int:
-        return self._model.token_bos()
-
-    def token_eos(self) -> int:
-        return self._model.token_eos()
-
-    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
-        return self._model.tokenize(text, add_bos=add_bos, special=special)
-
-    def detokenize(self, tokens: list[int], special: bool = False) -> bytes:
-        return self._model.detokenize(tokens, special=special)
-
-    def close(self) -> None:
-        self._model.close()
-
-
 @dataclass(frozen=True)
 class ScoringShard:
     """One contiguous shard of a scoring job, complete in itself (sent to a worker as it is).
@@ -580,7 +555,7 @@ def _score_sharded(executor: ShardExecutor, path: Path, texts: Sequence[str], *,
                    label_texts: Sequence[str], chat_template: str | None, n_ctx: int, n_threads: int,
                    prompt: DecisionPrompt) -> _Run:
     """Prepare here (vocabulary only), score the shards on the executor's workers, merge in order."""
-    vocab = _Vocab(path)
+    vocab = VocabOnly(path)
     try:
         plan = _prepare(vocab, texts, mode=mode, label_texts=label_texts, chat_template=chat_template, n_ctx=n_ctx,
                         prompt=prompt, model_name=path.name)
