@@ -18,6 +18,11 @@ for each sample the KV cache is cut back to that prefix (``llm.n_tokens = P``) a
 evaluated. Scores are cached under ``cache_root()/scores/<key>.{npz,json}`` (written atomically),
 keyed by the model file's sha256, the records' content, the decision prompt, the label spellings,
 the mode, the scorer version and the llama-cpp-python version, so re-calibrating does not re-score.
+
+Shards (``executor=``, :mod:`so8t.shards`): the prompts are prepared here with the vocabulary alone
+(:class:`so8t.llama.VocabOnly`), split into contiguous shards, and each shard is scored on a worker by
+:func:`score_shard` (its own model, the global shared prefix, the same :func:`_score_ids` loop as the
+sequential run); the merged ``z`` is bit-identical to the sequential one and goes to the same cache entry.
 """
 
 from __future__ import annotations
