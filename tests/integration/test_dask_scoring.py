@@ -94,7 +94,7 @@ def test_sharded_run_writes_the_sequential_cache_entry_byte_for_byte(gguf, recor
     assert hit.from_cache and hit.cache_key == k2
 
 
-def test_calibrate_cli_on_dask_matches_sequential(gguf, records, tmp_path):
+def test_calibrate_cli_and_evaluate_on_dask_match_sequential(gguf, records, cluster, tmp_path):
     from so8t.calibrate.cli import load_calibration_results, load_calibration_scores
     from so8t.cli import main
 
@@ -109,6 +109,16 @@ def test_calibrate_cli_on_dask_matches_sequential(gguf, records, tmp_path):
     ra, _ = load_calibration_results(tmp_path / "seq" / "calibration_results.json")
     rb, _ = load_calibration_results(tmp_path / "dask" / "calibration_results.json")
     assert ra.temperature == rb.temperature and ra.tau_deny == rb.tau_deny and ra.tau_escalate == rb.tau_escalate
+
+    # so8t evaluate on the cluster: its decisions are those the sequential scores give under the calibration
+    from so8t.calibrate.evaluate import EvaluateConfig, evaluate
+    from so8t.calibrate.metrics import confusion_matrix, decide, softmax
+
+    report = evaluate(EvaluateConfig(model=str(gguf), data=str(data), output_dir=str(tmp_path / "eval"), n_ctx=1024,
+                                     calibration=str(tmp_path / "seq" / "calibration_results.json"), no_cache=True),
+                      executor=cluster)
+    d = decide(softmax(a["z"], ra.temperature), ra.tau_deny, ra.tau_escalate)
+    assert report.files[0].overall.confusion_matrix == confusion_matrix(a["y"], d).tolist()
 
 
 def test_unreachable_scheduler_is_one_line_and_writes_nothing(gguf, records, tmp_path, monkeypatch, capsys):
