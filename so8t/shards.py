@@ -57,26 +57,44 @@ DASK_SCHEDULER_HELP = ("Address of a running dask scheduler (e.g. tcp://10.0.0.5
 CONNECT_TIMEOUT_S = 20.0
 
 
-def shard_ranges(n: int, n_shards: int) -> list[tuple[int, int]]:
-    """Contiguous, near-equal ``[start, stop)`` ranges covering ``range(n)``; no empty shard.
+def shard_ranges(n: int, n_shards: int, weights: Sequence[float] | None = None) -> list[tuple[int, int]]:
+    """Contiguous ``[start, stop)`` ranges covering ``range(n)``, ``min(n_shards, n)`` of them, none empty.
 
-    The first ``n % k`` shards get one record more (``k = min(n_shards, n)``).
+    Without ``weights`` the shards hold near-equal record counts (the first ``n % k`` one more). With
+    ``weights`` (one per record: the work it costs, e.g. the tokens scoring evaluates for it) each cut is
+    put where the running total is nearest ``i / k`` of the whole, so the shards' work is balanced to
+    within one record's weight.
 
     Raises:
-        ValueError: ``n < 0`` or ``n_shards < 1``.
+        ValueError: ``n < 0``, ``n_shards < 1``, or not one weight per record.
     """
     if n < 0 or n_shards < 1:
         raise ValueError(f"shard_ranges({n}, {n_shards}): need n >= 0 and n_shards >= 1")
     k = min(n_shards, n)
     if k == 0:
         return []
-    base, extra = divmod(n, k)
-    out, start = [], 0
-    for i in range(k):
-        stop = start + base + (1 if i < extra else 0)
-        out.append((start, stop))
-        start = stop
-    return out
+    if weights is None:
+        base, extra = divmod(n, k)
+        sizes = [base + (1 if i < extra else 0) for i in range(k)]
+        cuts = [0]
+        for size in sizes:
+            cuts.append(cuts[-1] + size)
+    else:
+        import bisect
+        import itertools
+
+        if len(weights) != n:
+            raise ValueError(f"shard_ranges: {len(weights)} weights for {n} records")
+        cum = [0.0, *itertools.accumulate(max(0.0, float(w)) for w in weights)]  # cum[j] = weight of records < j
+        cuts = [0]
+        for i in range(1, k):
+            target = cum[-1] * i / k
+            j = bisect.bisect_left(cum, target)
+            if j > 0 and target - cum[j - 1] <= cum[min(j, n)] - target:
+                j -= 1  # the cut just before is as near or nearer
+            cuts.append(min(max(j, cuts[-1] + 1), n - (k - i)))  # every shard keeps at least one record
+        cuts.append(n)
+    return [(cuts[i], cuts[i + 1]) for i in range(k)]
 
 
 def merge_in_order(parts: Sequence[tuple[int, Sequence[Any]]], n: int) -> list[Any]:

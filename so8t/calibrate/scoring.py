@@ -542,12 +542,18 @@ def score_shard(shard: ScoringShard) -> ShardScores:
 
 
 def plan_scoring_shards(path: Path, plan: _Plan, n_shards: int, n_ctx: int, n_threads: int) -> list[ScoringShard]:
-    """The contiguous shards of a prepared job (:func:`so8t.shards.shard_ranges`)."""
+    """The contiguous shards of a prepared job, balanced by the tokens each record costs to score.
+
+    A record's weight is what :func:`_score_sample` evaluates for it: its prompt after the shared prefix,
+    plus in sequence mode one token per label token after the first (:func:`so8t.shards.shard_ranges`).
+    """
     lab = tuple(tuple(t) for t in plan.label_ids)
+    extra = sum(len(t) - 1 for t in lab) if plan.mode == "sequence" else 0
+    weights = [len(s) - plan.n_prefix_tokens + extra for s in plan.ids]
     return [ScoringShard(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, start=a,
                          ids=tuple(tuple(s) for s in plan.ids[a:b]), n_prefix=plan.n_prefix_tokens, label_ids=lab,
                          mode=plan.mode)
-            for a, b in shard_ranges(len(plan.ids), n_shards)]
+            for a, b in shard_ranges(len(plan.ids), n_shards, weights)]
 
 
 def merge_shard_scores(parts: Sequence[ShardScores], n: int) -> np.ndarray:

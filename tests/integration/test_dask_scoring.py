@@ -69,7 +69,7 @@ def test_sharded_scores_are_bit_identical_to_sequential(gguf, records, cluster, 
     assert dsk.mode == seq.mode == mode and dsk.label_token_ids == seq.label_token_ids
     assert dsk.n_prefix_tokens == seq.n_prefix_tokens and dsk.cache_key == seq.cache_key
     shards = dsk.extra["shards"]
-    assert [(t.start, t.stop) for t in shards] == [(0, 5), (5, 9)]
+    assert len(shards) == 2 and shards[0].start == 0 and shards[0].stop == shards[1].start and shards[1].stop == 9
     pids = {t.worker.rsplit(":", 1)[1] for t in shards}
     assert len(pids) == 2 and str(os.getpid()) not in pids  # two worker processes, not this one
     assert all(t.threads == 1 for t in shards)  # 2 workers on 2 cores: 1 llama.cpp thread each (the rule)

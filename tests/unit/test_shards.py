@@ -17,11 +17,42 @@ def test_shard_ranges_tile_the_records_contiguously(n, k):
     assert not sizes or max(sizes) - min(sizes) <= 1  # balanced
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_weighted_shard_ranges_balance_the_work_to_within_one_record(seed):
+    import random
+
+    rng = random.Random(seed)
+    n, k = rng.randint(1, 60), rng.randint(1, 5)
+    w = [rng.choice([1, 2, 5, 30, 80]) for _ in range(n)]
+    ranges = shard_ranges(n, k, w)
+    assert [i for a, b in ranges for i in range(a, b)] == list(range(n))
+    assert len(ranges) == min(n, k) and all(b > a for a, b in ranges)
+    loads = [sum(w[a:b]) for a, b in ranges]
+    # against brute force over every contiguous split: never worse than the best by more than one record's weight
+    import itertools
+
+    best = min(max(sum(w[a:b]) for a, b in zip((0, *cuts), (*cuts, n)))
+               for cuts in itertools.combinations(range(1, n), min(n, k) - 1)) if n <= 14 else None
+    if best is not None:
+        assert max(loads) <= best + max(w)
+    assert max(loads) <= sum(w) / len(ranges) + max(w)
+
+
+def test_weighted_shard_ranges_follow_the_tokens():
+    # 500 long then 500 short records: equal counts would give one shard twice the work of the other
+    w = [60] * 500 + [30] * 500
+    (a, b), (c, d) = shard_ranges(1000, 2, w)
+    assert (a, d) == (0, 1000) and b == c and abs(sum(w[:b]) - sum(w[b:])) <= 60
+    assert b < 500
+
+
 def test_shard_ranges_refuses_nonsense():
     with pytest.raises(ValueError):
         shard_ranges(5, 0)
     with pytest.raises(ValueError):
         shard_ranges(-1, 2)
+    with pytest.raises(ValueError):
+        shard_ranges(3, 2, [1.0, 2.0])
 
 
 def test_merge_in_order_restores_record_order_whatever_order_parts_arrive_in():
