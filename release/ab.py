@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from so8t.digests import file_digest
+from so8t.shards import DASK_SCHEDULER_HELP, DASK_WORKERS_HELP
 
 
 class ABSettings(BaseModel):
@@ -31,6 +32,8 @@ class ABSettings(BaseModel):
     margin_fdr: float = Field(0.05, ge=0, description="Verdict: FDR(A) - FDR(B) <= margin.")
     margin_macro_f1: float = Field(0.05, ge=0, description="Verdict: macro F1(A) - macro F1(B) >= -margin.")
     min_throughput_ratio: float = Field(0.8, ge=0, description="Verdict: generation tokens/s of A / B >= this.")
+    dask_workers: int = Field(0, ge=0, description=DASK_WORKERS_HELP)
+    dask_scheduler: str | None = Field(None, description=DASK_SCHEDULER_HELP)
 
     def verdict_settings(self) -> dict[str, float]:
         """The margins, by their ``ABConfig`` names."""
@@ -74,13 +77,19 @@ def ab_skip_reason(settings: ABSettings, production: str | None, candidate_gguf:
 
 
 def run_ab_comparison(candidate_gguf: str, production_gguf: str, candidate_calibration: str | None,
-                      production_calibration: str | None, settings: ABSettings, output_dir: str) -> tuple[Any, str]:
-    """Run ``so8t.ab.runner`` (A: candidate, B: production) and write its report; returns (report, JSON path)."""
+                      production_calibration: str | None, settings: ABSettings, output_dir: str,
+                      executor: Any = None) -> tuple[Any, str]:
+    """Run ``so8t.ab.runner`` (A: candidate, B: production) and write its report; returns (report, JSON path).
+
+    ``executor``: a shard executor (:mod:`so8t.shards`) for the scoring and generations; None: the plain dask
+    cluster ``settings.dask_workers`` / ``settings.dask_scheduler`` ask for, else sequential.
+    """
     mod = abtest_module()
     cfg = mod.ABConfig(model_a=candidate_gguf, model_b=production_gguf, calibration_a=candidate_calibration,
                        calibration_b=production_calibration, limit=settings.limit, max_new_tokens=settings.max_new_tokens,
+                       dask_workers=settings.dask_workers, dask_scheduler=settings.dask_scheduler,
                        **settings.verdict_settings())
-    report = mod.run_ab(cfg, progress=False)
+    report = mod.run_ab(cfg, progress=False, executor=executor)
     json_path, _ = mod.write_ab_report(report, output_dir)
     return report, str(json_path)
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from release import DATA_DIR
 from so8t.calibrate.evaluate import EvaluateConfig, EvaluationReport, run_evaluation
+from so8t.shards import DASK_SCHEDULER_HELP, DASK_WORKERS_HELP, ShardExecutor
 
 
 #: The project's own held-out split (never trained or calibrated on): data/README.md.
@@ -22,7 +23,10 @@ class EvaluationSettings(BaseModel):
 
     data: str | None = Field(BUNDLED_TEST, description="Labelled JSONL files, comma-separated, never used for training "
                                                        "or calibration; None: no evaluation.")
-    n_threads: int = Field(0, ge=0, description="llama.cpp threads (0: half the logical cores).")
+    n_threads: int = Field(0, ge=0, description="llama.cpp threads (0: half the logical cores; with dask: each "
+                                                "worker's thread count).")
+    dask_workers: int = Field(0, ge=0, description=DASK_WORKERS_HELP)
+    dask_scheduler: str | None = Field(None, description=DASK_SCHEDULER_HELP)
 
 
 class EvaluationSummary(BaseModel):
@@ -47,9 +51,9 @@ def evaluation_rows(report: EvaluationReport) -> list[dict]:
     return rows
 
 
-def run_heldout(cfg: EvaluateConfig) -> tuple[EvaluationReport, EvaluationSummary]:
+def run_heldout(cfg: EvaluateConfig, executor: ShardExecutor | None = None) -> tuple[EvaluationReport, EvaluationSummary]:
     """``so8t evaluate`` with ``cfg`` (report files written to ``cfg.output_dir``), and its summary rows."""
-    report = run_evaluation(cfg)
+    report = run_evaluation(cfg, executor)
     out = Path(cfg.output_dir)
     return report, EvaluationSummary(json_path=str(out / "evaluation.json"), markdown_path=str(out / "evaluation.md"),
                                      rows=evaluation_rows(report))

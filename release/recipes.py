@@ -152,7 +152,8 @@ def evaluate_heldout(p: CalibrateAndPromoteParams, staged: Staged, gguf_rel: str
     prompt = staged.files.get(LAYOUT.decision_prompt)  # where the candidate carries its training prompt
     cfg = EvaluateConfig(model=str(gguf), data=p.evaluation.data, calibration=run.results_path, decision_prompt=prompt,
                          output_dir=str(Path(run.results_path).parent / "heldout-evaluation"),
-                         n_threads=p.evaluation.n_threads)
+                         n_threads=p.evaluation.n_threads, dask_workers=p.evaluation.dask_workers,
+                         dask_scheduler=p.evaluation.dask_scheduler)
     return stages.evaluate(cfg, f"Held-out evaluation of {gguf.name}")
 
 

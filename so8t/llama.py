@@ -35,7 +35,8 @@ import numpy as np
 
 from so8t.errors import ModelError
 
-__all__ = ["EXTRA_BUFFERS_ENV", "N_BATCH", "configure_llama_cpp", "extra_buffers_enabled", "open_vocab", "ThreadDefault", "default_threads", "diagnosed_message", "load_hint", "next_token_logits", "open_llama",
+__all__ = ["EXTRA_BUFFERS_ENV", "N_BATCH", "ThreadDefault", "VocabOnly", "configure_llama_cpp", "default_threads",
+           "diagnosed_message", "extra_buffers_enabled", "load_hint", "next_token_logits", "open_llama", "open_vocab",
            "special_token_text", "template_token_ids", "thread_counts"]
 
 #: Tokens per llama.cpp decode call unless a caller asks otherwise.
@@ -142,6 +143,53 @@ def open_llama(path: str | Path, n_ctx: int, *, n_threads: int = 0, default: Thr
         return llama_cpp.Llama(**kwargs)
     except (ValueError, RuntimeError) as e:
         raise ModelError(message(path, e)) from None
+
+
+class VocabOnly:
+    """llama.cpp's vocabulary alone (no weights, no context): the ``Llama`` members that render and tokenize prompts.
+
+    ``metadata``, ``token_bos()``, ``token_eos()``, ``tokenize()`` and ``detokenize()`` answer as a loaded
+    ``llama_cpp.Llama`` of the same file does (both call the same ``LlamaModel``); loading takes ~0.1 s. The
+    sharded runs (:mod:`so8t.shards`) prepare their prompts with it before the workers load the model.
+
+    Raises:
+        ModelError: llama-cpp-python is missing, or llama.cpp cannot read the file.
+    """
+
+    def __init__(self, path: str | Path):
+        try:
+            import llama_cpp
+            from llama_cpp._internals import LlamaModel  # the wrapper Llama itself uses
+        except ImportError as e:
+            raise ModelError(f"llama-cpp-python is not importable ({e}): pip install -e '.[llama]'") from None
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        try:
+            self._model = LlamaModel(path_model=str(path), params=params, verbose=False)
+        except ValueError as e:
+            raise ModelError(_complete_gguf_message(Path(path), e)) from None
+        self.metadata: dict[str, str] = self._model.metadata()
+
+    def token_bos(self) -> int:
+        return self._model.token_bos()
+
+    def token_eos(self) -> int:
+        return self._model.token_eos()
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self._model.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: list[int], special: bool = False) -> bytes:
+        return self._model.detokenize(tokens, special=special)
+
+    def close(self) -> None:
+        self._model.close()
+
+    def __enter__(self) -> VocabOnly:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def diagnosed_message(path: Path, e: BaseException) -> str:

@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from release.ab import ABOutcome, ABSettings, ab_skip_reason, run_ab_comparison, skipped_ab
+from tasks.dask_shards import shard_executor
 
 
 
@@ -39,8 +40,9 @@ def ab_evaluate_task(candidate: str, production: str | None, candidate_gguf: str
         create_markdown_artifact(f"# A/B evaluation skipped\n\n{candidate} vs {production}: {skip}.\n",
                                  key="ab-evaluation", description=f"A/B skipped: {skip}")
         return skipped_ab(candidate, production, skip)
-    report, json_path = run_ab_comparison(candidate_gguf, production_gguf, candidate_calibration,  # type: ignore[arg-type]
-                                          production_calibration, settings, output_dir)
+    with shard_executor(settings.dask_workers, settings.dask_scheduler) as executor:  # shards as task runs on Dask
+        report, json_path = run_ab_comparison(candidate_gguf, production_gguf, candidate_calibration,  # type: ignore[arg-type]
+                                              production_calibration, settings, output_dir, executor)
     create_markdown_artifact(report.to_markdown(), key="ab-evaluation",
                              description=f"A/B {candidate} (A) vs production {production} (B): {report.verdict.summary}")
     return ABOutcome(skipped=False, candidate=candidate, production=production, passed=report.verdict.passed,

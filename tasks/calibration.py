@@ -19,6 +19,7 @@ from so8t.calibrate.promotion_gate import GateConfig, GateDecision
 from so8t.calibrate.metrics import MetricReport
 from release.ab import ABOutcome
 from tasks.caching import ContentHash
+from tasks.dask_shards import shard_executor
 
 
 
@@ -66,8 +67,13 @@ def _calibration_inputs(params: dict) -> list[str]:
 @task(name="calibrate-gguf", retries=1, retry_delay_seconds=5,
       cache_policy=ContentHash(input_paths=_calibration_inputs), persist_result=True)
 def calibrate_task(cfg: CalibrateCommandConfig, title: str = "Calibration") -> CalibrationRun:
-    """Score the GGUF on the validation data, fit temperature and thresholds, write the results."""
-    result = run_calibration(cfg)
+    """Score the GGUF on the validation data, fit temperature and thresholds, write the results.
+
+    With ``cfg.dask_workers`` > 1 or ``cfg.dask_scheduler`` the scoring runs in shards, one ``so8t-shard``
+    task run each on prefect-dask's DaskTaskRunner (:mod:`tasks.dask_shards`); same scores, same cache entry.
+    """
+    with shard_executor(cfg.dask_workers, cfg.dask_scheduler) as executor:
+        result = run_calibration(cfg, executor)
     out = Path(cfg.output_dir)
     run = CalibrationRun(results_path=str(out / RESULTS_FILE), diagram_path=str(out / DIAGRAM_FILE), result=result)
     create_markdown_artifact(calibration_markdown(run, title), key="calibration-report",

@@ -16,6 +16,7 @@ from prefect.artifacts import create_table_artifact
 from release.evaluation import EvaluationSummary, run_heldout
 from so8t.calibrate.evaluate import EvaluateConfig
 from tasks.caching import ContentHash
+from tasks.dask_shards import shard_executor
 from so8t.digests import split_paths
 
 
@@ -35,7 +36,8 @@ def _evaluation_inputs(params: dict) -> list[str]:
       cache_policy=ContentHash(input_paths=_evaluation_inputs), persist_result=True)
 def evaluate_task(cfg: EvaluateConfig, title: str = "Held-out evaluation") -> EvaluationSummary:
     """Apply the calibrated model to the held-out files; the rows become the ``heldout-evaluation`` table."""
-    report, summary = run_heldout(cfg)
+    with shard_executor(cfg.dask_workers, cfg.dask_scheduler) as executor:  # shards as task runs on Dask, if asked
+        report, summary = run_heldout(cfg, executor)
     o = report.files[0].overall
     create_table_artifact(summary.rows, key="heldout-evaluation",
                           description=f"{title}: n {o.n}, FAR {o.false_allow_rate}, over-refusal {o.over_refusal_rate}, "

@@ -30,6 +30,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from so8t.chat_template import render_chat
 from so8t.errors import DataError, ModelError
-from so8t.llama import next_token_logits, open_llama, special_token_text, template_token_ids, thread_counts
+from so8t.llama import VocabOnly, next_token_logits, open_llama, special_token_text, template_token_ids, thread_counts
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +111,7 @@ class GreedyGenerator:
 
     def prompt_ids(self, instruction: str) -> list[int]:
         """Tokens of the chat-templated prompt (a BOS printed by the template is not doubled)."""
-        prompt = render_chat(self.template, [{"role": "user", "content": instruction}], bos_token=self.bos_text,
-                             eos_token=self.eos_text)
-        return template_token_ids(self.llm, prompt, self.bos_text)
+        return instruction_ids(self.llm, self.template, self.bos_text, self.eos_text, instruction)
 
     def check_fits(self, instructions: list[str], max_new_tokens: int) -> None:
         """Raise before any generation when a prompt plus ``max_new_tokens`` exceeds ``n_ctx``.
@@ -120,11 +119,7 @@ class GreedyGenerator:
         Raises:
             DataError: Names the first offending item and the fix.
         """
-        for i, text in enumerate(instructions):
-            n = len(self.prompt_ids(text))
-            if n + max_new_tokens > self.n_ctx:
-                raise DataError(f"quality item {i + 1} ({text[:40]!r}) has {n} prompt tokens + max_new_tokens="
-                                f"{max_new_tokens} > n_ctx={self.n_ctx}: raise n_ctx or lower max_new_tokens")
+        _check_fits(self.prompt_ids, instructions, max_new_tokens, self.n_ctx)
 
     def _argmax(self) -> int:
         # a view, not a copy: this runs once per generated token, inside the timings
@@ -157,6 +152,117 @@ class GreedyGenerator:
         return Generation(text=text.strip(), prompt_tokens=len(ids), new_tokens=len(out), decode_steps=steps,
                           stopped=stopped, prompt_seconds=t_prompt - t0, ttft_seconds=t_first - t0,
                           decode_seconds=t_end - t_first, total_seconds=t_end - t0)
+
+
+def instruction_ids(llm: Any, template: str, bos_text: str, eos_text: str, instruction: str) -> list[int]:
+    """Tokens of one instruction in the chat template (``llm``: a loaded model or :class:`so8t.llama.VocabOnly`)."""
+    prompt = render_chat(template, [{"role": "user", "content": instruction}], bos_token=bos_text, eos_token=eos_text)
+    return template_token_ids(llm, prompt, bos_text)
+
+
+def _check_fits(prompt_ids: Any, instructions: list[str], max_new_tokens: int, n_ctx: int) -> None:
+    for i, text in enumerate(instructions):
+        n = len(prompt_ids(text))
+        if n + max_new_tokens > n_ctx:
+            raise DataError(f"quality item {i + 1} ({text[:40]!r}) has {n} prompt tokens + max_new_tokens="
+                            f"{max_new_tokens} > n_ctx={n_ctx}: raise n_ctx or lower max_new_tokens")
+
+
+def check_fits(path: str | Path, instructions: list[str], max_new_tokens: int, n_ctx: int) -> None:
+    """:meth:`GreedyGenerator.check_fits` with llama.cpp's vocabulary alone (no weights loaded): the sharded run's check.
+
+    Raises:
+        ModelError: No chat template in the GGUF.
+        DataError: A prompt plus ``max_new_tokens`` longer than ``n_ctx``.
+    """
+    with VocabOnly(path) as v:
+        template = v.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelError(f"{path}: the GGUF has no tokenizer.chat_template in its metadata: generations use the "
+                             "model's chat template; convert the model with its tokenizer_config.json")
+        bos, eos = special_token_text(v, v.token_bos()), special_token_text(v, v.token_eos())
+        _check_fits(lambda t: instruction_ids(v, template, bos, eos, t), instructions, max_new_tokens, n_ctx)
+
+
+# ----------------------------------------------------------------------------- A and B, interleaved, in shards
+def generate_pairs(ga: GreedyGenerator, gb: GreedyGenerator, instructions: Sequence[str], max_new_tokens: int, *,
+                   offset: int = 0, progress: bool | None = None) -> list[tuple[Generation, Generation]]:
+    """Greedy answers of A and B to each instruction, interleaved, after one untimed warm-up each.
+
+    The order alternates with the item's index in the whole set (``offset + i``: A first on even items), so that
+    load on a shared machine hits both alike; the sequential run and every shard run this same loop.
+    """
+    from tqdm.auto import tqdm
+
+    for g in (ga, gb):  # warm-up: first-call costs (page faults, thread start) are not measured
+        g.generate(instructions[0], min(4, max_new_tokens))
+    out: list[tuple[Generation, Generation]] = []
+    for i, text in enumerate(tqdm(instructions, desc="A/B generations", unit="item",
+                                  disable=(not progress) if progress is not None else None)):
+        if (offset + i) % 2 == 0:
+            a = ga.generate(text, max_new_tokens)
+            b = gb.generate(text, max_new_tokens)
+        else:
+            b = gb.generate(text, max_new_tokens)
+            a = ga.generate(text, max_new_tokens)
+        out.append((a, b))
+    return out
+
+
+@dataclass(frozen=True)
+class GenerationShard:
+    """One contiguous shard of the A/B generations, complete in itself (sent to a worker as it is)."""
+
+    model_a: str
+    model_b: str
+    n_ctx: int
+    n_threads: int
+    seed: int
+    start: int
+    instructions: tuple[str, ...]
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationShardResult:
+    """What a worker sends back: the shard's (A, B) generations, both models' load times, where it ran."""
+
+    pairs: list[tuple[Generation, Generation]]
+    load_seconds: tuple[float, float]
+    timing: Any  # so8t.shards.ShardTiming
+
+
+def generate_shard(shard: GenerationShard) -> GenerationShardResult:
+    """Open A and B on this worker (``n_threads`` each, 0: the worker's count) and run :func:`generate_pairs`."""
+    from so8t.shards import ShardTiming, where, worker_threads
+
+    threads = worker_threads(shard.n_threads)
+    t0 = time.perf_counter()
+    with GreedyGenerator(shard.model_a, shard.n_ctx, threads, shard.seed) as ga, \
+            GreedyGenerator(shard.model_b, shard.n_ctx, threads, shard.seed) as gb:
+        t1 = time.perf_counter()
+        pairs = generate_pairs(ga, gb, list(shard.instructions), shard.max_new_tokens, offset=shard.start,
+                               progress=False)
+        loads = (ga.load_seconds, gb.load_seconds)
+    timing = ShardTiming(start=shard.start, stop=shard.start + len(shard.instructions), worker=where(), threads=threads,
+                         load_seconds=t1 - t0, work_seconds=time.perf_counter() - t1)
+    return GenerationShardResult(pairs=pairs, load_seconds=loads, timing=timing)
+
+
+def generate_sharded(executor: Any, model_a: str, model_b: str, instructions: Sequence[str], max_new_tokens: int, *,
+                     n_ctx: int, n_threads: int, seed: int) -> tuple[list[tuple[Generation, Generation]],
+                                                                    list[GenerationShardResult]]:
+    """The A/B generations in contiguous shards on ``executor``'s workers (:mod:`so8t.shards`), merged in order."""
+    from so8t.shards import merge_in_order, shard_ranges
+
+    shards = [GenerationShard(model_a=str(model_a), model_b=str(model_b), n_ctx=n_ctx, n_threads=n_threads, seed=seed,
+                              start=a, instructions=tuple(instructions[a:b]), max_new_tokens=max_new_tokens)
+              for a, b in shard_ranges(len(instructions), executor.workers)]
+    names = [f"A/B generation shard {i + 1}/{len(shards)} (quality items {s.start + 1}-{s.start + len(s.instructions)})"
+             for i, s in enumerate(shards)]
+    parts = executor.map(generate_shard, shards, names)
+    pairs = merge_in_order([(p.timing.start, p.pairs) for p in parts], len(instructions))
+    return pairs, parts
 
 
 # ----------------------------------------------------------------------------- summaries

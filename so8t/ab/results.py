@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from so8t.ab.perf import PerfStats
 from so8t.ab.stats import Interval, McNemarResult
 from so8t.decision import LABELS
+from so8t.shards import DASK_SCHEDULER_HELP, DASK_WORKERS_HELP
+
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -47,13 +49,16 @@ class ABConfig(BaseModel):
     max_new_tokens: int = Field(32, ge=1, le=4096, description="Generation limit per answer (greedy).")
     seed: int = Field(0, description="Seed of the bootstrap resampling and of llama.cpp.")
     n_ctx: int = Field(2048, ge=64, description="llama.cpp context size; prompt + max_new_tokens must fit.")
-    n_threads: int = Field(0, ge=0, description="CPU threads per model (0: half the cores, at least 1; more threads "
-                                                "than free cores slows llama.cpp down sharply).")
+    n_threads: int = Field(0, ge=0, description="CPU threads per model (0: half the cores, at least 1; with dask: each "
+                                                "worker's thread count; more threads than free cores slows llama.cpp "
+                                                "down sharply).")
     n_bootstrap: int = Field(1000, ge=100, le=100_000, description="Paired bootstrap resamples.")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Coverage of the bootstrap intervals.")
     n_side_by_side: int = Field(5, ge=0, description="Outputs shown side by side (with a unified diff) in the report.")
     skip_memory: bool = Field(False, description="Do not measure peak memory (saves two model loads in subprocesses).")
     no_cache: bool = Field(False, description="Re-score the safety prompts even if cached scores exist.")
+    dask_workers: int = Field(0, ge=0, description=DASK_WORKERS_HELP)
+    dask_scheduler: str | None = Field(None, description=DASK_SCHEDULER_HELP)
     margin_bleu: float = Field(2.0, ge=0, description="Verdict: lower CI bound of BLEU(A) - BLEU(B) >= -margin "
                                                       "(BLEU points, overall).")
     margin_rouge_l: float = Field(0.02, ge=0, description="Verdict: lower CI bound of ROUGE-L(A) - ROUGE-L(B) >= "

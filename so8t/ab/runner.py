@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from so8t.atomic import atomic_write_bytes
 from so8t.ab.compare import Calibration, compare_quality, compare_safety, load_calibration, throughput_ratio
-from so8t.ab.perf import GreedyGenerator, measure_peak_rss, resolve_threads, summarize
+from so8t.ab.perf import (GreedyGenerator, check_fits, generate_pairs, generate_sharded, measure_peak_rss,
+                          resolve_threads, summarize)
 # ABConfig and ABReport live with the other result models in so8t.ab.results (the report embeds its
 # config, and the markdown renders both); they stay importable from here, as docs/abtest.md shows.
 from so8t.ab.results import (DEFAULT_QUALITY_DATA, DEFAULT_SAFETY_DATA, ABConfig, ABReport, Check, ModelInfo,
@@ -40,6 +41,7 @@ from so8t.ab.results import (DEFAULT_QUALITY_DATA, DEFAULT_SAFETY_DATA, ABConfig
 from so8t.ab.stats import bootstrap_indices, detect_lang
 from so8t.decision import DEFAULT_DECISION_PROMPT, DecisionPrompt, resolve_prompt
 from so8t.errors import ConfigError, DataError, So8tError
+from so8t.shards import ShardExecutor, executor_context
 
 __all__ = ["ABConfig", "ABReport", "Calibration", "EvalSets", "load_calibration", "load_eval_sets", "run_ab",
            "write_ab_report", "DEFAULT_QUALITY_DATA", "DEFAULT_SAFETY_DATA"]
@@ -161,12 +163,15 @@ def _model_info(path: str, cal: Calibration | None, sha: str) -> ModelInfo:
                      sha256=sha, calibration=None if cal is None else cal.model_dump())
 
 
-def run_ab(cfg: ABConfig, progress: bool | None = None) -> ABReport:
+def run_ab(cfg: ABConfig, progress: bool | None = None, executor: ShardExecutor | None = None) -> ABReport:
     """Run the whole A/B evaluation and return its report (writes nothing).
 
     Args:
         cfg: The configuration.
         progress: tqdm bar over the generations (None: only on a terminal).
+        executor: Score the safety prompts and run the generations in contiguous shards on these workers
+            (:mod:`so8t.shards`; each worker loads A and B); None: the plain dask cluster ``cfg.dask_workers`` /
+            ``cfg.dask_scheduler`` ask for, else in this process. Greedy answers and scores are the same either way.
 
     Returns:
         The :class:`ABReport`; ``report.to_markdown()`` renders it.
@@ -182,7 +187,8 @@ def run_ab(cfg: ABConfig, progress: bool | None = None) -> ABReport:
     logger.info("A/B: %s vs %s on %d quality items (%s) and %d safety prompts, %d thread(s)",
                 Path(cfg.model_a).name, Path(cfg.model_b).name, len(instructions),
                 ", ".join(f"{lang} {langs.count(lang)}" for lang in sorted(set(langs))), len(sets.safety_texts), threads)
-    runs = _run_models(cfg, sets, prompt, threads, progress)
+    runs = _run_models(cfg, sets, prompt, threads, progress, executor)
+    threads = runs.threads
     t0 = time.monotonic()
     rss = {k: None if cfg.skip_memory else measure_peak_rss(m, cfg.n_ctx, threads)
            for k, m in (("a", cfg.model_a), ("b", cfg.model_b))}
@@ -215,44 +221,49 @@ class _ModelRuns:
     gens: dict[str, list]  # "a"/"b": one generation per quality item
     load_seconds: dict[str, float]
     seconds: dict[str, float]  # safety_scoring, generation
+    threads: int  # llama.cpp threads per model instance
 
 
-def _run_models(cfg: ABConfig, sets: EvalSets, prompt: DecisionPrompt, threads: int,
-                progress: bool | None) -> _ModelRuns:
-    """Both models loaded once: the safety set scored by each, then the quality generations interleaved."""
+def _run_models(cfg: ABConfig, sets: EvalSets, prompt: DecisionPrompt, threads: int, progress: bool | None,
+                executor: ShardExecutor | None = None) -> _ModelRuns:
+    """The safety set scored by each model, then the greedy quality generations of A and B: both models loaded once
+    here, or on every shard worker (the same per-item loop in contiguous shards)."""
     from so8t.calibrate.scoring import score_gguf
 
     instructions = list(sets.instructions)
-    with GreedyGenerator(cfg.model_a, cfg.n_ctx, threads, cfg.seed) as ga, \
-            GreedyGenerator(cfg.model_b, cfg.n_ctx, threads, cfg.seed) as gb:
-        ga.check_fits(instructions, cfg.max_new_tokens)  # fail before minutes of work
-        gb.check_fits(instructions, cfg.max_new_tokens)
+
+    def score_safety(ex: ShardExecutor | None) -> tuple[list, float]:
         t0 = time.monotonic()
-        sc = [score_gguf(m, list(sets.safety_texts), list(sets.safety_labels), n_ctx=cfg.n_ctx, n_threads=threads,
-                         use_cache=not cfg.no_cache, progress=progress, prompt=prompt) for m in (cfg.model_a, cfg.model_b)]
-        t_safety = time.monotonic() - t0
-        t0 = time.monotonic()
-        gens = _generate_interleaved(ga, gb, instructions, cfg.max_new_tokens, progress)
-        t_gen = time.monotonic() - t0
-        load = {"a": ga.load_seconds, "b": gb.load_seconds}
-    return _ModelRuns(scores=sc, gens=gens, load_seconds=load, seconds={"safety_scoring": t_safety, "generation": t_gen})
+        sc = [score_gguf(m, list(sets.safety_texts), list(sets.safety_labels), n_ctx=cfg.n_ctx, n_threads=cfg.n_threads
+                         if ex is not None else threads, use_cache=not cfg.no_cache, progress=progress, prompt=prompt,
+                         executor=ex) for m in (cfg.model_a, cfg.model_b)]
+        return sc, time.monotonic() - t0
 
-
-def _generate_interleaved(ga: GreedyGenerator, gb: GreedyGenerator, instructions: list[str], max_new_tokens: int,
-                          progress: bool | None) -> dict[str, list]:
-    """Greedy answers of A and B to each instruction, after one warm-up each, the order alternating per item
-    (so that load on a shared machine hits both alike)."""
-    from tqdm.auto import tqdm
-
-    gens: dict[str, list] = {"a": [], "b": []}
-    for g in (ga, gb):  # warm-up: first-call costs (page faults, thread start) are not measured
-        g.generate(instructions[0], min(4, max_new_tokens))
-    for i, text in enumerate(tqdm(instructions, desc="A/B generations", unit="item",
-                                  disable=(not progress) if progress is not None else None)):
-        order = (("a", ga), ("b", gb)) if i % 2 == 0 else (("b", gb), ("a", ga))  # interleaved
-        for key, g in order:
-            gens[key].append(g.generate(text, max_new_tokens))
-    return gens
+    with executor_context(executor, cfg.dask_workers, cfg.dask_scheduler) as ex:
+        if ex is None:
+            with GreedyGenerator(cfg.model_a, cfg.n_ctx, threads, cfg.seed) as ga, \
+                    GreedyGenerator(cfg.model_b, cfg.n_ctx, threads, cfg.seed) as gb:
+                ga.check_fits(instructions, cfg.max_new_tokens)  # fail before minutes of work
+                gb.check_fits(instructions, cfg.max_new_tokens)
+                sc, t_safety = score_safety(None)
+                t0 = time.monotonic()
+                pairs = generate_pairs(ga, gb, instructions, cfg.max_new_tokens, progress=progress)
+                t_gen = time.monotonic() - t0
+                load = {"a": ga.load_seconds, "b": gb.load_seconds}
+        else:
+            for m in (cfg.model_a, cfg.model_b):
+                check_fits(m, instructions, cfg.max_new_tokens, cfg.n_ctx)  # fail before minutes of work
+            sc, t_safety = score_safety(ex)
+            t0 = time.monotonic()
+            pairs, parts = generate_sharded(ex, cfg.model_a, cfg.model_b, instructions, cfg.max_new_tokens,
+                                            n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, seed=cfg.seed)
+            t_gen = time.monotonic() - t0
+            # each worker loaded both models: the mean load per model is what one load costs
+            load = {k: sum(p.load_seconds[j] for p in parts) / len(parts) for j, k in enumerate("ab")}
+            threads = parts[0].timing.threads
+    gens: dict[str, list] = {"a": [a for a, _ in pairs], "b": [b for _, b in pairs]}
+    return _ModelRuns(scores=sc, gens=gens, load_seconds=load, seconds={"safety_scoring": t_safety, "generation": t_gen},
+                      threads=threads)
 
 
 def _compare_performance(cfg: ABConfig, gens: dict[str, list], load: dict[str, float],

@@ -37,6 +37,7 @@ from so8t.calibrate.metrics import softmax
 from so8t.calibrate.reliability import plot_reliability
 from so8t.outpaths import check_output_dir
 from so8t.calibrate.scoring import Scores, check_gguf, read_labelled, score_gguf
+from so8t.shards import DASK_SCHEDULER_HELP, DASK_WORKERS_HELP, ShardExecutor, executor_context
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +64,14 @@ class CalibrateCommandConfig(CalibrationConfig):
                             "when the labels' first tokens differ)."
     )
     n_ctx: int = Field(2048, ge=16, description="llama.cpp context size; every prompt must fit.")
-    n_threads: int = Field(0, ge=0, description="CPU threads for llama.cpp, prompt batches included (0: half the logical cores).")
+    n_threads: int = Field(0, ge=0, description="CPU threads for llama.cpp, prompt batches included (0: half the logical "
+                                                "cores; with dask: each worker's thread count).")
     decision_prompt: str | None = Field(
         None, description="JSON file {system, user_template} with the decision prompt the model was trained on "
         "(default: decision_prompt.json beside the model file, where so8t convert puts it, else the built-in prompt).")
     no_cache: bool = Field(False, description="Re-score even if cached scores exist (and do not write the cache).")
+    dask_workers: int = Field(0, ge=0, description=DASK_WORKERS_HELP)
+    dask_scheduler: str | None = Field(None, description=DASK_SCHEDULER_HELP)
     fail_on_gate: bool = Field(False, description="Exit 1 when the calibrated model fails the gate (default: exit 0).")
 
     def calibration(self) -> CalibrationConfig:
@@ -108,11 +112,13 @@ def _check_output_dir(path: str | Path) -> Path:
     return check_output_dir(path, "output_dir")
 
 
-def calibrate_gguf(cfg: CalibrateCommandConfig) -> CalibrationOutcome:
+def calibrate_gguf(cfg: CalibrateCommandConfig, executor: ShardExecutor | None = None) -> CalibrationOutcome:
     """Check inputs, score the model (cached), calibrate. Writes nothing to ``output_dir``.
 
     Args:
         cfg: The stage settings.
+        executor: Score in shards on these workers (:mod:`so8t.shards`); None: the plain dask cluster
+            ``cfg.dask_workers`` / ``cfg.dask_scheduler`` ask for, else in this process.
 
     Returns:
         A :class:`CalibrationOutcome` (result with model/data hashes, label token ids and paths).
@@ -139,8 +145,9 @@ def calibrate_gguf(cfg: CalibrateCommandConfig) -> CalibrationOutcome:
         raise DataError(f"{data}: no label has 2 or more records (counts {counts}): nothing could be held out for the "
                         "gate's metrics; add validation records (the runbook recommends >= 100)")
     prompt = resolve_prompt(cfg.decision_prompt, model)
-    scores = score_gguf(model, texts, labels, mode=cfg.scoring_mode, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
-                        use_cache=not cfg.no_cache, data_sha256=sha256_file(data), prompt=prompt)
+    with executor_context(executor, cfg.dask_workers, cfg.dask_scheduler) as ex:
+        scores = score_gguf(model, texts, labels, mode=cfg.scoring_mode, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
+                            use_cache=not cfg.no_cache, data_sha256=sha256_file(data), prompt=prompt, executor=ex)
     num = cfg.calibration()
     result = calibrate(scores.z, scores.y, num)
     result = result.model_copy(update=dict(
@@ -189,9 +196,9 @@ def write_calibration(outcome: CalibrationOutcome, output_dir: str | Path) -> tu
     return out / RESULTS_FILE, out / DIAGRAM_FILE, out / SCORES_FILE
 
 
-def run_calibration(cfg: CalibrateCommandConfig) -> CalibrationResult:
+def run_calibration(cfg: CalibrateCommandConfig, executor: ShardExecutor | None = None) -> CalibrationResult:
     """Score, calibrate and write the outputs into ``cfg.output_dir``; the Prefect task's call."""
-    outcome = calibrate_gguf(cfg)
+    outcome = calibrate_gguf(cfg, executor)
     write_calibration(outcome, cfg.output_dir)
     return outcome.result
 

@@ -6,7 +6,9 @@ each atomically) and :func:`run_evaluation` (both).
 
 **Scoring** is calibration's own: :func:`so8t.calibrate.scoring.score_gguf` (shared-prefix KV reuse, the
 content-keyed score cache), one call per data file, with the decision prompt and scoring mode the
-calibration used, so a file that was calibrated on is read back from the score cache.
+calibration used, so a file that was calibrated on is read back from the score cache. With
+``--dask_workers N`` (or ``--dask_scheduler``) each file is scored in shards on one dask cluster
+(:mod:`so8t.shards`), with the same scores and cache entries.
 
 **Decisions**: ``p = softmax(z / T)``; DENY if ``p_DENY >= tau_deny``; else ALLOW if
 ``p_ALLOW >= tau_escalate``; else ESCALATE (:func:`so8t.calibrate.metrics.decide`), with ``T``, ``tau_deny``
@@ -48,6 +50,7 @@ from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, PROMPT_FILE, Decision
 from so8t.outpaths import check_output_dir
 from so8t.errors import ConfigError, DataError, ModelError
 from so8t.calibrate.metrics import ALLOW, DENY, ESCALATE, N_CLASSES, clopper_pearson_upper, confusion_matrix, decide, softmax
+from so8t.shards import DASK_SCHEDULER_HELP, DASK_WORKERS_HELP, ShardExecutor, executor_context
 from so8t.version_layout import LAYOUT
 
 logger = logging.getLogger(__name__)
@@ -92,8 +95,10 @@ class EvaluateConfig(BaseModel):
         "scored with, from its 'scoring' block, else 'auto').")
     n_ctx: int = Field(2048, ge=16, description="llama.cpp context size; every prompt must fit.")
     n_threads: int = Field(0, ge=0, description="CPU threads for llama.cpp, prompt batches included (0: half the "
-                                                "logical cores).")
+                                                "logical cores; with dask: each worker's thread count).")
     no_cache: bool = Field(False, description="Re-score even if cached scores exist (and do not write the cache).")
+    dask_workers: int = Field(0, ge=0, description=DASK_WORKERS_HELP)
+    dask_scheduler: str | None = Field(None, description=DASK_SCHEDULER_HELP)
 
 
 # ----------------------------------------------------------------------------- report models
@@ -554,7 +559,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _score(cfg: EvaluateConfig, inputs: EvalInputs, path: Path, records: list[Any]) -> tuple[Any, float]:
+def _score(cfg: EvaluateConfig, inputs: EvalInputs, path: Path, records: list[Any],
+           executor: ShardExecutor | None = None) -> tuple[Any, float]:
     """Scores of one file, the way calibration scored (its mode unless --scoring_mode), and the call's wall time."""
     from so8t.calibrate.scoring import score_gguf
 
@@ -563,7 +569,7 @@ def _score(cfg: EvaluateConfig, inputs: EvalInputs, path: Path, records: list[An
     recorded = recorded if recorded in ("first-token", "sequence") else None
     mode = cfg.scoring_mode or "auto"  # auto first: its cache key is the one so8t calibrate (default auto) wrote
     kwargs = dict(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, use_cache=not cfg.no_cache,
-                  data_sha256=sha256_file(path), prompt=inputs.prompt)
+                  data_sha256=sha256_file(path), prompt=inputs.prompt, executor=executor)
     t0 = time.monotonic()
     scores = score_gguf(inputs.model.gguf, texts, labels, mode=mode, **kwargs)
     if cfg.scoring_mode is None and recorded is not None and scores.mode != recorded:
@@ -574,8 +580,13 @@ def _score(cfg: EvaluateConfig, inputs: EvalInputs, path: Path, records: list[An
     return scores, time.monotonic() - t0
 
 
-def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
+def evaluate(cfg: EvaluateConfig, executor: ShardExecutor | None = None) -> EvaluationReport:
     """Check every input, score each data file, decide, and compute the metrics. Writes nothing.
+
+    Args:
+        cfg: The settings.
+        executor: Score each file in shards on these workers (:mod:`so8t.shards`); None: the plain dask
+            cluster ``cfg.dask_workers`` / ``cfg.dask_scheduler`` ask for (one for every file), else in this process.
 
     Raises:
         ConfigError, ModelError, DataError: bad input, before any scoring (one line each).
@@ -587,8 +598,9 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     warnings: list[str] = []
     files: list[FileReport] = []
     model_sha = None
-    for path, records in inputs.data:
-        scores, wall = _score(cfg, inputs, path, records)
+    with executor_context(executor, cfg.dask_workers, cfg.dask_scheduler) as ex:
+        scored = [(path, records, *_score(cfg, inputs, path, records, ex)) for path, records in inputs.data]
+    for path, records, scores, wall in scored:
         model_sha = scores.model_sha256
         p = softmax(scores.z, cal.temperature)  # (n, 3)
         d = decide(p, cal.tau_deny, cal.tau_escalate)
@@ -650,9 +662,9 @@ def write_evaluation(report: EvaluationReport, output_dir: str | Path) -> tuple[
     return js, md
 
 
-def run_evaluation(cfg: EvaluateConfig) -> EvaluationReport:
+def run_evaluation(cfg: EvaluateConfig, executor: ShardExecutor | None = None) -> EvaluationReport:
     """:func:`evaluate`, then :func:`write_evaluation` into ``cfg.output_dir``."""
-    report = evaluate(cfg)
+    report = evaluate(cfg, executor)
     write_evaluation(report, cfg.output_dir)
     return report
 

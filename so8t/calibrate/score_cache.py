@@ -3,8 +3,10 @@
 A re-calibration of the same model on the same data reads its scores here instead of running the
 model again. The key covers everything that changes scores: the model file and the records'
 contents, the decision prompt, label spellings, scoring mode, scorer and llama.cpp versions and
-the batch size. Each entry is an ``.npz`` plus a ``.json`` written last as the commit marker; a
-corrupt or mismatched entry is ignored (and re-scored), never trusted.
+the batch size, not how the scoring was split over workers (:mod:`so8t.shards`): a sharded run
+writes the entry a sequential run would, byte for byte (:func:`npz_bytes`). Each entry is an
+``.npz`` plus a ``.json`` written last as the commit marker; a corrupt or mismatched entry is
+ignored (and re-scored), never trusted.
 """
 
 from __future__ import annotations
@@ -52,12 +54,27 @@ def score_cache_dir() -> Path:
     return cache_root() / "scores"
 
 
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """An ``.npz`` of ``arrays`` whose bytes depend on the arrays alone (``np.load`` reads it as any other).
+
+    ``np.savez`` stamps each member with the current time, so the same scores saved twice differ; here
+    every member has one fixed date and is stored uncompressed, in the order given.
+    """
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
+    return buf.getvalue()
+
+
 def save_cached(key: str, z: np.ndarray, y: np.ndarray, info: dict[str, Any]) -> None:
     """Store scores under ``key``: the arrays, then the metadata (the commit marker)."""
     d = score_cache_dir()
-    buf = io.BytesIO()
-    np.savez(buf, z=z, y=y)
-    npz = buf.getvalue()
+    npz = npz_bytes(z=z, y=y)
     meta = info | {"npz_sha256": hashlib.sha256(npz).hexdigest()}
     try:
         atomic_write_bytes(d / f"{key}.npz", npz)

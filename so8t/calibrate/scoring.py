@@ -18,6 +18,11 @@ for each sample the KV cache is cut back to that prefix (``llm.n_tokens = P``) a
 evaluated. Scores are cached under ``cache_root()/scores/<key>.{npz,json}`` (written atomically),
 keyed by the model file's sha256, the records' content, the decision prompt, the label spellings,
 the mode, the scorer version and the llama-cpp-python version, so re-calibrating does not re-score.
+
+Shards (``executor=``, :mod:`so8t.shards`): the prompts are prepared here with the vocabulary alone
+(:class:`so8t.llama.VocabOnly`), split into contiguous shards, and each shard is scored on a worker by
+:func:`score_shard` (its own model, the global shared prefix, the same :func:`_score_ids` loop as the
+sequential run); the merged ``z`` is bit-identical to the sequential one and goes to the same cache entry.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ from so8t.chat_template import render_chat
 from so8t.decision import DEFAULT_DECISION_PROMPT, LABELS, DecisionPrompt
 from so8t.digests import sha256_file
 from so8t.errors import DataError, ModelError
-from so8t.llama import N_BATCH, next_token_logits, open_llama, special_token_text, template_token_ids
+from so8t.llama import N_BATCH, VocabOnly, next_token_logits, open_llama, special_token_text, template_token_ids
 from so8t.logits import log_softmax
 from so8t.calibrate.score_cache import cache_key, load_cached, save_cached
+from so8t.shards import ShardExecutor, ShardTiming, merge_in_order, shard_ranges, where, worker_threads
 
 logger = logging.getLogger(__name__)
 
@@ -287,6 +293,7 @@ def score_gguf(
     data_sha256: str | None = None,
     progress: bool | None = None,
     prompt: DecisionPrompt | None = None,
+    executor: ShardExecutor | None = None,
 ) -> Scores:
     """Score every text with a GGUF model on the decision prompt.
 
@@ -304,9 +311,12 @@ def score_gguf(
         data_sha256: Hash reported for the data (the file's sha256); default: the records' digest.
         progress: Show a tqdm bar (None: only on a terminal).
         prompt: The decision prompt the model was trained on (default: the built-in one).
+        executor: Score in contiguous shards on these workers (:mod:`so8t.shards`), one llama.cpp
+            instance each (``n_threads`` threads, 0: each worker's own count); None: in this process.
+            Same scores, same cache entry.
 
     Returns:
-        :class:`Scores`; bit-identical across runs for the same inputs.
+        :class:`Scores`; bit-identical across runs for the same inputs, however many shards.
 
     Raises:
         ModelError: Missing/invalid model, no chat template, unusable labels.
@@ -330,21 +340,26 @@ def score_gguf(
         if hit is not None:
             return hit
 
-    llm = _load_model(path, n_ctx, n_threads)
-    try:
-        run = _score_texts(llm, texts, mode=mode, label_texts=label_texts, chat_template=chat_template, n_ctx=n_ctx,
-                           prompt=prompt, progress=progress, model_name=path.name)
-    finally:
-        llm.close()
+    if executor is None:
+        llm = _load_model(path, n_ctx, n_threads)
+        try:
+            run = _score_texts(llm, texts, mode=mode, label_texts=label_texts, chat_template=chat_template, n_ctx=n_ctx,
+                               prompt=prompt, progress=progress, model_name=path.name)
+        finally:
+            llm.close()
+    else:
+        run = _score_sharded(executor, path, texts, mode=mode, label_texts=label_texts, chat_template=chat_template,
+                             n_ctx=n_ctx, n_threads=n_threads, prompt=prompt)
     if not np.all(np.isfinite(run.z)):
         bad = int(np.flatnonzero(~np.isfinite(run.z).all(axis=1))[0])
         raise ModelError(f"{path}: non-finite scores for record {bad + 1} ({run.z[bad].tolist()}): the model is broken")
     scores = Scores(
         z=run.z, label_token_ids=run.label_token_ids, mode=run.mode, chat_template=run.chat_template,
         prompt_example=run.prompt_example, from_cache=False, n_prefix_tokens=run.n_prefix_tokens,
-        seconds=time.monotonic() - t0, llama_cpp_version=llama_cpp.__version__, **inputs,
+        seconds=time.monotonic() - t0, llama_cpp_version=llama_cpp.__version__, extra=run.extra, **inputs,
     )
-    logger.info("scored %d samples in %.1f s", len(texts), scores.seconds)
+    logger.info("scored %d samples in %.1f s%s", len(texts), scores.seconds,
+                f" on {len(run.extra['shards'])} shard(s)" if "shards" in run.extra else "")
     if use_cache:
         save_cached(scores.cache_key, scores.z, scores.y, scores.info())
     return scores
@@ -397,6 +412,7 @@ class _Run:
     chat_template: str
     prompt_example: str
     n_prefix_tokens: int
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _score_texts(llm, texts: Sequence[str], *, mode: ScoringMode, label_texts: Sequence[str], chat_template: str | None,
@@ -407,8 +423,35 @@ def _score_texts(llm, texts: Sequence[str], *, mode: ScoringMode, label_texts: S
         ModelError: No chat template, unusable labels.
         DataError: A prompt (plus the longest label in sequence mode) longer than ``n_ctx``.
     """
-    from tqdm.auto import tqdm
+    plan = _prepare(llm, texts, mode=mode, label_texts=label_texts, chat_template=chat_template, n_ctx=n_ctx,
+                    prompt=prompt, model_name=model_name)
+    z = _score_ids(llm, plan.ids, plan.n_prefix_tokens, plan.label_ids, plan.mode, progress)
+    return plan.run(z)
 
+
+@dataclass(frozen=True)
+class _Plan:
+    """The rendered and tokenized prompts, the label tokens and the mode: everything scoring needs but the model."""
+
+    ids: list[list[int]]
+    label_ids: list[list[int]]
+    mode: ResolvedMode
+    chat_template: str
+    prompt_example: str
+    n_prefix_tokens: int
+
+    def run(self, z: np.ndarray, extra: dict[str, Any] | None = None) -> _Run:
+        return _Run(z=z, label_token_ids=dict(zip(LABELS, self.label_ids)), mode=self.mode,
+                    chat_template=self.chat_template, prompt_example=self.prompt_example,
+                    n_prefix_tokens=self.n_prefix_tokens, extra=extra or {})
+
+
+def _prepare(llm, texts: Sequence[str], *, mode: ScoringMode, label_texts: Sequence[str], chat_template: str | None,
+             n_ctx: int, prompt: DecisionPrompt, model_name: str) -> _Plan:
+    """Render and tokenize every prompt, find the label tokens, the mode and the shared prefix (no evaluation).
+
+    ``llm`` may be a loaded model or the vocabulary alone (:class:`so8t.llama.VocabOnly`): both tokenize alike.
+    """
     prompter = _Prompter(llm, chat_template, prompt)
     prompts = [prompter.render(t) for t in texts]
     ids = [prompter.tokenize(p) for p in prompts]
@@ -423,14 +466,122 @@ def _score_texts(llm, texts: Sequence[str], *, mode: ScoringMode, label_texts: S
     n_prefix = common_prefix_length(ids)
     logger.info("scoring %d samples with %s (%s mode, labels %s, %d shared prefix tokens)",
                 len(ids), model_name, resolved, dict(zip(LABELS, lab_ids)), n_prefix)
+    return _Plan(ids=ids, label_ids=lab_ids, mode=resolved, chat_template=prompter.template, prompt_example=prompts[0],
+                 n_prefix_tokens=n_prefix)
+
+
+def _score_ids(llm, ids: Sequence[Sequence[int]], n_prefix: int, lab_ids: Sequence[Sequence[int]], mode: ResolvedMode,
+               progress: bool | None) -> np.ndarray:
+    """``(len(ids), 3)`` scores of tokenized prompts: the shared prefix evaluated once, then each prompt's rest.
+
+    The one per-record path of the sequential and the sharded runs.
+    """
+    from tqdm.auto import tqdm
+
     llm.reset()
     if n_prefix:
-        llm.eval(ids[0][:n_prefix])
+        llm.eval(list(ids[0][:n_prefix]))
     z = np.empty((len(ids), len(LABELS)), dtype=np.float64)  # (n, 3)
+    lab = [list(t) for t in lab_ids]
     for i, s in enumerate(tqdm(ids, desc="scoring", unit="sample", disable=(not progress) if progress is not None else None)):
-        z[i] = _score_sample(llm, s, n_prefix, lab_ids, resolved)
-    return _Run(z=z, label_token_ids=dict(zip(LABELS, lab_ids)), mode=resolved, chat_template=prompter.template,
-                prompt_example=prompts[0], n_prefix_tokens=n_prefix)
+        z[i] = _score_sample(llm, list(s), n_prefix, lab, mode)
+    return z
+
+
+# ----------------------------------------------------------------------------- sharded scoring
+@dataclass(frozen=True)
+class ScoringShard:
+    """One contiguous shard of a scoring job, complete in itself (sent to a worker as it is).
+
+    Attributes:
+        model_path: The GGUF, as the worker sees it.
+        n_ctx: Context size.
+        n_threads: llama.cpp threads (0: the worker's own count, :func:`so8t.shards.worker_threads`).
+        start: Index of the shard's first record in the whole job.
+        ids: Token ids of the shard's prompts (each begins with the job's shared prefix).
+        n_prefix: Length of the prefix shared by every prompt of the whole job (not just this shard).
+        label_ids: Token ids of each label after the prompt.
+        mode: ``"first-token"`` or ``"sequence"``.
+    """
+
+    model_path: str
+    n_ctx: int
+    n_threads: int
+    start: int
+    ids: tuple[tuple[int, ...], ...]
+    n_prefix: int
+    label_ids: tuple[tuple[int, ...], ...]
+    mode: ResolvedMode
+
+
+@dataclass(frozen=True)
+class ShardScores:
+    """What a worker sends back: the shard's ``(k, 3)`` scores and its timing."""
+
+    z: np.ndarray
+    timing: ShardTiming
+
+
+def score_shard(shard: ScoringShard) -> ShardScores:
+    """Score one shard with a llama.cpp instance of its own (opened and closed here, on the worker).
+
+    Raises:
+        ModelError: The worker cannot load the model (e.g. the path does not exist there).
+    """
+    threads = worker_threads(shard.n_threads)
+    t0 = time.perf_counter()
+    llm = _load_model(Path(shard.model_path), shard.n_ctx, threads)
+    t1 = time.perf_counter()
+    try:
+        z = _score_ids(llm, shard.ids, shard.n_prefix, shard.label_ids, shard.mode, progress=False)
+    finally:
+        llm.close()
+    return ShardScores(z=z, timing=ShardTiming(start=shard.start, stop=shard.start + len(shard.ids), worker=where(),
+                                               threads=threads, load_seconds=t1 - t0,
+                                               work_seconds=time.perf_counter() - t1))
+
+
+def plan_scoring_shards(path: Path, plan: _Plan, n_shards: int, n_ctx: int, n_threads: int) -> list[ScoringShard]:
+    """The contiguous shards of a prepared job, balanced by the tokens each record costs to score.
+
+    A record's weight is what :func:`_score_sample` evaluates for it: its prompt after the shared prefix,
+    plus in sequence mode one token per label token after the first (:func:`so8t.shards.shard_ranges`).
+    """
+    lab = tuple(tuple(t) for t in plan.label_ids)
+    extra = sum(len(t) - 1 for t in lab) if plan.mode == "sequence" else 0
+    weights = [len(s) - plan.n_prefix_tokens + extra for s in plan.ids]
+    return [ScoringShard(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, start=a,
+                         ids=tuple(tuple(s) for s in plan.ids[a:b]), n_prefix=plan.n_prefix_tokens, label_ids=lab,
+                         mode=plan.mode)
+            for a, b in shard_ranges(len(plan.ids), n_shards, weights)]
+
+
+def merge_shard_scores(parts: Sequence[ShardScores], n: int) -> np.ndarray:
+    """The ``(n, 3)`` scores of every shard, in record order."""
+    rows = merge_in_order([(p.timing.start, list(p.z)) for p in parts], n)
+    return np.array(rows, dtype=np.float64).reshape(n, len(LABELS))
+
+
+def _score_sharded(executor: ShardExecutor, path: Path, texts: Sequence[str], *, mode: ScoringMode,
+                   label_texts: Sequence[str], chat_template: str | None, n_ctx: int, n_threads: int,
+                   prompt: DecisionPrompt) -> _Run:
+    """Prepare here (vocabulary only), score the shards on the executor's workers, merge in order."""
+    vocab = VocabOnly(path)
+    try:
+        plan = _prepare(vocab, texts, mode=mode, label_texts=label_texts, chat_template=chat_template, n_ctx=n_ctx,
+                        prompt=prompt, model_name=path.name)
+    finally:
+        vocab.close()
+    shards = plan_scoring_shards(path, plan, executor.workers, n_ctx, n_threads)
+    names = [f"scoring shard {i + 1}/{len(shards)} (records {s.start + 1}-{s.start + len(s.ids)} of {path.name})"
+             for i, s in enumerate(shards)]
+    parts = executor.map(score_shard, shards, names)
+    z = merge_shard_scores(parts, len(texts))
+    timings = [p.timing for p in parts]
+    for t in timings:
+        logger.info("shard %d-%d on %s: %d thread(s), model load %.2f s, scoring %.2f s", t.start + 1, t.stop, t.worker,
+                    t.threads, t.load_seconds, t.work_seconds)
+    return plan.run(z, extra={"shards": timings})
 
 
 def read_labelled(path: str | Path) -> tuple[list[str], list[str]]:
