@@ -48,7 +48,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from so8t.base_models import prepare_embedded
-    from so8t.calibrate.cli import CalibrateCommandConfig, calibrate_gguf, write_calibration
+    from so8t.calibrate.stage import CalibrateCommandConfig, calibrate_gguf, write_calibration
     from so8t.export.gguf import convert_to_gguf
 
     t0 = time.time()

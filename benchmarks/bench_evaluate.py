@@ -9,7 +9,7 @@ jobs hits them alike); the minimum time of each is kept:
 
 1. ``score_gguf``: calibrate's scorer alone (:func:`so8t.calibrate.scoring.score_gguf`, whole call: model
    load, hashing, rendering, evaluation), on texts and labels already in memory.
-2. ``calibrate``: :func:`so8t.calibrate.cli.calibrate_gguf` (read the file, score, fit; writes
+2. ``calibrate``: :func:`so8t.calibrate.stage.calibrate_gguf` (read the file, score, fit; writes
    nothing), i.e. ``so8t calibrate`` without its file writes.
 3. ``evaluate``: :func:`so8t.calibrate.evaluate.run_evaluation` (check every input, read the file, score,
    decide, compute every group's metrics, write evaluation.json and evaluation.md), i.e.
@@ -69,7 +69,7 @@ def main() -> None:
 
     import llama_cpp
 
-    from so8t.calibrate.cli import CalibrateCommandConfig, calibrate_gguf
+    from so8t.calibrate.stage import CalibrateCommandConfig, calibrate_gguf
     from so8t.calibrate.evaluate import EvaluateConfig, run_evaluation
     from so8t.llama import default_threads
     from so8t.calibrate.scoring import score_gguf

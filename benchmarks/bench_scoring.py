@@ -12,7 +12,7 @@ records of ``data/safety_val.jsonl`` taken round-robin over the three labels (de
    (the shared prefix once, then each sample's remainder after cutting the KV cache back to the
    prefix) fed to ``llm.eval`` in the same calls on an already loaded model, nothing else timed.
    Scoring's tokens/s counts the same tokens over the whole ``score_gguf`` call. Target: >= 0.8.
-3. **Re-calibration from cached scores** vs the first run: ``so8t.calibrate.cli.run_calibration``
+3. **Re-calibration from cached scores** vs the first run: ``so8t.calibrate.stage.run_calibration``
    (score, calibrate, write JSON + PNG + NPZ) with an empty score cache, then again with other
    calibration settings (``far_bound upper95``), which reads the cached scores. matplotlib is
    imported before either run so that neither pays for it. Target: <= 5% of the first run.
@@ -144,7 +144,7 @@ def time_recalibration(model: Path, texts: list[str], labels: list[str], n_ctx: 
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401  (imported before both runs: neither pays for it)
 
-    from so8t.calibrate.cli import CalibrateCommandConfig, run_calibration
+    from so8t.calibrate.stage import CalibrateCommandConfig, run_calibration
 
     data = work / "val.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": y}, ensure_ascii=False) + "\n"

@@ -1,7 +1,7 @@
 """Flow parameters: pydantic models, so the Prefect UI renders typed forms with descriptions.
 
 The stage settings reuse the library's own config fields (descriptions, bounds and defaults come
-from :class:`so8t.config.TrainConfig` and :class:`so8t.calibrate.cli.CalibrateCommandConfig`),
+from :class:`so8t.config.TrainConfig` and :class:`so8t.calibrate.stage.CalibrateCommandConfig`),
 minus the fields the flow decides itself (output directories, the model file to score, resume).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from so8t.calibrate.cli import CalibrateCommandConfig
+from so8t.calibrate.stage import CalibrateCommandConfig
 from so8t.config import TrainConfig
 from so8t.calibrate.promotion_gate import GateConfig
 from release import DATA_DIR

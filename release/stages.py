@@ -23,7 +23,7 @@ from release.smoke import SmokeReport, SmokeSettings, raise_if_failed, run_smoke
 from release.versions import ensure_local, mirror_configured, publish_version
 from so8t.export.bake import BakeConfig, BakeReport
 from so8t.calibrate.calibration import CalibrationResult
-from so8t.calibrate.cli import DIAGRAM_FILE, RESULTS_FILE, CalibrateCommandConfig
+from so8t.calibrate.stage import DIAGRAM_FILE, RESULTS_FILE, CalibrateCommandConfig
 from so8t.config import TrainConfig
 from so8t.calibrate.promotion_gate import GateConfig, GateDecision
 from so8t.export.gguf import ConversionResult, ConvertConfig
@@ -84,7 +84,7 @@ class Stages:
 
     # ------------------------------------------------------------------ calibrating and gating
     def calibrate(self, cfg: CalibrateCommandConfig, title: str, cache_dir: str) -> CalibrationRun:
-        from so8t.calibrate.cli import run_calibration
+        from so8t.calibrate.stage import run_calibration
 
         result = run_calibration(cfg)
         out = Path(cfg.output_dir)

@@ -1,4 +1,4 @@
-"""calibrate_task and gate_task: score a GGUF and calibrate (``so8t.calibrate.cli``), then gate.
+"""calibrate_task and gate_task: score a GGUF and calibrate (``so8t.calibrate.stage``), then gate.
 
 The calibration report artifact is Markdown with the reliability diagram embedded as a data URI,
 so the Prefect UI shows it without any file server.
@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from release.gate import CalibrationRun, gate_decision
 from so8t.calibrate.calibration import CalibrationResult
-from so8t.calibrate.cli import DIAGRAM_FILE, RESULTS_FILE, CalibrateCommandConfig, run_calibration
+from so8t.calibrate.stage import DIAGRAM_FILE, RESULTS_FILE, CalibrateCommandConfig, run_calibration
 from so8t.calibrate.promotion_gate import GateConfig, GateDecision
 from so8t.calibrate.metrics import MetricReport
 from release.ab import ABOutcome

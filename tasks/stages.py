@@ -23,7 +23,7 @@ from release.smoke import SmokeReport, SmokeSettings
 from release.stages import Stages
 from so8t.export.bake import BakeConfig, BakeReport
 from so8t.calibrate.calibration import CalibrationResult
-from so8t.calibrate.cli import CalibrateCommandConfig
+from so8t.calibrate.stage import CalibrateCommandConfig
 from so8t.config import TrainConfig
 from so8t.calibrate.promotion_gate import GateConfig, GateDecision
 from so8t.export.gguf import ConversionResult, ConvertConfig

@@ -19,7 +19,7 @@ def test_calibrate_task_scores_shards_as_task_runs_on_dask(prefect_api, flow_dat
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from so8t.calibrate.cli import CalibrateCommandConfig, load_calibration_scores
+    from so8t.calibrate.stage import CalibrateCommandConfig, load_calibration_scores
     from so8t.calibrate.scoring import score_file
     from tasks.calibration import calibrate_task
 

@@ -61,7 +61,7 @@ def holdout_ece(scenario, root: Path, version: str, work: Path) -> float:
     """ECE after calibration, computed with the library directly (same settings as the flow)."""
     from release.params import calibrate_config
     from registry import Registry
-    from so8t.calibrate.cli import calibrate_gguf
+    from so8t.calibrate.stage import calibrate_gguf
     from release.smoke import main_gguf
 
     reg = Registry(root)

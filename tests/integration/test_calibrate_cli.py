@@ -21,10 +21,10 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, f1_score
 
-from so8t.calibrate import cli as calibration_cli
+from so8t.calibrate import stage as calibration_stage
 from so8t.base_models import sha256_file
 from so8t.calibrate.calibration import CalibrationResult
-from so8t.calibrate.cli import load_calibration_results, load_calibration_scores
+from so8t.calibrate.stage import load_calibration_results, load_calibration_scores
 from so8t.cli import main
 from so8t.decision import LABELS
 from tests.conftest import write_jsonl
@@ -355,8 +355,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, gguf, tmp_path, caps
 
 def test_labels_the_tokenizer_cannot_tell_apart_exit_2_nothing_written(tiny_gguf, tmp_path, capsys, monkeypatch):
     # ESCALATE spelled like ALLOW: the real tokenizer gives both the same ids after the prompt.
-    spelled = functools.partial(calibration_cli.score_gguf, label_texts=("ALLOW", "ALLOW", "DENY"))
-    monkeypatch.setattr(calibration_cli, "score_gguf", spelled)
+    spelled = functools.partial(calibration_stage.score_gguf, label_texts=("ALLOW", "ALLOW", "DENY"))
+    monkeypatch.setattr(calibration_stage, "score_gguf", spelled)
     data = write_jsonl(tmp_path / "val.jsonl", _val_records(2))
     before = sorted(p.name for p in tmp_path.iterdir())
     rc = main(["calibrate", *_runbook_args(tiny_gguf, data, tmp_path / "out"), "--no_cache", "--n_threads", "1"])

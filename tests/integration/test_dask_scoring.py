@@ -95,7 +95,7 @@ def test_sharded_run_writes_the_sequential_cache_entry_byte_for_byte(gguf, recor
 
 
 def test_calibrate_cli_and_evaluate_on_dask_match_sequential(gguf, records, cluster, tmp_path):
-    from so8t.calibrate.cli import load_calibration_results, load_calibration_scores
+    from so8t.calibrate.stage import load_calibration_results, load_calibration_scores
     from so8t.cli import main
 
     data = tmp_path / "val.jsonl"

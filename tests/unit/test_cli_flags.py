@@ -8,7 +8,7 @@ import pytest
 
 from so8t.ab.cli import ABCommandConfig
 from so8t.export.bake import BakeConfig
-from so8t.calibrate.cli import CalibrateCommandConfig
+from so8t.calibrate.stage import CalibrateCommandConfig
 from so8t.cli import add_config_flags, config_values
 from so8t.config import TrainConfig
 from so8t.calibrate.evaluate import EvaluateConfig
