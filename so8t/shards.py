@@ -275,20 +275,26 @@ class DaskShards:
         futures = [self.client.submit(fn, job, key=f"so8t-shard-{i}-{time.monotonic_ns()}", pure=False,
                                       workers=[self.addresses[i % len(self.addresses)]], allow_other_workers=True)
                    for i, job in enumerate(jobs)]
-        out: list[R] = []
         try:
-            for name, fut in zip(names, futures, strict=True):
-                try:
-                    out.append(fut.result())
-                except Exception as e:
-                    err = shard_error(name, e)
-                    if err is None:
-                        raise  # a bug: its traceback (dask re-raises the worker's) is what to read
-                    raise err from None
+            return results_in_order(names, futures)
         finally:
             for fut in futures:
                 fut.cancel()
-        return out
+
+
+def results_in_order(names: Sequence[str], futures: Sequence[Any]) -> list[Any]:
+    """Each future's result, in order; a shard that failed on bad input or a lost worker becomes one line
+    (:func:`shard_error`), anything else (a bug) is re-raised with its traceback."""
+    out = []
+    for name, fut in zip(names, futures, strict=True):
+        try:
+            out.append(fut.result())
+        except Exception as e:
+            err = shard_error(name, e)
+            if err is None:
+                raise  # a bug: its traceback (dask re-raises the worker's) is what to read
+            raise err from None
+    return out
 
 
 def _first_line(e: BaseException) -> str:

@@ -23,7 +23,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from so8t.errors import ConfigError
-from so8t.shards import CONNECT_TIMEOUT_S, local_threads_per_worker, shard_error
+from so8t.shards import CONNECT_TIMEOUT_S, local_threads_per_worker, results_in_order
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -101,16 +101,7 @@ class PrefectDaskShards:
             f = client.submit(shard_task, parameters={"fn": fn, "job": job, "name": name}, return_type="state",
                               workers=[self.addresses[i % len(self.addresses)]], allow_other_workers=True, pure=False)
             futures.append(PrefectDaskFuture(wrapped_future=f, task_run_id=f.task_run_id))
-        out: list[R] = []
-        for name, fut in zip(names, futures, strict=True):
-            try:
-                out.append(fut.result())
-            except Exception as e:
-                err = shard_error(name, e)
-                if err is None:
-                    raise
-                raise err from None
-        return out
+        return results_in_order(names, futures)
 
 
 def shard_executor(workers: int, scheduler: str | None) -> Any:

@@ -49,3 +49,19 @@ def test_log_softmax_matches_scipy(t):
     np.testing.assert_allclose(softmax(z, t).sum(axis=-1), 1.0, rtol=1e-12)
     with pytest.raises(ConfigError, match="temperature"):
         log_softmax(z, 0.0)
+
+
+def test_read_json_object_names_file_line_and_column(tmp_path):
+    from so8t.jsonfile import read_json_object
+
+    p = tmp_path / "params.json"
+    p.write_text('{"a": 1,\n  "b": }\n')
+    with pytest.raises(DataError, match=r"params.json:2: malformed JSON at column 8: Expecting value \(hint\)$"):
+        read_json_object(p, "parameters file", hint=" (hint)")
+    p.write_text('"text"')
+    with pytest.raises(DataError, match=r"the parameters file holds a str, expected a JSON object"):
+        read_json_object(p, "parameters file")
+    with pytest.raises(DataError, match=r"absent.json: parameters file not found$"):
+        read_json_object(tmp_path / "absent.json", "parameters file")
+    p.write_text('{"a": [1, 2]}')
+    assert read_json_object(p, "parameters file") == {"a": [1, 2]}

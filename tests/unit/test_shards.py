@@ -90,3 +90,20 @@ def test_shard_error_keeps_user_errors_one_line_and_leaves_bugs_alone():
     lost = shard_error("scoring shard 1/2", KilledWorker("Attempted to run task on 1 different workers"))
     assert isinstance(lost, ModelError) and "\n" not in str(lost) and "worker was lost" in str(lost)
     assert shard_error("scoring shard 1/2", ZeroDivisionError("a bug")) is None
+
+
+def test_results_in_order_maps_failures_like_shard_error():
+    from concurrent.futures import Future
+
+    from so8t.shards import results_in_order
+
+    def done(value=None, exc=None):
+        f = Future()
+        f.set_exception(exc) if exc is not None else f.set_result(value)
+        return f
+
+    assert results_in_order(["s1", "s2"], [done([1, 2]), done([3])]) == [[1, 2], [3]]
+    with pytest.raises(DataError, match=r"^s2: bad record$"):
+        results_in_order(["s1", "s2"], [done([1]), done(exc=DataError("bad record\nmore"))])
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its own type and traceback
+        results_in_order(["s1"], [done(exc=ZeroDivisionError("bug"))])
