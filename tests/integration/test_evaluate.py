@@ -410,7 +410,7 @@ def _bad_case(name: str, tmp_path: Path, tiny_gguf: Path, setup: dict) -> tuple[
     elif name == "calibration_not_json":
         cal = tmp_path / "cal.json"
         cal.write_text("{not json")
-        pattern = r"cal.json: calibration file unreadable"
+        pattern = r"cal.json:1: malformed JSON at column 2: .*: pass the calibration_results.json"
     elif name == "calibration_missing_key":
         cal = tmp_path / "cal.json"
         cal.write_text(json.dumps({"temperature": 1.0, "tau_deny": 0.5}))
