@@ -22,6 +22,7 @@ from registry.cli import main as cli_main
 from registry.hub import HubMirror, MirrorConfig
 
 from .hub_standin import Entry, HubStandin
+from .test_release import NO_PREFECT, TINY_INPUTS
 from .test_registry_hub import NAME, REPO_ID, _mirror, _publish, hub_env  # noqa: F401 (fixture)
 
 
@@ -314,28 +315,8 @@ def test_rollback_recipe_pulls_a_target_this_host_never_had(synced, tmp_path: Pa
     assert b.get(NAME, "production").path("model.gguf").read_bytes() == a.get(NAME, "v2").path("model.gguf").read_bytes()
 
 
-SCRIPT = textwrap.dedent(
+SCRIPT = NO_PREFECT + "out, hub_url, repo_id = Path(sys.argv[1]), sys.argv[2], sys.argv[3]\n" + TINY_INPUTS + textwrap.dedent(
     """
-    import json, sys
-    from pathlib import Path
-
-    class NoPrefect:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "prefect":
-                raise ImportError(f"blocked import of {name}")
-            return None
-
-    sys.meta_path.insert(0, NoPrefect())
-    out, hub_url, repo_id = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-    from tests.fixtures.tiny_models import build_tiny_llama, build_tokenizer_model
-
-    model = build_tiny_llama(out / "llama", build_tokenizer_model(out / "sp"))
-    train = out / "train.jsonl"
-    train.write_text("".join(json.dumps({"instruction": f"add {i} and {i + 1}", "output": f"{2 * i + 1}"}) + "\\n"
-                             for i in range(12)))
-    val = out / "val.jsonl"
-    val.write_text("\\n".join((Path("data") / "safety_val.jsonl").read_text(encoding="utf-8").splitlines()[:60]) + "\\n",
-                   encoding="utf-8")
 
     from registry import Registry
     from release.evaluation import EvaluationSettings

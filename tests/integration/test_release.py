@@ -19,7 +19,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-SCRIPT = textwrap.dedent(
+#: The start of a script run in a fresh process with Prefect refused: the import blocker, then (after the script's own
+#: ``out = Path(sys.argv[1])`` line) :data:`TINY_INPUTS`. Shared with tests/integration/test_registry_pull.py.
+NO_PREFECT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
@@ -31,7 +33,12 @@ SCRIPT = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, NoPrefect())
-    out = Path(sys.argv[1])
+    """
+)
+
+#: A tiny model, 12 training records and 60 validation records under ``out``.
+TINY_INPUTS = textwrap.dedent(
+    """
     from tests.fixtures.tiny_models import build_tiny_llama, build_tokenizer_model
 
     model = build_tiny_llama(out / "llama", build_tokenizer_model(out / "sp"))
@@ -41,6 +48,11 @@ SCRIPT = textwrap.dedent(
     val = out / "val.jsonl"
     val.write_text("\\n".join((Path("data") / "safety_val.jsonl").read_text(encoding="utf-8").splitlines()[:60]) + "\\n",
                    encoding="utf-8")
+    """
+)
+
+SCRIPT = NO_PREFECT + "out = Path(sys.argv[1])\n" + TINY_INPUTS + textwrap.dedent(
+    """
 
     from registry import Registry
     from release.params import (CalibrateAndPromoteParams, CalibrationSettings, ConvertSettings, ModelRef,
