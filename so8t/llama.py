@@ -89,7 +89,7 @@ def configure_llama_cpp(llama_cpp: Any | None = None) -> Any:
     current = low.llama_model_default_params
     if getattr(current, "_so8t_policy", False):
         return llama_cpp
-    original = current
+    original = current  # the unwrapped function, kept by the closure
 
     def llama_model_default_params():  # the same name and signature as the function it wraps
         params = original()
@@ -157,17 +157,7 @@ class VocabOnly:
     """
 
     def __init__(self, path: str | Path):
-        try:
-            import llama_cpp
-            from llama_cpp._internals import LlamaModel  # the wrapper Llama itself uses
-        except ImportError as e:
-            raise ModelError(f"llama-cpp-python is not importable ({e}): pip install -e '.[llama]'") from None
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        try:
-            self._model = LlamaModel(path_model=str(path), params=params, verbose=False)
-        except ValueError as e:
-            raise ModelError(_complete_gguf_message(Path(path), e)) from None
+        self._model = open_vocab(Path(path), message=_complete_gguf_message)
         self.metadata: dict[str, str] = self._model.metadata()
 
     def token_bos(self) -> int:
@@ -246,14 +236,24 @@ def template_token_ids(llm: Any, text: str, bos_text: str) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=not printed, special=True)
 
 
-def open_vocab(path: Path):
-    """llama.cpp's vocabulary-only model (quiet load, no context); the caller closes it."""
-    import llama_cpp
-    from llama_cpp._internals import LlamaModel  # the wrapper Llama itself uses
+def _vocab_message(path: Path, e: BaseException) -> str:
+    return f"llama.cpp cannot load {path} ({e}); pass a file made by so8t convert"
 
+
+def open_vocab(path: Path, *, message: Callable[[Path, BaseException], str] = _vocab_message) -> Any:
+    """llama.cpp's vocabulary-only model (quiet load, no context); the caller closes it.
+
+    Raises:
+        ModelError: llama-cpp-python is not installed, or llama.cpp cannot read the file (``message``'s text).
+    """
+    try:
+        import llama_cpp
+        from llama_cpp._internals import LlamaModel  # the wrapper Llama itself uses
+    except ImportError as e:
+        raise ModelError(f"llama-cpp-python is not importable ({e}): pip install -e '.[llama]'") from None
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
     try:
         return LlamaModel(path_model=str(path), params=params, verbose=False)
     except ValueError as e:
-        raise ModelError(f"llama.cpp cannot load {path} ({e}); pass a file made by so8t convert") from None
+        raise ModelError(message(path, e)) from None
